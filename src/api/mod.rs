@@ -1,0 +1,404 @@
+//! The MultiArchBuild v1alpha1 resource: spec, status, and the rules that keep it valid.
+//!
+//! Doc comments on fields become the `kubectl explain` text. Rules are enforced three times, each
+//! as early as it can be: the CRD's OpenAPI bounds and CEL rules (at `kubectl apply`), then
+//! [`validate()`] (in `build` without a cluster and as a second guard in the controller).
+
+mod platform;
+mod validate;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use platform::{Platform, allowed_platforms};
+pub use validate::{FieldError, InvalidSpec, validate};
+
+use validate::patterns;
+
+/// A request to build one container image natively for several platforms on AWS Batch and
+/// publish the multi-platform image index. Like a batch/v1 Job it is an execution record: the spec
+/// cannot change after creation, except `cancel`. To build again, create a new object.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "multiarch.dev",
+    version = "v1alpha1",
+    kind = "MultiArchBuild",
+    plural = "multiarchbuilds",
+    shortname = "mab",
+    namespaced,
+    status = "MultiArchBuildStatus",
+    derive = "PartialEq",
+    doc = "A MultiArchBuild: build one image natively per platform on AWS Batch, then push the multi-platform image index and record its digest.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where the build is: Pending, Building, Assembling, Succeeded, Failed or Cancelled"
+    ),
+    printcolumn(
+        name = "Platforms",
+        type_ = "string",
+        json_path = ".status.platformsPushed",
+        description = "Platforms pushed / platforms requested"
+    ),
+    printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.shortDigest",
+        description = "The index digest, shortened"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.buildArgs) == has(oldSelf.buildArgs) && has(self.jobDefinition) == has(oldSelf.jobDefinition)").message("spec is immutable except spec.cancel: buildArgs and jobDefinition cannot be added or removed after creation; create a new MultiArchBuild to build again"))]
+pub struct MultiArchBuildSpec {
+    /// Where the source comes from.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.source is immutable; create a new MultiArchBuild to build again"))]
+    pub source: Source,
+
+    /// Docker build arguments (`--build-arg NAME=value`), the same for every platform, as a list
+    /// of name/value pairs like a container's `env`. At most 32, names unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.buildArgs is immutable; create a new MultiArchBuild to build again"))]
+    pub build_args: Option<Vec<BuildArg>>,
+
+    /// Where the images go.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.output is immutable; create a new MultiArchBuild to build again"))]
+    pub output: Output,
+
+    /// The platforms to build, one AWS Batch job each, on a queue whose compute is native to the
+    /// platform. 1 to 8 entries, each platform at most once.
+    #[schemars(length(min = 1, max = 8))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.platform == p.platform))").message("spec.platforms must list each platform at most once"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.platforms is immutable; create a new MultiArchBuild to build again"))]
+    pub platforms: Vec<PlatformTarget>,
+
+    /// The Batch job definition that runs the builder: a name, `name:revision` or an ARN.
+    /// Defaults to the controller's `--default-job-definition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), pattern(patterns::JOB_DEFINITION))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.jobDefinition is immutable; create a new MultiArchBuild to build again"))]
+    pub job_definition: Option<String>,
+
+    /// How often Batch may try each platform's job. Only infrastructure failures (Spot reclaim,
+    /// host loss) are retried; a failed build is not.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.retry is immutable; create a new MultiArchBuild to build again"))]
+    pub retry: Retry,
+
+    /// Time limit in seconds for each job attempt (Batch `attemptDurationSeconds`) and for the whole
+    /// build; when it passes, live jobs are terminated and the build fails. 60 to 604800 (7 days).
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 60, max = 604_800))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.timeoutSeconds is immutable; create a new MultiArchBuild to build again"))]
+    pub timeout_seconds: i64,
+
+    /// Set to true to stop the build: live Batch jobs are terminated and the build ends Cancelled.
+    /// One-way: it cannot be set back to false.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self || !oldSelf").message("spec.cancel can only change from false to true"))]
+    pub cancel: bool,
+}
+
+/// One docker build argument.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct BuildArg {
+    /// The argument's name, an identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters.
+    #[schemars(length(min = 1, max = 128), pattern(patterns::BUILD_ARG_NAME))]
+    pub name: String,
+    /// The argument's value, at most 1024 characters.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub value: String,
+}
+
+/// Where the source comes from.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// The git repository and revision to build.
+    pub git: GitSource,
+
+    /// The build context, relative to the repository root, without `..`. Default `.`.
+    #[serde(default = "default_context_dir")]
+    #[schemars(length(min = 1, max = 255), pattern(patterns::RELATIVE_PATH))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)')").message("spec.source.contextDir must stay inside the repository: no '..' segments"))]
+    pub context_dir: String,
+
+    /// The Dockerfile, relative to the repository root, without `..`. Default `Dockerfile`.
+    #[serde(default = "default_dockerfile")]
+    #[schemars(length(min = 1, max = 255), pattern(patterns::RELATIVE_PATH))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)')").message("spec.source.dockerfile must stay inside the repository: no '..' segments"))]
+    pub dockerfile: String,
+}
+
+/// A git repository and revision.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSource {
+    /// The repository URL: `https://host/org/repo.git`, `ssh://git@host/org/repo.git` or
+    /// `git@host:org/repo.git`. Never put credentials in it: use `credentialsSecretArn`.
+    #[schemars(length(min = 1, max = 2048), pattern(patterns::GIT_URL))]
+    #[x_kube(validation = Rule::new("!self.matches('^https://[^/]*@')").message("spec.source.git.url must not contain credentials; store a token in Secrets Manager and set credentialsSecretArn"))]
+    pub url: String,
+
+    /// The commit SHA, branch or tag to build. A full commit SHA makes the build reproducible.
+    #[schemars(length(min = 1, max = 255), pattern(patterns::GIT_REVISION))]
+    #[x_kube(validation = Rule::new("!self.contains('..')").message("spec.source.git.revision must not contain '..'"))]
+    pub revision: String,
+
+    /// Optional ARN of a Secrets Manager secret holding a token for an https repository. The
+    /// builder sends it as an HTTP header; it never appears in a URL, an argument or a log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), pattern(patterns::SECRET_ARN))]
+    pub credentials_secret_arn: Option<String>,
+}
+
+/// Where the images go.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// The image repository, registry host included, without tag or digest, e.g.
+    /// `123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/vecoli`.
+    #[schemars(length(min = 1, max = 512), pattern(patterns::REPOSITORY))]
+    #[x_kube(validation = Rule::new("!self.contains('@')").message("spec.output.repository must not include a digest (@sha256:...): the index digest is an output, see status.image"))]
+    #[x_kube(validation = Rule::new("!self.matches('/[^/]*:')").message("spec.output.repository must not include a tag: put it in spec.output.tag"))]
+    pub repository: String,
+
+    /// The tag of the image index. Each platform is pushed first as `<tag>-<arch>[-<variant>]`, so
+    /// the tag is at most 119 characters: [A-Za-z0-9_][A-Za-z0-9._-]{0,118}.
+    #[schemars(length(min = 1, max = 119), pattern(patterns::TAG))]
+    pub tag: String,
+
+    /// The kind of index to push: `oci` (OCI image index, the default) or `docker` (Docker manifest
+    /// list, for old clients).
+    #[serde(default)]
+    pub media_type: IndexMediaType,
+
+    /// When `<tag>` already is an index that covers every requested platform, succeed at once with
+    /// that index (reason `Reused`) instead of building. Default true.
+    #[serde(default = "default_true")]
+    pub reuse_existing: bool,
+}
+
+/// The media type of the pushed index.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexMediaType {
+    /// `application/vnd.oci.image.index.v1+json`
+    #[default]
+    Oci,
+    /// `application/vnd.docker.distribution.manifest.list.v2+json`
+    Docker,
+}
+
+/// One platform and the Batch queue that builds it.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformTarget {
+    /// The platform, `os/arch[/variant]`: linux/amd64, linux/amd64/v2, linux/amd64/v3,
+    /// linux/amd64/v4, linux/arm64, linux/arm64/v8 or linux/arm64/v9.
+    pub platform: Platform,
+
+    /// The AWS Batch job queue (name or ARN) whose compute environment is native to this platform.
+    #[schemars(length(min = 1, max = 256), pattern(patterns::JOB_QUEUE))]
+    pub job_queue: String,
+}
+
+/// Batch retry settings.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Batch attempts per platform, 1 to 10 (default 3). An attempt is retried only when its host
+    /// went away (`Host EC2*`: Spot reclaim, instance loss).
+    #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: i32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: default_attempts(),
+        }
+    }
+}
+
+/// What the controller has seen and done. Written only by the controller.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MultiArchBuildStatus {
+    /// Where the build is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// When the first job was submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When the build reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// One entry per platform: its Batch job and what it pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["platform".into()]))]
+    pub platforms: Vec<PlatformStatus>,
+
+    /// Platforms pushed / platforms requested, e.g. `1/2` (the PLATFORMS column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platforms_pushed: Option<String>,
+
+    /// The index digest: sha256 of the exact bytes pushed. Written once, after the push was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+
+    /// The first 12 hex digits of the index digest (the DIGEST column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_digest: Option<String>,
+
+    /// What a downstream Job pins: `<repository>@<digest>`. Written once, with `digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Conditions; `Ready` is True only when `image` is final
+    /// (`kubectl wait --for=condition=Ready mab/NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// The last failure or progress line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The phase of a build. Succeeded, Failed and Cancelled are terminal and never change again.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted, no job submitted yet.
+    Pending,
+    /// Batch jobs submitted and not all pushed.
+    Building,
+    /// Every platform pushed; the index is being assembled.
+    Assembling,
+    /// The index was pushed and verified; `status.image` is final.
+    Succeeded,
+    /// A platform failed, the deadline passed, or the index could not be pushed.
+    Failed,
+    /// `spec.cancel` was set; live jobs were terminated.
+    Cancelled,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
+    }
+}
+
+/// The state of one platform's Batch job.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformStatus {
+    /// The platform this entry is for.
+    pub platform: Platform,
+
+    /// The deterministic Batch job name (unique per build and platform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+
+    /// The Batch job id, recorded as soon as the job was submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+
+    /// The Batch job status, verbatim: SUBMITTED, PENDING, RUNNABLE, STARTING, RUNNING, SUCCEEDED
+    /// or FAILED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+
+    /// How many attempts Batch has made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+
+    /// Batch's reason for the current state, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+
+    /// The container exit code of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+
+    /// The CloudWatch Logs stream of the last attempt (log group `/aws/batch/job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_stream_name: Option<String>,
+
+    /// The per-platform image, `<repository>:<tag>-<arch>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// The per-platform manifest digest, as listed in the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+
+    /// When the job's current attempt started running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the job stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Time>,
+}
+
+fn default_timeout_seconds() -> i64 {
+    3600
+}
+
+fn default_context_dir() -> String {
+    ".".into()
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_attempts() -> i32 {
+    3
+}
+
+impl MultiArchBuildSpec {
+    /// The per-platform image reference, `<repository>:<tag>-<suffix>`.
+    pub fn platform_image(&self, platform: Platform) -> String {
+        format!(
+            "{}:{}-{}",
+            self.output.repository,
+            self.output.tag,
+            platform.tag_suffix()
+        )
+    }
+
+    /// The index image reference, `<repository>:<tag>`.
+    pub fn index_image(&self) -> String {
+        format!("{}:{}", self.output.repository, self.output.tag)
+    }
+}
+
+/// The CRD as YAML, exactly as committed in `crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&MultiArchBuild::crd())
+}

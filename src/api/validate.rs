@@ -1,0 +1,342 @@
+//! `validate()`: the CRD's rules again, in Rust, with messages that name the field, the bad value
+//! and what is allowed. The patterns here are the very ones the CRD schema carries.
+
+use std::{collections::HashSet, fmt, sync::LazyLock};
+
+use regex::Regex;
+
+use super::{MultiArchBuildSpec, Platform};
+
+/// Patterns shared by the CRD schema (`#[schemars(pattern(..))]`) and [`validate()`]. They use
+/// only syntax that ECMA-262 (OpenAPI), RE2 (CEL) and the `regex` crate read alike.
+pub mod patterns {
+    /// OCI tag grammar, leaving room for the longest `-<arch>-<variant>` suffix.
+    pub const TAG: &str = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,118}$";
+    /// `host[:port]/path`, lower-case path components as the distribution spec allows.
+    pub const REPOSITORY: &str = r"^(localhost|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+)(:[0-9]{1,5})?(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)+$";
+    /// https, ssh:// or scp-like ssh; no credentials, no spaces, no leading `-` in the path.
+    pub const GIT_URL: &str = r"^(https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~][A-Za-z0-9._~/-]*|ssh://([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~][A-Za-z0-9._~/-]*|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~][A-Za-z0-9._~/-]*)$";
+    /// A commit SHA, branch or tag; never starting with `-`, so it can never read as an option.
+    pub const GIT_REVISION: &str = r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}$";
+    /// A relative path inside the repository (`..` segments are refused separately).
+    pub const RELATIVE_PATH: &str = r"^[A-Za-z0-9._][A-Za-z0-9._/-]{0,254}$";
+    /// A Batch job queue name or ARN.
+    pub const JOB_QUEUE: &str = r"^([A-Za-z0-9_-]{1,128}|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9_-]{1,128})$";
+    /// A Batch job definition name, `name:revision` or ARN.
+    pub const JOB_DEFINITION: &str = r"^([A-Za-z0-9_-]{1,128}(:[1-9][0-9]{0,8})?|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-definition/[A-Za-z0-9_-]{1,128}(:[1-9][0-9]{0,8})?)$";
+    /// A Secrets Manager secret ARN in any partition.
+    pub const SECRET_ARN: &str =
+        r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$";
+    /// A docker build-arg name.
+    pub const BUILD_ARG_NAME: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$";
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's path, e.g. `spec.output.tag`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub problem: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// Every problem found in a spec, in field order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidSpec(pub Vec<FieldError>);
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(FieldError::to_string).collect();
+        f.write_str(&lines.join("; "))
+    }
+}
+
+const MAX_PLATFORMS: usize = 8;
+const MAX_BUILD_ARGS: usize = 32;
+const MAX_BUILD_ARG_VALUE: usize = 1024;
+const TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 60..=604_800;
+const ATTEMPTS_RANGE: std::ops::RangeInclusive<i32> = 1..=10;
+
+// The patterns are constants and `every_pattern_compiles` proves each one compiles.
+#[allow(clippy::expect_used)]
+fn compiled(pattern: &'static str) -> Regex {
+    Regex::new(pattern).expect("constant pattern compiles")
+}
+
+struct Patterns {
+    tag: Regex,
+    repository: Regex,
+    git_url: Regex,
+    git_revision: Regex,
+    relative_path: Regex,
+    job_queue: Regex,
+    job_definition: Regex,
+    secret_arn: Regex,
+    build_arg_name: Regex,
+    dotdot_segment: Regex,
+}
+
+static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| Patterns {
+    tag: compiled(patterns::TAG),
+    repository: compiled(patterns::REPOSITORY),
+    git_url: compiled(patterns::GIT_URL),
+    git_revision: compiled(patterns::GIT_REVISION),
+    relative_path: compiled(patterns::RELATIVE_PATH),
+    job_queue: compiled(patterns::JOB_QUEUE),
+    job_definition: compiled(patterns::JOB_DEFINITION),
+    secret_arn: compiled(patterns::SECRET_ARN),
+    build_arg_name: compiled(patterns::BUILD_ARG_NAME),
+    dotdot_segment: compiled(r"(^|/)\.\.(/|$)"),
+});
+
+/// Checks a spec with the same rules as the CRD and returns every problem found.
+pub fn validate(spec: &MultiArchBuildSpec) -> Result<(), InvalidSpec> {
+    let mut errors = Errors::default();
+    let p = &*PATTERNS;
+
+    let git = &spec.source.git;
+    if git.url.starts_with("https://")
+        && git.url["https://".len()..]
+            .split('/')
+            .next()
+            .is_some_and(|host| host.contains('@'))
+    {
+        errors.push("spec.source.git.url", "must not contain credentials; store a token in Secrets Manager and set credentialsSecretArn".into());
+    } else if !p.git_url.is_match(&git.url) {
+        errors.bad_value(
+            "spec.source.git.url",
+            &git.url,
+            "https://host/org/repo.git, ssh://git@host/org/repo.git or git@host:org/repo.git",
+        );
+    }
+    if !p.git_revision.is_match(&git.revision) || git.revision.contains("..") {
+        errors.bad_value("spec.source.git.revision", &git.revision, "a commit SHA, branch or tag: letters, digits, '.', '_', '/', '-', not starting with '-' and without '..', at most 255 characters");
+    }
+    if let Some(arn) = &git.credentials_secret_arn
+        && !p.secret_arn.is_match(arn)
+    {
+        errors.bad_value("spec.source.git.credentialsSecretArn", arn, "a Secrets Manager secret ARN, arn:<partition>:secretsmanager:<region>:<account>:secret:<name>");
+    }
+    for (field, value) in [
+        ("spec.source.contextDir", &spec.source.context_dir),
+        ("spec.source.dockerfile", &spec.source.dockerfile),
+    ] {
+        if p.dotdot_segment.is_match(value) {
+            errors.bad_value(
+                field,
+                value,
+                "a path inside the repository: no '..' segments",
+            );
+        } else if !p.relative_path.is_match(value) {
+            errors.bad_value(field, value, "a relative path of letters, digits, '.', '_', '/', '-', not starting with '/' or '-', at most 255 characters");
+        }
+    }
+
+    if let Some(args) = &spec.build_args {
+        if args.len() > MAX_BUILD_ARGS {
+            errors.push(
+                "spec.buildArgs",
+                format!(
+                    "has {} entries; at most {MAX_BUILD_ARGS} are allowed",
+                    args.len()
+                ),
+            );
+        }
+        let mut names = HashSet::new();
+        for (i, arg) in args.iter().enumerate() {
+            if !p.build_arg_name.is_match(&arg.name) {
+                errors.bad_value(
+                    &format!("spec.buildArgs[{i}].name"),
+                    &arg.name,
+                    "an identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters",
+                );
+            } else if !names.insert(arg.name.as_str()) {
+                errors.push(
+                    &format!("spec.buildArgs[{i}].name"),
+                    format!(
+                        "{:?} is listed more than once; each name may appear once",
+                        arg.name
+                    ),
+                );
+            }
+            let length = arg.value.chars().count();
+            if length > MAX_BUILD_ARG_VALUE {
+                errors.push(
+                    &format!("spec.buildArgs[{i}].value"),
+                    format!(
+                        "is {length} characters long; at most {MAX_BUILD_ARG_VALUE} are allowed"
+                    ),
+                );
+            }
+        }
+    }
+
+    let out = &spec.output;
+    if out.repository.contains('@') {
+        errors.bad_value("spec.output.repository", &out.repository, "a repository without a digest (@sha256:...): the index digest is an output, see status.image");
+    } else if out
+        .repository
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'))
+        && out.repository.contains('/')
+    {
+        errors.bad_value(
+            "spec.output.repository",
+            &out.repository,
+            "a repository without a tag: put the tag in spec.output.tag",
+        );
+    } else if !p.repository.is_match(&out.repository) {
+        errors.bad_value("spec.output.repository", &out.repository, "host[:port]/path with lower-case path components, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/app");
+    }
+    if !p.tag.is_match(&out.tag) {
+        errors.bad_value("spec.output.tag", &out.tag, "the OCI tag grammar [A-Za-z0-9_][A-Za-z0-9._-]* with at most 119 characters, leaving room for the -<arch> suffix of the per-platform tags");
+    }
+
+    if spec.platforms.is_empty() || spec.platforms.len() > MAX_PLATFORMS {
+        errors.push(
+            "spec.platforms",
+            format!(
+                "has {} entries; 1 to {MAX_PLATFORMS} are allowed",
+                spec.platforms.len()
+            ),
+        );
+    }
+    let mut seen: HashSet<Platform> = HashSet::new();
+    for (i, target) in spec.platforms.iter().enumerate() {
+        if !seen.insert(target.platform) {
+            errors.push(
+                &format!("spec.platforms[{i}].platform"),
+                format!(
+                    "{} is listed more than once; each platform may appear once",
+                    target.platform
+                ),
+            );
+        }
+        if !p.job_queue.is_match(&target.job_queue) {
+            errors.bad_value(
+                &format!("spec.platforms[{i}].jobQueue"),
+                &target.job_queue,
+                "a Batch job queue name (1-128 letters, digits, '-', '_') or job-queue ARN",
+            );
+        }
+    }
+
+    if let Some(def) = &spec.job_definition
+        && !p.job_definition.is_match(def)
+    {
+        errors.bad_value(
+            "spec.jobDefinition",
+            def,
+            "a Batch job definition name, name:revision, or job-definition ARN",
+        );
+    }
+    if !ATTEMPTS_RANGE.contains(&spec.retry.attempts) {
+        errors.push(
+            "spec.retry.attempts",
+            format!("is {}; allowed: 1 to 10", spec.retry.attempts),
+        );
+    }
+    if !TIMEOUT_RANGE.contains(&spec.timeout_seconds) {
+        errors.push(
+            "spec.timeoutSeconds",
+            format!(
+                "is {}; allowed: 60 (Batch's minimum attempt duration) to 604800 (7 days)",
+                spec.timeout_seconds
+            ),
+        );
+    }
+
+    errors.into_result()
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, field: &str, problem: String) {
+        self.0.push(FieldError {
+            field: field.into(),
+            problem,
+        });
+    }
+
+    fn bad_value(&mut self, field: &str, value: &str, allowed: &str) {
+        self.push(field, format!("{value:?} is not valid; allowed: {allowed}"));
+    }
+
+    fn into_result(self) -> Result<(), InvalidSpec> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidSpec(self.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pattern_compiles() {
+        for pattern in [
+            patterns::TAG,
+            patterns::REPOSITORY,
+            patterns::GIT_URL,
+            patterns::GIT_REVISION,
+            patterns::RELATIVE_PATH,
+            patterns::JOB_QUEUE,
+            patterns::JOB_DEFINITION,
+            patterns::SECRET_ARN,
+            patterns::BUILD_ARG_NAME,
+        ] {
+            Regex::new(pattern).unwrap();
+        }
+    }
+
+    #[test]
+    fn patterns_accept_the_usual_values() {
+        let p = &*PATTERNS;
+        for repo in [
+            "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/vecoli",
+            "127.0.0.1:5000/demo/app",
+            "localhost:5000/a-b",
+            "ghcr.io/org/my_app",
+        ] {
+            assert!(p.repository.is_match(repo), "{repo}");
+        }
+        for url in [
+            "https://github.com/CovertLab/vEcoli.git",
+            "git@github.com:org/repo.git",
+            "ssh://git@host:2222/org/repo.git",
+        ] {
+            assert!(p.git_url.is_match(url), "{url}");
+        }
+        for bad in [
+            "http://github.com/a",
+            "https://github.com/-upload-pack",
+            "ext::sh -c",
+            "file:///etc",
+        ] {
+            assert!(!p.git_url.is_match(bad), "{bad}");
+        }
+        assert!(p.job_definition.is_match("multiarch-builder:3"));
+        assert!(p.job_definition.is_match(
+            "arn:aws-us-gov:batch:us-gov-west-1:123456789012:job-definition/multiarch-builder:1"
+        ));
+        assert!(
+            p.job_queue
+                .is_match("arn:aws:batch:us-east-1:123456789012:job-queue/build-arm64")
+        );
+        assert!(p.tag.is_match(&"a".repeat(119)));
+        assert!(!p.tag.is_match(&"a".repeat(120)));
+        assert!(!p.git_revision.is_match("--upload-pack=x"));
+    }
+}

@@ -1,0 +1,113 @@
+//! The command line. Every flag can also be set by an environment variable (shown in `--help`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "multiarch-operator",
+    version,
+    about = "Builds one container image natively for several platforms on AWS Batch and publishes the multi-platform image index",
+    long_about = "Builds one container image natively for several platforms on AWS Batch and publishes the multi-platform image index.\n\n\
+        A MultiArchBuild names a git revision, a target repository and the platforms; one Batch job per platform builds and \
+        pushes <tag>-<arch> on a queue whose compute is native to that platform, then the operator assembles and pushes the \
+        image index as <tag> and records its digest.\n\n\
+        Run `controller` in a cluster, or `build -f FILE` to run one build from a file without a cluster."
+)]
+pub struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, env = "MAB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the Kubernetes controller: reconcile MultiArchBuilds in the cluster of the current
+    /// kubeconfig context (or the in-cluster service account).
+    Controller(ControllerArgs),
+    /// Run one build described by a MultiArchBuild YAML file, without a cluster.
+    Build(BuildArgs),
+    /// Print the CustomResourceDefinition YAML (what `crds/` holds).
+    Crd,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Namespaces to watch, comma-separated; all namespaces when empty.
+    #[arg(long, env = "MAB_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Job definition used when a build sets no spec.jobDefinition.
+    #[arg(
+        long,
+        env = "MAB_DEFAULT_JOB_DEFINITION",
+        default_value = "multiarch-builder"
+    )]
+    pub default_job_definition: String,
+
+    /// Seconds between two DescribeJobs sweeps over all live jobs.
+    #[arg(long, env = "MAB_POLL_INTERVAL_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub poll_interval_seconds: u64,
+
+    /// Builds reconciled at the same time.
+    #[arg(long, env = "MAB_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "MAB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: std::net::SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The MultiArchBuild YAML file to build (`-` for standard input).
+    #[arg(short = 'f', long = "file", env = "MAB_BUILD_FILE")]
+    pub file: PathBuf,
+
+    /// Wait until the build ends and print the pinned image (`repository@sha256:...`).
+    #[arg(long, env = "MAB_WAIT")]
+    pub wait: bool,
+
+    /// Print the Batch requests the build would send, and send none.
+    #[arg(long, env = "MAB_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_is_also_an_env_var() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands().chain(std::iter::once(&cli)) {
+            for arg in sub.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                assert!(
+                    builtin || arg.get_env().is_some(),
+                    "{} --{} has no env var",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+}

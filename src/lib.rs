@@ -1,0 +1,5 @@
+//! multiarch-operator: build one container image natively for several platforms on AWS Batch and
+//! publish the multi-platform image index, driven by a Kubernetes resource.
+
+pub mod api;
+pub mod cli;
