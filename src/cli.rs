@@ -44,11 +44,7 @@ pub struct ControllerArgs {
     pub namespaces: Vec<String>,
 
     /// Job definition used when a build sets no spec.jobDefinition.
-    #[arg(
-        long,
-        env = "MAB_DEFAULT_JOB_DEFINITION",
-        default_value = "multiarch-builder"
-    )]
+    #[arg(long, env = "MAB_DEFAULT_JOB_DEFINITION", default_value = "multiarch-builder")]
     pub default_job_definition: String,
 
     /// Seconds between two DescribeJobs sweeps over all live jobs.

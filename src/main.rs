@@ -31,16 +31,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(args) => build(&args),
-        Command::Controller(_) => {
-            Err("the controller is not implemented yet; `build` and `crd` work".into())
-        }
+        Command::Controller(_) => Err("the controller is not implemented yet; `build` and `crd` work".into()),
     }
 }
 
 fn build(args: &BuildArgs) -> Result<ExitCode, String> {
     let build = read_build(args)?;
-    api::validate(&build.spec)
-        .map_err(|e| format!("{}: invalid spec: {e}", args.file.display()))?;
+    api::validate(&build.spec).map_err(|e| format!("{}: invalid spec: {e}", args.file.display()))?;
     Err("running builds is not implemented yet; the spec is valid".into())
 }
 
@@ -52,9 +49,7 @@ fn read_build(args: &BuildArgs) -> Result<MultiArchBuild, String> {
             .map_err(|e| format!("cannot read standard input: {e}"))?;
         text
     } else {
-        std::fs::read_to_string(&args.file)
-            .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
+        std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
     };
-    serde_yaml::from_str(&text)
-        .map_err(|e| format!("{}: not a MultiArchBuild: {e}", args.file.display()))
+    serde_yaml::from_str(&text).map_err(|e| format!("{}: not a MultiArchBuild: {e}", args.file.display()))
 }

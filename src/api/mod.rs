@@ -20,6 +20,8 @@ use validate::patterns;
 /// A request to build one container image natively for several platforms on AWS Batch and
 /// publish the multi-platform image index. Like a batch/v1 Job it is an execution record: the spec
 /// cannot change after creation, except `cancel`. To build again, create a new object.
+// Each printcolumn repeats `type_`; clippy mistakes that for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "multiarch.dev",
@@ -49,11 +51,7 @@ use validate::patterns;
         json_path = ".status.shortDigest",
         description = "The index digest, shortened"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.buildArgs) == has(oldSelf.buildArgs) && has(self.jobDefinition) == has(oldSelf.jobDefinition)").message("spec is immutable except spec.cancel: buildArgs and jobDefinition cannot be added or removed after creation; create a new MultiArchBuild to build again"))]

@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Only platforms that AWS Batch can run natively are accepted: x86-64 (optionally with a
 /// microarchitecture level) and 64-bit Arm (Graviton). No emulation is ever used.
-#[derive(
-    Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Platform {
     #[serde(rename = "linux/amd64")]
     LinuxAmd64,
@@ -62,10 +60,7 @@ impl Platform {
     /// The OCI `architecture` value (GOARCH spelling).
     pub fn architecture(self) -> &'static str {
         match self {
-            Platform::LinuxAmd64
-            | Platform::LinuxAmd64V2
-            | Platform::LinuxAmd64V3
-            | Platform::LinuxAmd64V4 => "amd64",
+            Platform::LinuxAmd64 | Platform::LinuxAmd64V2 | Platform::LinuxAmd64V3 | Platform::LinuxAmd64V4 => "amd64",
             Platform::LinuxArm64 | Platform::LinuxArm64V8 | Platform::LinuxArm64V9 => "arm64",
         }
     }
@@ -157,11 +152,6 @@ mod tests {
         assert!(Platform::LinuxArm64.matches_config("linux", "arm64", Some("v8")));
         assert!(!Platform::LinuxArm64V9.matches_config("linux", "arm64", Some("v8")));
         assert!(!Platform::LinuxArm64.matches_config("linux", "amd64", None));
-        assert!(
-            "linux/riscv64"
-                .parse::<Platform>()
-                .unwrap_err()
-                .contains("linux/amd64")
-        );
+        assert!("linux/riscv64".parse::<Platform>().unwrap_err().contains("linux/amd64"));
     }
 }

@@ -21,7 +21,8 @@ pub mod patterns {
     /// A relative path inside the repository (`..` segments are refused separately).
     pub const RELATIVE_PATH: &str = r"^[A-Za-z0-9._][A-Za-z0-9._/-]{0,254}$";
     /// A Batch job queue name or ARN.
-    pub const JOB_QUEUE: &str = r"^([A-Za-z0-9_-]{1,128}|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9_-]{1,128})$";
+    pub const JOB_QUEUE: &str =
+        r"^([A-Za-z0-9_-]{1,128}|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9_-]{1,128})$";
     /// A Batch job definition name, `name:revision` or ARN.
     pub const JOB_DEFINITION: &str = r"^([A-Za-z0-9_-]{1,128}(:[1-9][0-9]{0,8})?|arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-definition/[A-Za-z0-9_-]{1,128}(:[1-9][0-9]{0,8})?)$";
     /// A Secrets Manager secret ARN in any partition.
@@ -107,7 +108,10 @@ pub fn validate(spec: &MultiArchBuildSpec) -> Result<(), InvalidSpec> {
             .next()
             .is_some_and(|host| host.contains('@'))
     {
-        errors.push("spec.source.git.url", "must not contain credentials; store a token in Secrets Manager and set credentialsSecretArn".into());
+        errors.push(
+            "spec.source.git.url",
+            "must not contain credentials; store a token in Secrets Manager and set credentialsSecretArn".into(),
+        );
     } else if !p.git_url.is_match(&git.url) {
         errors.bad_value(
             "spec.source.git.url",
@@ -121,18 +125,18 @@ pub fn validate(spec: &MultiArchBuildSpec) -> Result<(), InvalidSpec> {
     if let Some(arn) = &git.credentials_secret_arn
         && !p.secret_arn.is_match(arn)
     {
-        errors.bad_value("spec.source.git.credentialsSecretArn", arn, "a Secrets Manager secret ARN, arn:<partition>:secretsmanager:<region>:<account>:secret:<name>");
+        errors.bad_value(
+            "spec.source.git.credentialsSecretArn",
+            arn,
+            "a Secrets Manager secret ARN, arn:<partition>:secretsmanager:<region>:<account>:secret:<name>",
+        );
     }
     for (field, value) in [
         ("spec.source.contextDir", &spec.source.context_dir),
         ("spec.source.dockerfile", &spec.source.dockerfile),
     ] {
         if p.dotdot_segment.is_match(value) {
-            errors.bad_value(
-                field,
-                value,
-                "a path inside the repository: no '..' segments",
-            );
+            errors.bad_value(field, value, "a path inside the repository: no '..' segments");
         } else if !p.relative_path.is_match(value) {
             errors.bad_value(field, value, "a relative path of letters, digits, '.', '_', '/', '-', not starting with '/' or '-', at most 255 characters");
         }
@@ -142,10 +146,7 @@ pub fn validate(spec: &MultiArchBuildSpec) -> Result<(), InvalidSpec> {
         if args.len() > MAX_BUILD_ARGS {
             errors.push(
                 "spec.buildArgs",
-                format!(
-                    "has {} entries; at most {MAX_BUILD_ARGS} are allowed",
-                    args.len()
-                ),
+                format!("has {} entries; at most {MAX_BUILD_ARGS} are allowed", args.len()),
             );
         }
         let mut names = HashSet::new();
@@ -159,19 +160,14 @@ pub fn validate(spec: &MultiArchBuildSpec) -> Result<(), InvalidSpec> {
             } else if !names.insert(arg.name.as_str()) {
                 errors.push(
                     &format!("spec.buildArgs[{i}].name"),
-                    format!(
-                        "{:?} is listed more than once; each name may appear once",
-                        arg.name
-                    ),
+                    format!("{:?} is listed more than once; each name may appear once", arg.name),
                 );
             }
             let length = arg.value.chars().count();
             if length > MAX_BUILD_ARG_VALUE {
                 errors.push(
                     &format!("spec.buildArgs[{i}].value"),
-                    format!(
-                        "is {length} characters long; at most {MAX_BUILD_ARG_VALUE} are allowed"
-                    ),
+                    format!("is {length} characters long; at most {MAX_BUILD_ARG_VALUE} are allowed"),
                 );
             }
         }
@@ -179,21 +175,23 @@ pub fn validate(spec: &MultiArchBuildSpec) -> Result<(), InvalidSpec> {
 
     let out = &spec.output;
     if out.repository.contains('@') {
-        errors.bad_value("spec.output.repository", &out.repository, "a repository without a digest (@sha256:...): the index digest is an output, see status.image");
-    } else if out
-        .repository
-        .rsplit('/')
-        .next()
-        .is_some_and(|last| last.contains(':'))
-        && out.repository.contains('/')
-    {
+        errors.bad_value(
+            "spec.output.repository",
+            &out.repository,
+            "a repository without a digest (@sha256:...): the index digest is an output, see status.image",
+        );
+    } else if out.repository.rsplit('/').next().is_some_and(|last| last.contains(':')) && out.repository.contains('/') {
         errors.bad_value(
             "spec.output.repository",
             &out.repository,
             "a repository without a tag: put the tag in spec.output.tag",
         );
     } else if !p.repository.is_match(&out.repository) {
-        errors.bad_value("spec.output.repository", &out.repository, "host[:port]/path with lower-case path components, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/app");
+        errors.bad_value(
+            "spec.output.repository",
+            &out.repository,
+            "host[:port]/path with lower-case path components, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/app",
+        );
     }
     if !p.tag.is_match(&out.tag) {
         errors.bad_value("spec.output.tag", &out.tag, "the OCI tag grammar [A-Za-z0-9_][A-Za-z0-9._-]* with at most 119 characters, leaving room for the -<arch> suffix of the per-platform tags");
@@ -202,10 +200,7 @@ pub fn validate(spec: &MultiArchBuildSpec) -> Result<(), InvalidSpec> {
     if spec.platforms.is_empty() || spec.platforms.len() > MAX_PLATFORMS {
         errors.push(
             "spec.platforms",
-            format!(
-                "has {} entries; 1 to {MAX_PLATFORMS} are allowed",
-                spec.platforms.len()
-            ),
+            format!("has {} entries; 1 to {MAX_PLATFORMS} are allowed", spec.platforms.len()),
         );
     }
     let mut seen: HashSet<Platform> = HashSet::new();
@@ -328,9 +323,10 @@ mod tests {
             assert!(!p.git_url.is_match(bad), "{bad}");
         }
         assert!(p.job_definition.is_match("multiarch-builder:3"));
-        assert!(p.job_definition.is_match(
-            "arn:aws-us-gov:batch:us-gov-west-1:123456789012:job-definition/multiarch-builder:1"
-        ));
+        assert!(
+            p.job_definition
+                .is_match("arn:aws-us-gov:batch:us-gov-west-1:123456789012:job-definition/multiarch-builder:1")
+        );
         assert!(
             p.job_queue
                 .is_match("arn:aws:batch:us-east-1:123456789012:job-queue/build-arm64")

@@ -1,0 +1,605 @@
+#!/bin/sh
+# build.sh - build and push ONE platform of a MultiArchBuild, inside an AWS Batch job.
+#
+# It runs in the builder container and drives the HOST's Docker engine through the
+# bind-mounted socket (Docker-outside-of-Docker). Configuration comes ONLY from these
+# environment variables (no arguments):
+#
+#   MAB_GIT_URL                     https://host/path, ssh://[user@]host[:port]/path,
+#                                   user@host:path, or (local stack) file:///path.
+#                                   No credentials in the URL; plain http:// is refused.
+#   MAB_GIT_REVISION                commit SHA (full or abbreviated), branch or tag.
+#   MAB_GIT_CREDENTIALS_SECRET_ARN  optional; Secrets Manager secret whose SecretString is a
+#                                   GitHub PAT. Sent to git only as an http header through
+#                                   the environment (GIT_CONFIG_*), never in argv, URL or log.
+#                                   Needs an https:// MAB_GIT_URL.
+#   MAB_CONTEXT_DIR                 default "."; relative to the repository root, no "..".
+#   MAB_DOCKERFILE                  default "Dockerfile"; relative to MAB_CONTEXT_DIR, no "..".
+#   MAB_BUILD_ARG_NAMES             optional; space-separated names [A-Za-z_][A-Za-z0-9_]*;
+#                                   the value of name N is in MAB_BUILD_ARG_N (may be empty).
+#   MAB_IMAGE                       <registry>/<repository>:<tag>-<arch>[-<variant>]
+#   MAB_PLATFORM                    linux/<arch>[/<variant>], e.g. linux/amd64, linux/arm64,
+#                                   linux/arm/v7
+#   MAB_REGISTRY_AUTH               ecr (aws ecr get-login-password | docker login) or none
+#   MAB_ALLOW_EMULATION             optional; "true" skips the host-architecture check.
+#
+# Output: progress lines "[mab] ..." and the git/docker output on stdout/stderr; on success
+# the LAST line on stdout is "digest: sha256:<64 hex>" (the pushed manifest digest).
+# On failure: exactly one line on stderr starting "build.sh: " saying what failed, and
+#   exit 2  invalid configuration (a MAB_* variable or an argument)
+#   exit 3  unusable environment (missing tool, Docker not reachable, wrong host arch)
+#   exit 1  a step failed (secret, clone, revision, build, login, push)
+#   exit 143 terminated by SIGTERM (e.g. Batch TerminateJob), with its own line.
+#
+# POSIX sh (dash, busybox ash). User values are never evaluated by a shell: they are only
+# expanded in double quotes and passed as separate arguments (set -- arrays).
+
+set -u
+set -f          # no globbing: word splitting of MAB_BUILD_ARG_NAMES must not expand '*'
+umask 077
+LC_ALL=C
+export LC_ALL
+
+nl='
+'
+cr=$(printf '\r')
+esc=$(printf '\033')
+work=''
+child=''
+step='starting'
+secret_value=''
+auth_header=''
+auth_key=''
+
+# ---------------------------------------------------------------- output helpers
+log() {
+    printf '[mab] %s\n' "$*"
+}
+
+# one_line TEXT: newlines/CR/tabs to spaces, ANSI escapes removed, at most 500 chars,
+# and any secret material replaced by ***.
+one_line() {
+    _t=$*
+    if [ -n "$secret_value" ]; then
+        while :; do
+            case $_t in
+                *"$secret_value"*) _t=${_t%%"$secret_value"*}'***'${_t#*"$secret_value"} ;;
+                *) break ;;
+            esac
+        done
+    fi
+    if [ -n "$auth_header" ]; then
+        while :; do
+            case $_t in
+                *"$auth_header"*) _t=${_t%%"$auth_header"*}'***'${_t#*"$auth_header"} ;;
+                *) break ;;
+            esac
+        done
+    fi
+    printf '%s' "$_t" | tr '\n\r\t' '   ' | sed "s/${esc}\[[0-9;]*[A-Za-z]//g; s/  */ /g; s/^ //; s/ \$//" | cut -c1-500
+}
+
+# fail CODE MESSAGE: the one stderr line, then exit.
+fail() {
+    _code=$1
+    shift
+    printf 'build.sh: %s\n' "$(one_line "$*")" >&2
+    exit "$_code"
+}
+die_config() { fail 2 "$@"; }
+die_env() { fail 3 "$@"; }
+die() { fail 1 "$@"; }
+
+# last_line FILE: last non-blank line of FILE (sanitised), or "(no output)".
+last_line() {
+    _l=''
+    if [ -s "$1" ]; then
+        _l=$(tr '\r' '\n' <"$1" | sed "s/${esc}\[[0-9;]*[A-Za-z]//g" | grep -v '^[[:space:]]*$' | tail -n 1)
+    fi
+    if [ -z "$_l" ]; then
+        _l='(no output)'
+    fi
+    printf '%s' "$_l"
+}
+
+# matches ERE VALUE: VALUE is a single line that matches ERE entirely (anchors in ERE).
+matches() {
+    case $2 in
+        *"$nl"* | *"$cr"*) return 1 ;;
+    esac
+    printf '%s\n' "$2" | grep -Eq -- "$1"
+}
+
+# ---------------------------------------------------------------- validation
+[ "$#" -eq 0 ] || die_config "takes no arguments; it is configured only by MAB_* environment variables (got '$1')"
+
+# check_relpath NAME VALUE: relative path, safe characters, no '..' component.
+check_relpath() {
+    _n=$1
+    _v=$2
+    [ -n "$_v" ] || die_config "$_n must not be empty"
+    case $_v in
+        /*) die_config "$_n must be a relative path, got '$_v'" ;;
+        -*) die_config "$_n must not start with '-', got '$_v'" ;;
+    esac
+    case "/$_v/" in
+        */../*) die_config "$_n must not contain '..', got '$_v'" ;;
+    esac
+    matches '^[A-Za-z0-9._@+=,/-]+$' "$_v" ||
+        die_config "$_n may only contain letters, digits and . _ @ + = , / -, got '$_v'"
+}
+
+# --- MAB_GIT_URL
+MAB_GIT_URL=${MAB_GIT_URL:-}
+[ -n "$MAB_GIT_URL" ] || die_config "MAB_GIT_URL is required"
+case $MAB_GIT_URL in
+    *"$nl"* | *"$cr"* | *' '* | *'	'*) die_config "MAB_GIT_URL must be one URL without spaces or newlines" ;;
+esac
+git_scheme=''
+case $MAB_GIT_URL in
+    https://*)
+        _auth=${MAB_GIT_URL#https://}
+        _auth=${_auth%%/*}
+        case $_auth in
+            *@*) die_config "MAB_GIT_URL must not contain credentials (user@ or user:password@); use MAB_GIT_CREDENTIALS_SECRET_ARN" ;;
+        esac
+        matches '^https://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&()*+,;=:@/-]*)?$' "$MAB_GIT_URL" ||
+            die_config "MAB_GIT_URL is not a valid https:// URL: '$MAB_GIT_URL'"
+        git_scheme=https
+        ;;
+    http://*)
+        die_config "MAB_GIT_URL must not use plain http://; use https://"
+        ;;
+    ssh://*)
+        _auth=${MAB_GIT_URL#ssh://}
+        _auth=${_auth%%/*}
+        case $_auth in
+            *:*@* ) die_config "MAB_GIT_URL must not contain a password" ;;
+        esac
+        matches '^ssh://([A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?/[A-Za-z0-9._~+/-]+$' "$MAB_GIT_URL" ||
+            die_config "MAB_GIT_URL is not a valid ssh:// URL: '$MAB_GIT_URL'"
+        git_scheme=ssh
+        ;;
+    file://*)
+        matches '^file:///[A-Za-z0-9._~+@=,/-]+$' "$MAB_GIT_URL" ||
+            die_config "MAB_GIT_URL is not a valid file:/// URL: '$MAB_GIT_URL'"
+        case "$MAB_GIT_URL/" in
+            */../*) die_config "MAB_GIT_URL must not contain '..'" ;;
+        esac
+        git_scheme='file'
+        ;;
+    *://*)
+        die_config "MAB_GIT_URL scheme is not supported (use https://, ssh://, user@host:path or file:///): '$MAB_GIT_URL'"
+        ;;
+    *)
+        matches '^[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[A-Za-z0-9._~+/][A-Za-z0-9._~+/-]*$' "$MAB_GIT_URL" ||
+            die_config "MAB_GIT_URL must be https://host/path, ssh://[user@]host/path, user@host:path or file:///path, got '$MAB_GIT_URL'"
+        git_scheme=ssh
+        ;;
+esac
+
+# --- MAB_GIT_REVISION
+MAB_GIT_REVISION=${MAB_GIT_REVISION:-}
+[ -n "$MAB_GIT_REVISION" ] || die_config "MAB_GIT_REVISION is required (commit SHA, branch or tag)"
+_rev_ok=yes
+matches '^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}$' "$MAB_GIT_REVISION" || _rev_ok=no
+case $MAB_GIT_REVISION in
+    *..* | */ | *.lock | *//* | */.*) _rev_ok=no ;;
+esac
+[ "$_rev_ok" = yes ] ||
+    die_config "MAB_GIT_REVISION must be a commit SHA, branch or tag (letters, digits, . _ / + -; no leading '-', no '..'), got '$MAB_GIT_REVISION'"
+
+# --- MAB_GIT_CREDENTIALS_SECRET_ARN
+MAB_GIT_CREDENTIALS_SECRET_ARN=${MAB_GIT_CREDENTIALS_SECRET_ARN:-}
+secret_region=''
+if [ -n "$MAB_GIT_CREDENTIALS_SECRET_ARN" ]; then
+    matches '^arn:aws(-[a-z]+)*:secretsmanager:[a-z]{2}(-[a-z]+)+-[0-9]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$' "$MAB_GIT_CREDENTIALS_SECRET_ARN" ||
+        die_config "MAB_GIT_CREDENTIALS_SECRET_ARN must be a Secrets Manager secret ARN (arn:<partition>:secretsmanager:<region>:<account>:secret:<name>), got '$MAB_GIT_CREDENTIALS_SECRET_ARN'"
+    [ "$git_scheme" = https ] ||
+        die_config "MAB_GIT_CREDENTIALS_SECRET_ARN needs an https:// MAB_GIT_URL (the token is sent as an http header)"
+    secret_region=$(printf '%s\n' "$MAB_GIT_CREDENTIALS_SECRET_ARN" | cut -d: -f4)
+fi
+
+# --- MAB_CONTEXT_DIR / MAB_DOCKERFILE
+MAB_CONTEXT_DIR=${MAB_CONTEXT_DIR:-.}
+MAB_DOCKERFILE=${MAB_DOCKERFILE:-Dockerfile}
+check_relpath MAB_CONTEXT_DIR "$MAB_CONTEXT_DIR"
+check_relpath MAB_DOCKERFILE "$MAB_DOCKERFILE"
+case $MAB_DOCKERFILE in
+    */ | . | */.) die_config "MAB_DOCKERFILE must name a file, got '$MAB_DOCKERFILE'" ;;
+esac
+
+# --- MAB_PLATFORM
+MAB_PLATFORM=${MAB_PLATFORM:-}
+[ -n "$MAB_PLATFORM" ] || die_config "MAB_PLATFORM is required (e.g. linux/amd64, linux/arm64)"
+matches '^linux/(amd64|arm64|arm|386|ppc64le|s390x|riscv64|mips64le)(/v[0-9]{1,2})?$' "$MAB_PLATFORM" ||
+    die_config "MAB_PLATFORM must be linux/<arch>[/<variant>] with arch amd64, arm64, arm, 386, ppc64le, s390x, riscv64 or mips64le, got '$MAB_PLATFORM'"
+plat_arch=$(printf '%s\n' "$MAB_PLATFORM" | cut -d/ -f2)
+plat_variant=$(printf '%s\n' "$MAB_PLATFORM" | cut -s -d/ -f3)
+
+# --- MAB_IMAGE
+MAB_IMAGE=${MAB_IMAGE:-}
+[ -n "$MAB_IMAGE" ] || die_config "MAB_IMAGE is required (<registry>/<repository>:<tag>-<arch>)"
+case $MAB_IMAGE in
+    *@*) die_config "MAB_IMAGE must be <registry>/<repository>:<tag>, not a digest reference: '$MAB_IMAGE'" ;;
+esac
+matches '^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?/[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$' "$MAB_IMAGE" ||
+    die_config "MAB_IMAGE must be <registry>/<repository>:<tag> (lowercase repository, tag of letters, digits, _ . -), got '$MAB_IMAGE'"
+image_registry=${MAB_IMAGE%%/*}
+image_tag=${MAB_IMAGE##*:}
+image_repo=${MAB_IMAGE%:*}
+case $image_registry in
+    *.* | *:* | localhost) ;;
+    *) die_config "MAB_IMAGE must start with a registry host (e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/), got '$MAB_IMAGE'" ;;
+esac
+want_suffix="-$plat_arch"
+if [ -n "$plat_variant" ]; then
+    want_suffix="-$plat_arch-$plat_variant"
+fi
+case $image_tag in
+    *"$want_suffix") ;;
+    *) die_config "MAB_IMAGE tag '$image_tag' must end with '$want_suffix' for MAB_PLATFORM $MAB_PLATFORM" ;;
+esac
+
+# --- MAB_REGISTRY_AUTH
+MAB_REGISTRY_AUTH=${MAB_REGISTRY_AUTH:-}
+ecr_region=''
+case $MAB_REGISTRY_AUTH in
+    none) ;;
+    ecr)
+        ecr_region=$(printf '%s\n' "$image_registry" | sed -n 's/^[0-9]\{12\}\.dkr\.ecr\(-fips\)\{0,1\}\.\([a-z0-9-]*\)\.amazonaws\.com\(\.cn\)\{0,1\}$/\2/p')
+        if [ -z "$ecr_region" ]; then
+            ecr_region=${AWS_REGION:-${AWS_DEFAULT_REGION:-}}
+        fi
+        [ -n "$ecr_region" ] ||
+            die_config "MAB_REGISTRY_AUTH=ecr but the region cannot be read from registry '$image_registry' and AWS_REGION is not set"
+        ;;
+    '') die_config "MAB_REGISTRY_AUTH is required (ecr or none)" ;;
+    *) die_config "MAB_REGISTRY_AUTH must be 'ecr' or 'none', got '$MAB_REGISTRY_AUTH'" ;;
+esac
+
+# --- MAB_ALLOW_EMULATION
+MAB_ALLOW_EMULATION=${MAB_ALLOW_EMULATION:-false}
+case $MAB_ALLOW_EMULATION in
+    true | false) ;;
+    *) die_config "MAB_ALLOW_EMULATION must be 'true' or 'false', got '$MAB_ALLOW_EMULATION'" ;;
+esac
+
+# --- MAB_BUILD_ARG_NAMES / MAB_BUILD_ARG_<name>
+# Values are read with printenv (no eval) and kept exact, trailing newlines included.
+MAB_BUILD_ARG_NAMES=${MAB_BUILD_ARG_NAMES:-}
+case $MAB_BUILD_ARG_NAMES in
+    *"$nl"* | *"$cr"* | *'	'*) die_config "MAB_BUILD_ARG_NAMES must be names separated by single spaces" ;;
+esac
+build_arg_count=0
+seen_names=' '
+IFS=' '
+for _name in $MAB_BUILD_ARG_NAMES; do
+    matches '^[A-Za-z_][A-Za-z0-9_]{0,127}$' "$_name" ||
+        die_config "MAB_BUILD_ARG_NAMES: '$_name' is not a valid build-arg name ([A-Za-z_][A-Za-z0-9_]*)"
+    case $_name in
+        TARGETPLATFORM | TARGETOS | TARGETARCH | TARGETVARIANT | BUILDPLATFORM | BUILDOS | BUILDARCH | BUILDVARIANT)
+            die_config "MAB_BUILD_ARG_NAMES: '$_name' is set by the builder from MAB_PLATFORM and cannot be overridden" ;;
+    esac
+    case $seen_names in
+        *" $_name "*) die_config "MAB_BUILD_ARG_NAMES lists '$_name' twice" ;;
+    esac
+    seen_names="$seen_names$_name "
+    printenv "MAB_BUILD_ARG_$_name" >/dev/null ||
+        die_config "MAB_BUILD_ARG_NAMES lists '$_name' but MAB_BUILD_ARG_$_name is not set"
+    build_arg_count=$((build_arg_count + 1))
+done
+unset IFS
+
+# ---------------------------------------------------------------- environment checks
+for _cmd in git docker tr sed grep cut tail mktemp mkfifo tee uname printenv dirname; do
+    command -v "$_cmd" >/dev/null 2>&1 || die_env "required command '$_cmd' not found in PATH"
+done
+if [ -n "$MAB_GIT_CREDENTIALS_SECRET_ARN" ] || [ "$MAB_REGISTRY_AUTH" = ecr ]; then
+    command -v aws >/dev/null 2>&1 || die_env "required command 'aws' (AWS CLI v2) not found in PATH"
+    command -v base64 >/dev/null 2>&1 || die_env "required command 'base64' not found in PATH"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/mab-build.XXXXXX") || die_env "cannot create a work directory in ${TMPDIR:-/tmp}"
+cleanup() {
+    if [ -n "$child" ]; then
+        kill -TERM "$child" 2>/dev/null
+    fi
+    if [ -n "$work" ] && [ -d "$work" ]; then
+        rm -rf "$work"
+    fi
+}
+on_signal() {
+    trap - TERM INT HUP
+    if [ -n "$child" ]; then
+        kill -TERM "$child" 2>/dev/null
+        wait "$child" 2>/dev/null
+        child=''
+    fi
+    fail 143 "terminated by signal while $step"
+}
+trap cleanup EXIT
+trap on_signal TERM INT HUP
+
+# Isolate git and docker from whatever the image or host had configured.
+mkdir -p "$work/home" "$work/docker-config" || die_env "cannot create directories in $work"
+HOME=$work/home
+DOCKER_CONFIG=$work/docker-config
+GIT_TERMINAL_PROMPT=0
+GIT_CONFIG_NOSYSTEM=1
+GIT_SSH_COMMAND='ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new'
+export HOME DOCKER_CONFIG GIT_TERMINAL_PROMPT GIT_CONFIG_NOSYSTEM GIT_SSH_COMMAND
+unset GIT_TRACE GIT_TRACE_CURL GIT_TRACE_PACKET GIT_TRACE_SETUP GIT_CURL_VERBOSE \
+    GIT_CONFIG_COUNT GIT_CONFIG_PARAMETERS GIT_ASKPASS SSH_ASKPASS GIT_DIR GIT_WORK_TREE
+case $git_scheme in
+    file) GIT_ALLOW_PROTOCOL=file:https:ssh ;;
+    *) GIT_ALLOW_PROTOCOL=https:ssh ;;
+esac
+export GIT_ALLOW_PROTOCOL
+
+# run_step LOGFILE CMD ARGS...: run a command in the background (so SIGTERM is handled at
+# once), stream its stdout+stderr to our stdout and into LOGFILE; return its exit status.
+run_step() {
+    _log=$1
+    shift
+    _fifo="$work/fifo.$$"
+    rm -f "$_fifo"
+    mkfifo "$_fifo" || die_env "cannot create a fifo in $work"
+    : >"$_log"
+    tee -a "$_log" <"$_fifo" &
+    _tee=$!
+    "$@" >"$_fifo" 2>&1 &
+    child=$!
+    wait "$child"
+    _rc=$?
+    child=''
+    wait "$_tee"
+    rm -f "$_fifo"
+    return "$_rc"
+}
+
+# git_run ARGS...: git, with the token header in the environment of this one command only.
+git_run() {
+    if [ -n "$auth_header" ]; then
+        GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0="$auth_key" GIT_CONFIG_VALUE_0="$auth_header" git "$@"
+    else
+        git "$@"
+    fi
+}
+
+# --- Docker reachable?
+step='checking the Docker daemon'
+if ! docker version --format '{{.Server.Version}}' >"$work/docker-version.log" 2>&1; then
+    die_env "Docker daemon not reachable at ${DOCKER_HOST:-unix:///var/run/docker.sock} (is the host socket mounted?): $(last_line "$work/docker-version.log")"
+fi
+server_version=$(tail -n 1 "$work/docker-version.log")
+
+# --- host architecture
+host_machine=$(uname -m)
+case $host_machine in
+    x86_64 | amd64) host_arch=amd64 ;;
+    aarch64 | arm64 | armv8*) host_arch=arm64 ;;
+    armv7* | armv6* | armv5* | arm) host_arch=arm ;;
+    i386 | i486 | i586 | i686) host_arch=386 ;;
+    ppc64le) host_arch=ppc64le ;;
+    s390x) host_arch=s390x ;;
+    riscv64) host_arch=riscv64 ;;
+    mips64) host_arch=mips64le ;;
+    *) host_arch=$host_machine ;;
+esac
+if [ "$host_arch" != "$plat_arch" ]; then
+    if [ "$MAB_ALLOW_EMULATION" = true ]; then
+        log "host is $host_arch ($host_machine), building $MAB_PLATFORM: MAB_ALLOW_EMULATION=true, not checking"
+    else
+        die_env "host architecture is $host_arch (uname -m: $host_machine) but MAB_PLATFORM is $MAB_PLATFORM: this job queue's compute environment is not native for it (set MAB_ALLOW_EMULATION=true to build anyway)"
+    fi
+fi
+
+# --- which builder does this docker CLI drive?
+if docker buildx version >"$work/buildx.log" 2>&1; then
+    builder=buildx
+else
+    client_version=$(docker version --format '{{.Client.Version}}' 2>/dev/null)
+    client_major=${client_version%%.*}
+    case $client_major in
+        '' | *[!0-9]*) builder=classic ;;
+        *)
+            if [ "$client_major" -lt 23 ]; then
+                builder=buildkit # the BuildKit built into docker CLI < 23 (DOCKER_BUILDKIT=1)
+            else
+                builder=classic
+            fi
+            ;;
+    esac
+fi
+
+log "platform $MAB_PLATFORM on host $host_arch, Docker engine $server_version, builder $builder"
+log "source $MAB_GIT_URL revision $MAB_GIT_REVISION, context $MAB_CONTEXT_DIR, dockerfile $MAB_DOCKERFILE, $build_arg_count build arg(s)"
+log "target $MAB_IMAGE (registry auth: $MAB_REGISTRY_AUTH)"
+
+# --- git credentials (never printed, never in argv)
+if [ -n "$MAB_GIT_CREDENTIALS_SECRET_ARN" ]; then
+    step='reading the git credentials secret'
+    log "reading the git token from Secrets Manager"
+    secret_value=$(aws secretsmanager get-secret-value --region "$secret_region" \
+        --secret-id "$MAB_GIT_CREDENTIALS_SECRET_ARN" --query SecretString --output text \
+        2>"$work/secret.err" </dev/null)
+    _rc=$?
+    [ "$_rc" -eq 0 ] ||
+        die "could not read secret $MAB_GIT_CREDENTIALS_SECRET_ARN: $(last_line "$work/secret.err")"
+    case $secret_value in
+        '' | None) die "secret $MAB_GIT_CREDENTIALS_SECRET_ARN has no SecretString (a GitHub token is expected)" ;;
+        *[!A-Za-z0-9_.~+/=:-]*) die "secret $MAB_GIT_CREDENTIALS_SECRET_ARN: SecretString must be the token itself (one line, no spaces or JSON)" ;;
+    esac
+    # printf is a shell builtin: the token goes to base64 through a pipe, not argv.
+    _b64=$(printf 'x-access-token:%s' "$secret_value" | base64 | tr -d '\n')
+    [ -n "$_b64" ] || die "could not encode the git token"
+    auth_header="Authorization: Basic $_b64"
+    unset _b64
+    # Send the header only to the repository's host (not to redirects or other hosts).
+    _hostport=${MAB_GIT_URL#https://}
+    _hostport=${_hostport%%/*}
+    auth_key="http.https://$_hostport/.extraHeader"
+fi
+
+# --- clone and check out the revision
+src="$work/src"
+step='cloning the repository'
+log "cloning $MAB_GIT_URL"
+if ! run_step "$work/clone.log" git_run clone --no-checkout -- "$MAB_GIT_URL" "$src"; then
+    die "git clone of $MAB_GIT_URL failed: $(last_line "$work/clone.log")"
+fi
+cd "$src" || die "cannot enter the clone directory"
+
+step='resolving the revision'
+rev=$MAB_GIT_REVISION
+commit=''
+for _ref in "refs/remotes/origin/$rev" "refs/tags/$rev"; do
+    if commit=$(git rev-parse --verify --quiet "$_ref^{commit}" 2>/dev/null) && [ -n "$commit" ]; then
+        break
+    fi
+    commit=''
+done
+if [ -z "$commit" ] && matches '^[0-9a-fA-F]{4,40}$' "$rev"; then
+    commit=$(git rev-parse --verify --quiet "$rev^{commit}" 2>/dev/null) || commit=''
+    if [ -z "$commit" ] && matches '^[0-9a-fA-F]{40}$' "$rev"; then
+        # a commit not reachable from any branch or tag (e.g. a pull request head)
+        log "commit $rev is not on a branch or tag; fetching it"
+        if run_step "$work/fetch.log" git_run fetch --quiet origin "$rev"; then
+            commit=$(git rev-parse --verify --quiet 'FETCH_HEAD^{commit}' 2>/dev/null) || commit=''
+        fi
+    fi
+fi
+[ -n "$commit" ] || die "git revision '$rev' not found in $MAB_GIT_URL (no such branch, tag or commit)"
+step='checking out the revision'
+if ! run_step "$work/checkout.log" git -c advice.detachedHead=false checkout --quiet --detach "$commit"; then
+    die "git checkout of $commit failed: $(last_line "$work/checkout.log")"
+fi
+log "revision $rev is commit $commit"
+if [ -f .gitmodules ]; then
+    step='updating submodules'
+    log "updating submodules"
+    if ! run_step "$work/submodules.log" git_run submodule update --init --recursive; then
+        die "git submodule update failed: $(last_line "$work/submodules.log")"
+    fi
+fi
+# The token is not needed any more: drop it before anything else runs.
+auth_header=''
+auth_key=''
+secret_value=''
+
+# --- context and Dockerfile exist, inside the checkout
+ctx="$src/$MAB_CONTEXT_DIR"
+[ -d "$ctx" ] || die "context directory '$MAB_CONTEXT_DIR' does not exist at commit $commit"
+ctx_real=$(cd -P -- "$ctx" && pwd) || die "cannot enter context directory '$MAB_CONTEXT_DIR'"
+src_real=$(cd -P -- "$src" && pwd) || die "cannot enter the clone directory"
+case "$ctx_real/" in
+    "$src_real"/*) ;;
+    *) die "context directory '$MAB_CONTEXT_DIR' points outside the repository" ;;
+esac
+dockerfile="$ctx/$MAB_DOCKERFILE"
+[ -f "$dockerfile" ] || die "Dockerfile '$MAB_DOCKERFILE' does not exist in context '$MAB_CONTEXT_DIR' at commit $commit"
+df_dir=$(dirname -- "$dockerfile")
+df_real=$(cd -P -- "$df_dir" && pwd) || die "cannot enter the directory of '$MAB_DOCKERFILE'"
+case "$df_real/" in
+    "$src_real"/*) ;;
+    *) die "Dockerfile '$MAB_DOCKERFILE' points outside the repository" ;;
+esac
+cd "$work" || die "cannot enter $work"
+
+# --- registry login (before the build: a base image may live in the same registry)
+if [ "$MAB_REGISTRY_AUTH" = ecr ]; then
+    step='logging in to the registry'
+    log "logging in to $image_registry (ECR, region $ecr_region)"
+    _pw=$(aws ecr get-login-password --region "$ecr_region" 2>"$work/ecr.err" </dev/null) ||
+        die "aws ecr get-login-password failed for region $ecr_region: $(last_line "$work/ecr.err")"
+    [ -n "$_pw" ] || die "aws ecr get-login-password returned nothing for region $ecr_region"
+    if ! printf '%s' "$_pw" | docker login --username AWS --password-stdin "$image_registry" >"$work/login.log" 2>&1; then
+        unset _pw
+        die "docker login to $image_registry failed: $(last_line "$work/login.log")"
+    fi
+    unset _pw
+fi
+
+# --- build
+step="building $MAB_PLATFORM"
+set -- build
+case $builder in
+    buildx)
+        set -- buildx build --progress=plain --load
+        if docker buildx build --help 2>/dev/null | grep -q -- '--provenance'; then
+            set -- "$@" --provenance=false
+        fi
+        ;;
+    buildkit)
+        set -- build --progress=plain
+        DOCKER_BUILDKIT=1
+        export DOCKER_BUILDKIT
+        ;;
+    classic)
+        DOCKER_BUILDKIT=0
+        export DOCKER_BUILDKIT
+        log "warning: no BuildKit in this docker CLI: the classic builder does not set TARGETARCH and its cache is not per platform"
+        ;;
+esac
+set -- "$@" --platform "$MAB_PLATFORM" --file "$dockerfile" --tag "$MAB_IMAGE" \
+    --label "org.opencontainers.image.revision=$commit"
+IFS=' '
+for _name in $MAB_BUILD_ARG_NAMES; do
+    # "; echo x" keeps trailing newlines of the value; printenv adds one newline.
+    _val=$(printenv "MAB_BUILD_ARG_$_name"; echo x)
+    _val=${_val%x}
+    _val=${_val%"$nl"}
+    set -- "$@" --build-arg "$_name=$_val"
+done
+unset IFS
+set -- "$@" "$ctx"
+log "docker $1 for $MAB_PLATFORM"
+if ! run_step "$work/build.log" docker "$@"; then
+    die "docker build failed for $MAB_PLATFORM: $(last_line "$work/build.log")"
+fi
+
+# --- the image really is for the requested platform
+step='checking the built image'
+built=$(docker image inspect --format '{{.Os}}/{{.Architecture}}' "$MAB_IMAGE" 2>"$work/inspect.err") ||
+    die "docker image inspect of $MAB_IMAGE failed after the build: $(last_line "$work/inspect.err")"
+if [ "$built" != "linux/$plat_arch" ]; then
+    die "the built image is $built, not $MAB_PLATFORM (a base image for the wrong platform, or the build cache of another platform?)"
+fi
+if [ -n "$plat_variant" ]; then
+    built_variant=$(docker image inspect --format '{{.Variant}}' "$MAB_IMAGE" 2>/dev/null) || built_variant=''
+    if [ -n "$built_variant" ] && [ "$built_variant" != "$plat_variant" ]; then
+        die "the built image is $built/$built_variant, not $MAB_PLATFORM"
+    fi
+fi
+
+# --- push (retried: registries have transient failures)
+step="pushing $MAB_IMAGE"
+_try=1
+while :; do
+    log "pushing $MAB_IMAGE (attempt $_try)"
+    if run_step "$work/push.log" docker push "$MAB_IMAGE"; then
+        break
+    fi
+    if [ "$_try" -ge 3 ]; then
+        die "docker push of $MAB_IMAGE failed: $(last_line "$work/push.log")"
+    fi
+    sleep $((_try * 5)) &
+    child=$!
+    wait "$child"
+    child=''
+    _try=$((_try + 1))
+done
+
+step='reading the pushed digest'
+digest=$(sed -n 's/.*digest: \(sha256:[0-9a-f]\{64\}\).*/\1/p' "$work/push.log" | tail -n 1)
+if [ -z "$digest" ]; then
+    digest=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$MAB_IMAGE" 2>/dev/null |
+        grep -F -- "$image_repo@" | sed -n 's/.*@\(sha256:[0-9a-f]\{64\}\)$/\1/p' | tail -n 1)
+fi
+[ -n "$digest" ] || die "pushed $MAB_IMAGE but could not read its digest from docker push or docker inspect"
+
+# Untag locally (the pushed image is in the registry; keep the Batch host's disk tidy).
+docker image rm "$MAB_IMAGE" >/dev/null 2>&1 || true
+log "pushed $image_repo@$digest"
+printf 'digest: %s\n' "$digest"

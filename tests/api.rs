@@ -1,0 +1,243 @@
+//! The API contract: the committed CRD matches the types, every CEL rule compiles within the cost
+//! budget, and the samples are accepted or rejected with their own specific messages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use kube::{
+    CustomResourceExt,
+    core::cel::{ScopeContext, Validator, WarningKind, analyze_rule, compile_schema},
+};
+use multiarch_operator::api::{self, MultiArchBuild};
+use serde_json::Value;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn schema() -> Value {
+    let crd = MultiArchBuild::crd();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap();
+    serde_json::to_value(schema).unwrap()
+}
+
+fn as_object(build: &MultiArchBuild) -> Value {
+    serde_json::to_value(build).unwrap()
+}
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let committed = std::fs::read_to_string(repo("crds/multiarch.dev_multiarchbuilds.yaml")).unwrap();
+    assert!(
+        committed == api::crd_yaml().unwrap(),
+        "crds/multiarch.dev_multiarchbuilds.yaml is stale: run `make crds`"
+    );
+}
+
+/// Every `x-kubernetes-validations` rule with the schema node it sits on.
+fn rules(node: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    if let Some(list) = node.get("x-kubernetes-validations").and_then(Value::as_array) {
+        for rule in list {
+            out.push((path.to_string(), rule["rule"].as_str().unwrap().to_string()));
+        }
+    }
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        for (name, child) in props {
+            rules(child, &format!("{path}.{name}"), out);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        rules(items, &format!("{path}[]"), out);
+    }
+}
+
+fn node_at<'a>(schema: &'a Value, path: &str) -> &'a Value {
+    path.trim_start_matches('.')
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .fold(schema, |node, part| match part.strip_suffix("[]") {
+            Some(name) => &node["properties"][name]["items"],
+            None => &node["properties"][part],
+        })
+}
+
+#[test]
+fn every_cel_rule_compiles_and_stays_within_the_cost_budget() {
+    let schema = schema();
+    let compiled = compile_schema(&schema);
+    let mut found = Vec::new();
+    rules(&schema, "", &mut found);
+    assert!(
+        found.len() >= 15,
+        "expected the CRD to carry its CEL rules, found {}",
+        found.len()
+    );
+    for (path, rule) in &found {
+        let node = node_at(&schema, path);
+        let node_compiled = compile_schema(node);
+        assert!(
+            !node_compiled.has_errors(),
+            "rule at {path} does not compile: {rule}: {:?}",
+            node_compiled.compilation_errors()
+        );
+        let warnings = analyze_rule(rule, &node_compiled, ScopeContext::CrdValidation);
+        // kube-cel's scope check does not know macro-bound variables (`self.all(p, ...)`).
+        let bound_by_macro = |message: &str| {
+            message
+                .split('\'')
+                .nth(1)
+                .is_some_and(|var| rule.contains(&format!("({var}, ")))
+        };
+        let serious: Vec<_> = warnings
+            .iter()
+            .filter(|w| match w.kind {
+                WarningKind::WrongScope => !bound_by_macro(&w.message),
+                WarningKind::CostExceeded | WarningKind::MissingBounds => true,
+                _ => false,
+            })
+            .collect();
+        assert!(serious.is_empty(), "rule at {path}: {rule}: {serious:?}");
+    }
+    assert!(!compiled.has_errors());
+}
+
+struct Sample {
+    path: PathBuf,
+    text: String,
+}
+
+impl Sample {
+    fn header(&self, key: &str) -> Option<String> {
+        self.text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_string))
+    }
+}
+
+fn samples(dir: &str) -> Vec<Sample> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(repo(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| Sample {
+            text: std::fs::read_to_string(&path).unwrap(),
+            path,
+        })
+        .collect()
+}
+
+#[test]
+fn the_good_sample_passes_validate_and_the_cel_rules() {
+    let text = std::fs::read_to_string(repo("config/samples/vecoli.yaml")).unwrap();
+    let build: MultiArchBuild = serde_yaml::from_str(&text).unwrap();
+    api::validate(&build.spec).unwrap();
+    Validator::new().validate(&schema(), &as_object(&build), None).unwrap();
+}
+
+#[test]
+fn every_bad_sample_is_rejected_with_its_own_message() {
+    let bad = samples("config/samples/bad");
+    assert!(bad.len() >= 20, "only {} bad samples", bad.len());
+    let mut messages = std::collections::HashSet::new();
+    for sample in &bad {
+        let name = sample.path.file_name().unwrap().to_string_lossy();
+        let expect = sample
+            .header("expect")
+            .unwrap_or_else(|| panic!("{name} has no '# expect:' line"));
+        let error = match serde_yaml::from_str::<MultiArchBuild>(&sample.text) {
+            Err(parse) => parse.to_string(),
+            Ok(build) => match api::validate(&build.spec) {
+                Ok(()) => panic!("{name} was accepted by validate()"),
+                Err(invalid) => {
+                    assert_eq!(invalid.0.len(), 1, "{name} should break exactly one rule: {invalid}");
+                    if let Some(cel) = sample.header("cel") {
+                        let errors = Validator::new()
+                            .validate(&schema(), &as_object(&build), None)
+                            .expect_err(&name);
+                        assert!(
+                            errors.iter().any(|e| e.message.contains(&cel)),
+                            "{name}: no CEL error containing {cel:?}: {errors:?}"
+                        );
+                    }
+                    invalid.to_string()
+                }
+            },
+        };
+        assert!(
+            error.contains(&expect),
+            "{name}:\n  expected: {expect}\n  got:      {error}"
+        );
+        assert!(
+            messages.insert(error.clone()),
+            "{name} repeats another sample's message: {error}"
+        );
+    }
+}
+
+fn vecoli() -> MultiArchBuild {
+    serde_yaml::from_str(&std::fs::read_to_string(repo("config/samples/vecoli.yaml")).unwrap()).unwrap()
+}
+
+fn update_errors(old: &MultiArchBuild, new: &MultiArchBuild) -> Vec<String> {
+    match Validator::new().validate(&schema(), &as_object(new), Some(&as_object(old))) {
+        Ok(()) => vec![],
+        Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
+    }
+}
+
+#[test]
+fn the_spec_is_immutable_except_a_one_way_cancel() {
+    let old = vecoli();
+
+    let mut cancelled = old.clone();
+    cancelled.spec.cancel = true;
+    assert_eq!(update_errors(&old, &cancelled), Vec::<String>::new());
+    assert!(
+        update_errors(&cancelled, &old)
+            .iter()
+            .any(|m| m.contains("spec.cancel can only change from false to true"))
+    );
+
+    let mut retagged = old.clone();
+    retagged.spec.output.tag = "other".into();
+    assert!(
+        update_errors(&old, &retagged)
+            .iter()
+            .any(|m| m.contains("spec.output is immutable"))
+    );
+
+    let mut more_platforms = old.clone();
+    more_platforms.spec.platforms.truncate(1);
+    assert!(
+        update_errors(&old, &more_platforms)
+            .iter()
+            .any(|m| m.contains("spec.platforms is immutable"))
+    );
+
+    let mut no_args = old.clone();
+    no_args.spec.build_args = None;
+    assert!(
+        update_errors(&old, &no_args)
+            .iter()
+            .any(|m| m.contains("cannot be added or removed"))
+    );
+
+    let mut new_revision = old.clone();
+    new_revision.spec.source.git.revision = "main".into();
+    assert!(
+        update_errors(&old, &new_revision)
+            .iter()
+            .any(|m| m.contains("spec.source is immutable"))
+    );
+}
