@@ -358,6 +358,26 @@ pub struct PlatformStatus {
     pub stopped_at: Option<Time>,
 }
 
+impl From<Platform> for PlatformStatus {
+    /// An entry for a platform nothing is known about yet.
+    fn from(platform: Platform) -> Self {
+        PlatformStatus {
+            platform,
+            job_name: None,
+            job_id: None,
+            state: None,
+            attempts: None,
+            status_reason: None,
+            exit_code: None,
+            log_stream_name: None,
+            image: None,
+            digest: None,
+            started_at: None,
+            stopped_at: None,
+        }
+    }
+}
+
 fn default_timeout_seconds() -> i64 {
     3600
 }

@@ -182,7 +182,7 @@ fn merge_observations(input: &Input<'_>) -> MultiArchBuildStatus {
                 .iter()
                 .find(|p| p.platform == target.platform)
                 .cloned()
-                .unwrap_or_else(|| empty_entry(target.platform));
+                .unwrap_or_else(|| PlatformStatus::from(target.platform));
             match input.observed.jobs.get(&target.platform) {
                 Some(JobObservation::Submitted { job_id, job_name }) if entry.job_id.is_none() => {
                     entry.job_id = Some(job_id.clone());
@@ -207,23 +207,6 @@ fn merge_observations(input: &Input<'_>) -> MultiArchBuildStatus {
         .collect();
     status.platforms = entries;
     status
-}
-
-fn empty_entry(platform: Platform) -> PlatformStatus {
-    PlatformStatus {
-        platform,
-        job_name: None,
-        job_id: None,
-        state: None,
-        attempts: None,
-        status_reason: None,
-        exit_code: None,
-        log_stream_name: None,
-        image: None,
-        digest: None,
-        started_at: None,
-        stopped_at: None,
-    }
 }
 
 fn apply_snapshot(entry: &mut PlatformStatus, job: &JobSnapshot) {

@@ -1,0 +1,3 @@
+//! The Kubernetes controller.
+
+pub mod gating;
