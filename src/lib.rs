@@ -2,5 +2,6 @@
 //! publish the multi-platform image index, driven by a Kubernetes resource.
 
 pub mod api;
+pub mod batch;
 pub mod cli;
 pub mod plan;
