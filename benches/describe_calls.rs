@@ -6,6 +6,12 @@
 //!
 //! Prints `bench describejobs_calls_per_poll_<N>_builds <calls> calls`; exits 1 when a figure is
 //! not ceil(live jobs / 100). Needs `moto_server` (`pip install 'moto[server]'`).
+//!
+//! `cargo bench` passes `--bench`; without it (`cargo test --all-targets`) only 1 and 100 builds
+//! are measured, as a quick check, and the lines start with `smoke` instead of `bench`.
+
+// Test tooling like tests/: a failed setup step should stop the bench loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/common/moto.rs"]
 mod moto;
@@ -38,9 +44,15 @@ async fn main() -> ExitCode {
     let executor = BatchExecutor::new(batch, logs);
     let spec = spec();
 
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let (sizes, prefix): (&[usize], &str) = if full {
+        (&[1, 100, 1000], "bench")
+    } else {
+        (&[1, 100], "smoke")
+    };
     let mut ok = true;
     let mut next_build = 0usize;
-    for builds in [1usize, 100, 1000] {
+    for &builds in sizes {
         let started = Instant::now();
         let poller = JobPoller::new(executor.clone(), PollerConfig::default());
         let refs: Vec<BuildRef> = (next_build..next_build + builds)
@@ -84,7 +96,7 @@ async fn main() -> ExitCode {
         let live_jobs = submitted.len();
         let expected = live_jobs.div_ceil(100);
 
-        println!("bench describejobs_calls_per_poll_{builds}_builds {http_calls} calls");
+        println!("{prefix} describejobs_calls_per_poll_{builds}_builds {http_calls} calls");
         eprintln!(
             "  {builds} builds, {live_jobs} live jobs: submitted in {:.1?}, sweep {:.1?}, {} changes; \
              poller counted {poller_calls}, expected ceil({live_jobs}/100) = {expected}",

@@ -6,6 +6,9 @@
 //! - DescribeJobs accepts more than 100 ids (AWS rejects them) and answers an empty list with every job;
 //! - TerminateJob of a finished or unknown job succeeds and sets `statusReason` on a finished one.
 
+// Helpers outside #[test] functions unwrap too: a failed setup step must stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "common/moto.rs"]
 mod moto;
 
@@ -295,7 +298,7 @@ async fn terminate_sends_the_reason() {
     // moto keeps the first reason as the status reason (the job had already finished there).
     let snap = env
         .executor
-        .describe(&[job.job_id.clone()])
+        .describe(std::slice::from_ref(&job.job_id))
         .await
         .unwrap()
         .remove(&job.job_id)
@@ -415,8 +418,13 @@ async fn poller_publishes_each_change_once_and_drops_finished_jobs() {
     assert_eq!(poller.sweep().await.changes, 1, "reported missing after 3 sweeps");
     let missing = changes.try_recv().unwrap();
     assert_eq!((missing.owner, missing.snapshot), (build(999), None));
-    assert_eq!(poller.sweep().await.describe_calls, 0);
+    assert!(poller.is_missing("00000000-0000-4000-8000-00000000dead"));
+    // Still asked about (it may yet appear), but not reported again.
+    let report = poller.sweep().await;
+    assert_eq!((report.describe_calls, report.changes), (1, 0));
     assert!(changes.try_recv().is_none());
+    poller.forget_job("00000000-0000-4000-8000-00000000dead");
+    assert_eq!(poller.sweep().await.describe_calls, 0);
     assert_eq!(
         poller.describe_calls(),
         env.executor.calls().get(AwsOperation::DescribeJobs)

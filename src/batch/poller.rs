@@ -46,8 +46,9 @@ pub struct PollerConfig {
     /// First backoff delay; doubled each retry, up to `backoff_max`, with jitter.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// A job Batch has not returned for this many sweeps in a row is reported as missing
-    /// (expired or unknown: not a failure) and no longer swept.
+    /// A job Batch has not returned for this many sweeps in a row is reported once as missing
+    /// (expired, unknown, or not yet visible: not a failure). It is still swept, and reported
+    /// again if it reappears, until it is forgotten.
     pub missing_after_sweeps: u32,
 }
 
@@ -129,9 +130,11 @@ struct Inner<D> {
 struct Tracked {
     owner: BuildRef,
     last: Option<JobSnapshot>,
-    /// Still swept: not yet terminal, not reported missing.
+    /// Still swept: not seen in a terminal state yet.
     live: bool,
+    /// Sweeps in a row that did not return the job.
     missing_sweeps: u32,
+    /// Reported missing, and not seen since.
     missing: bool,
 }
 
@@ -151,8 +154,8 @@ impl<D: JobDescriber> JobPoller<D> {
         }
     }
 
-    /// Starts sweeping `job_id` for `owner`. Idempotent: a job already known (live, finished or
-    /// missing) is left as it is, so the engine can call this on every reconcile.
+    /// Starts sweeping `job_id` for `owner`. Idempotent: a job already known (live or finished) is
+    /// left as it is, so the engine can call this on every reconcile.
     pub fn watch(&self, owner: &BuildRef, job_id: &str) {
         if job_id.is_empty() {
             return;
@@ -242,7 +245,7 @@ impl<D: JobDescriber> JobPoller<D> {
     }
 
     /// One sweep: describe every live job in chunks of 100, publish what changed, drop jobs that
-    /// finished (reported once) or went missing. Throttling and transient errors are retried with
+    /// finished (reported once). Throttling and transient errors are retried with
     /// backoff and jitter; a chunk that still fails is left for the next sweep, never reported as a
     /// job failure.
     pub async fn sweep(&self) -> SweepReport {
@@ -330,7 +333,8 @@ impl<D: JobDescriber> JobPoller<D> {
                     if snapshot.state.is_terminal() {
                         tracked.live = false;
                     }
-                    if tracked.last.as_ref() != Some(&snapshot) {
+                    let back = std::mem::take(&mut tracked.missing);
+                    if back || tracked.last.as_ref() != Some(&snapshot) {
                         tracked.last = Some(snapshot.clone());
                         changes.push(JobChange {
                             owner: tracked.owner.clone(),
@@ -340,9 +344,8 @@ impl<D: JobDescriber> JobPoller<D> {
                     }
                 }
                 None => {
-                    tracked.missing_sweeps += 1;
-                    if tracked.missing_sweeps >= missing_after {
-                        tracked.live = false;
+                    tracked.missing_sweeps = tracked.missing_sweeps.saturating_add(1);
+                    if tracked.missing_sweeps >= missing_after && !tracked.missing {
                         tracked.missing = true;
                         changes.push(JobChange {
                             owner: tracked.owner.clone(),
@@ -595,6 +598,16 @@ mod tests {
             }]
         );
         assert!(poller.is_missing("gone"));
+        // Still swept, not reported again...
+        let report = poller.sweep().await;
+        assert_eq!((report.describe_calls, report.changes), (1, 0));
+        // ...and reported when Batch returns it after all (eventual consistency).
+        lock(&fake.states).insert("gone".into(), JobState::Runnable);
+        assert_eq!(poller.sweep().await.changes, 1);
+        assert!(!poller.is_missing("gone"));
+        let got = drain(&mut changes);
+        assert_eq!(got[0].snapshot.as_ref().map(|s| s.state), Some(JobState::Runnable));
+        poller.forget_job("gone");
         assert_eq!(poller.sweep().await.describe_calls, 0);
     }
 

@@ -4,7 +4,8 @@
 //! `MOTO_SERVER`. Batch runs without Docker (`use_docker: false`): a submitted job is SUCCEEDED
 //! (or FAILED when the server runs with `MOTO_SIMPLE_BATCH_FAIL_AFTER=0`) before SubmitJob returns.
 
-#![allow(dead_code)]
+// Test tooling: a failed setup step must stop the test loudly.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -249,8 +250,11 @@ fn free_port() -> u16 {
 /// segment, e.g. `describejobs`) and the body.
 #[derive(Clone, Debug, Default)]
 pub struct Recorder {
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
 }
+
+/// One transmitted request: operation and body.
+type Recorded = (String, Vec<u8>);
 
 impl Recorder {
     /// How many requests went to `operation` (lowercase REST path segment, e.g. `describejobs`).
