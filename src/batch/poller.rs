@@ -94,7 +94,8 @@ pub struct SweepReport {
     pub changes: usize,
     /// Calls that were throttled (each retried or left for the next sweep).
     pub throttled: u64,
-    /// Chunks that still failed after the retries; their jobs stay live for the next sweep.
+    /// Chunks that still failed after the retries; their jobs stay live for the next sweep. After
+    /// a chunk that stayed throttled the sweep stops, and the chunks not asked are not counted.
     pub failed_chunks: usize,
     /// The last error of a failed chunk.
     pub error: Option<BatchError>,
@@ -225,7 +226,11 @@ impl<D: JobDescriber> JobPoller<D> {
         let mut throttled_sweeps: u32 = 0;
         loop {
             let started = tokio::time::Instant::now();
-            let report = self.sweep().await;
+            // A sweep may be cut short: every chunk's answer is recorded as soon as it arrives.
+            let report = tokio::select! {
+                () = &mut shutdown => return,
+                report = self.sweep() => report,
+            };
             let mut pause = self.inner.config.interval;
             if let Some(error) = &report.error {
                 tracing::warn!(error = %error, label = error.label(), failed_chunks = report.failed_chunks,
@@ -245,9 +250,9 @@ impl<D: JobDescriber> JobPoller<D> {
     }
 
     /// One sweep: describe every live job in chunks of 100, publish what changed, drop jobs that
-    /// finished (reported once). Throttling and transient errors are retried with
-    /// backoff and jitter; a chunk that still fails is left for the next sweep, never reported as a
-    /// job failure.
+    /// finished (reported once). Throttling and transient errors are retried with backoff and
+    /// jitter; a chunk that still fails is left for the next sweep (after a throttled one, so is the
+    /// rest of the sweep), never reported as a job failure.
     pub async fn sweep(&self) -> SweepReport {
         let _one_at_a_time = self.inner.sweeping.lock().await;
         self.inner.sweeps.fetch_add(1, Ordering::Relaxed);
@@ -270,7 +275,13 @@ impl<D: JobDescriber> JobPoller<D> {
                 }
                 Err(error) => {
                     report.failed_chunks += 1;
+                    let throttled = error.is_throttling();
                     report.error = Some(error);
+                    if throttled {
+                        // Still throttled after the retries: leave the rest for the next sweep
+                        // rather than press on.
+                        break;
+                    }
                 }
             }
         }
@@ -562,6 +573,27 @@ mod tests {
             Some(JobState::Failed)
         );
         assert_eq!(poller.throttled_calls(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_stops_at_a_chunk_that_stays_throttled() {
+        let fake = Arc::new(Fake::default());
+        let poller = JobPoller::new(Arc::clone(&fake), fast());
+        let build = BuildRef::new("ns", "b", "u");
+        for i in 0..300 {
+            let id = format!("j{i:03}");
+            lock(&fake.states).insert(id.clone(), JobState::Running);
+            poller.watch(&build, &id);
+        }
+        // The first chunk stays throttled through its 3 retries: the other two are not asked.
+        lock(&fake.errors).extend((0..4).map(|_| throttled()));
+        let report = poller.sweep().await;
+        assert_eq!((report.describe_calls, report.failed_chunks, report.changes), (4, 1, 0));
+        let report = poller.sweep().await;
+        assert_eq!(
+            (report.describe_calls, report.failed_chunks, report.changes),
+            (3, 0, 300)
+        );
     }
 
     #[tokio::test]
