@@ -221,7 +221,7 @@ impl SubmitRequest {
 /// The SubmitJob request for one platform of a build.
 ///
 /// Fails when `platform` is not in `spec.platforms` or the request would exceed 30 KiB.
-/// Every user value goes into an environment variable (never into a command), see [`env`].
+/// Every user value goes into an environment variable (never into a command), see [`env`](mod@env).
 pub fn submit_request(
     build: &BuildRef,
     spec: &MultiArchBuildSpec,
