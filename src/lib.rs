@@ -6,3 +6,4 @@ pub mod batch;
 pub mod cli;
 pub mod controller;
 pub mod plan;
+pub mod registry;

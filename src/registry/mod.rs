@@ -1,0 +1,605 @@
+//! The registry side of a build: read and verify each per-platform image, assemble and push the
+//! image index (OCI index or Docker manifest list), prove its digest, and find an existing index
+//! to reuse.
+//!
+//! What `docker manifest create` + `push` did in CI, done more carefully:
+//! - a per-platform tag may itself be an index (buildx provenance): its platform entry is used and
+//!   `unknown/unknown` attestation entries are skipped;
+//! - every config blob is read and its `os`/`architecture`/`variant` checked against the platform
+//!   the image was built for, so an image built on the wrong architecture fails the build;
+//! - the index is serialised once, hashed, and exactly those bytes are sent; the registry's
+//!   `Docker-Content-Digest` must equal our sha256 (re-reading the tag when the header is absent);
+//! - every body read is bounded ([`MAX_MANIFEST_BYTES`], [`MAX_CONFIG_BYTES`]) and every digest
+//!   checked, and 5xx/429/connection failures are retried with jittered exponential backoff.
+//!
+//! Parsing lives in [`parse`], free of I/O, and is fuzzed (`fuzz/`).
+
+mod auth;
+mod client;
+mod error;
+mod index;
+pub mod parse;
+mod retry;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, info, warn};
+
+use crate::api::{IndexMediaType, Platform};
+
+pub use auth::RegistryAuth;
+pub use error::RegistryError;
+pub use index::{PlatformImage, build_index, index_media_type, pick_platform_entry};
+pub use retry::RetryPolicy;
+
+use client::{Repo, Request, Response, Transport};
+use index::offered_platforms;
+use parse::{
+    ACCEPT_MANIFESTS, DOCKER_CONFIG, Descriptor, ImageManifest, Manifest, OCI_CONFIG, is_sha256_digest, parse_config,
+    parse_manifest,
+};
+
+/// Manifests and indexes larger than this are refused (the limit distribution and ECR apply too).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Image config blobs larger than this are refused.
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    pub auth: RegistryAuth,
+    /// Registries (`host:port` as written in the repository, e.g. `127.0.0.1:5000`) to talk plain
+    /// HTTP to instead of HTTPS.
+    pub plain_http_hosts: Vec<String>,
+}
+
+/// An index in the registry: its digest and, per platform, the image manifest it points to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushedIndex {
+    /// `sha256:…` of the index bytes.
+    pub digest: String,
+    /// Each requested platform, in the order requested, with its image manifest digest.
+    pub platforms: Vec<(Platform, String)>,
+}
+
+/// An OCI distribution client for index assembly. Cheap to clone; clones share connections and
+/// credentials.
+#[derive(Clone)]
+pub struct RegistryClient {
+    transport: Arc<Transport>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("auth", &self.transport.auth)
+            .field("plain_http_hosts", &self.transport.plain_http_hosts)
+            .field("retry", &self.transport.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A manifest as read: the exact bytes, what the registry called them, and their sha256.
+struct Fetched {
+    bytes: Vec<u8>,
+    content_type: Option<String>,
+    digest: String,
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    let mut out = String::with_capacity(71);
+    out.push_str("sha256:");
+    for b in hash {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+impl RegistryClient {
+    /// A client with the default retry policy (4 attempts, ≈ 2 s of backoff at most).
+    pub fn new(options: RegistryOptions) -> Self {
+        Self::with_retry_policy(options, RetryPolicy::default())
+    }
+
+    /// A client with its own retry policy (tests use short ones).
+    pub fn with_retry_policy(options: RegistryOptions, retry: RetryPolicy) -> Self {
+        RegistryClient {
+            transport: Arc::new(Transport::new(options.auth, options.plain_http_hosts, retry)),
+        }
+    }
+
+    fn repo(&self, repository: &str, tag: &str) -> Result<Repo, RegistryError> {
+        Repo::parse(repository, tag, &self.transport.plain_http_hosts)
+    }
+
+    /// The existing `<tag>` if it is an index covering every platform in `platforms`, each entry's
+    /// image verified like [`assemble`](Self::assemble) verifies per-platform images. `Ok(None)`
+    /// when the tag or repository is absent, the tag is a plain image, an entry is missing, or an
+    /// entry is not what it claims (logged). The index's media type is not compared.
+    pub async fn find_existing_index(
+        &self,
+        repository: &str,
+        tag: &str,
+        platforms: &[Platform],
+    ) -> Result<Option<PushedIndex>, RegistryError> {
+        let repo = self.repo(repository, tag)?;
+        let image = repo.image(tag);
+        let fetched = match self.get_manifest(&repo, tag, &image).await {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(RegistryError::RepositoryMissing { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let parsed = parse_manifest(&fetched.bytes, fetched.content_type.as_deref()).map_err(|e| {
+            RegistryError::InvalidManifest {
+                image: image.clone(),
+                reason: e.0,
+            }
+        })?;
+        let Manifest::Index(index) = parsed else {
+            debug!(%image, "existing tag is an image, not an index");
+            return Ok(None);
+        };
+        let mut entries = Vec::with_capacity(platforms.len());
+        for &platform in platforms {
+            match pick_platform_entry(&index, platform) {
+                Some(entry) => entries.push((platform, entry.descriptor.clone())),
+                None => {
+                    info!(%image, %platform, offered = %offered_platforms(&index), "existing index does not cover the platform");
+                    return Ok(None);
+                }
+            }
+        }
+        let repo = &repo;
+        let checks = entries.iter().map(|(platform, descriptor)| {
+            let child = repo.image_at(&descriptor.digest);
+            async move { self.verify_child(repo, &child, descriptor, *platform).await }
+        });
+        for result in futures::future::join_all(checks).await {
+            match result {
+                Ok(_) => {}
+                Err(e)
+                    if e.is_transient()
+                        || matches!(e, RegistryError::AuthFailed { .. } | RegistryError::EcrToken { .. }) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => {
+                    warn!(%image, error = %e, "existing index has an entry that does not verify; not reusing it");
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(PushedIndex {
+            digest: fetched.digest,
+            platforms: entries.into_iter().map(|(p, d)| (p, d.digest)).collect(),
+        }))
+    }
+
+    /// Read and verify `<tag>-<suffix>` for each platform, assemble the index in `media_type`, push
+    /// it as `<tag>`, and check the registry stored exactly our bytes. Pushing the same index again
+    /// succeeds with the same digest.
+    pub async fn assemble(
+        &self,
+        repository: &str,
+        tag: &str,
+        platforms: &[Platform],
+        media_type: IndexMediaType,
+    ) -> Result<PushedIndex, RegistryError> {
+        let repo = self.repo(repository, tag)?;
+        let image = repo.image(tag);
+        if platforms.is_empty() {
+            return Err(RegistryError::InvalidRequest {
+                image,
+                reason: "no platforms given".into(),
+            });
+        }
+        let mut seen = HashSet::new();
+        if let Some(dup) = platforms.iter().find(|p| !seen.insert(**p)) {
+            return Err(RegistryError::InvalidRequest {
+                image,
+                reason: format!("{dup} is listed twice"),
+            });
+        }
+
+        let reads = platforms.iter().map(|&p| self.read_platform(&repo, tag, p));
+        let images = futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let bytes = build_index(media_type, &images).map_err(|e| RegistryError::InvalidRequest {
+            image: image.clone(),
+            reason: format!("cannot serialise the index: {e}"),
+        })?;
+        let digest = sha256_digest(&bytes);
+        self.put_manifest(&repo, tag, &image, index_media_type(media_type), bytes, &digest)
+            .await?;
+        info!(%image, %digest, platforms = images.len(), "index pushed and verified");
+        Ok(PushedIndex {
+            digest,
+            platforms: images.into_iter().map(|i| (i.platform, i.descriptor.digest)).collect(),
+        })
+    }
+
+    /// Read `<tag>-<suffix>` for `platform` and verify it: when the tag is an index, its entry for
+    /// the platform (attestations skipped); then the config's os/architecture/variant.
+    pub async fn read_platform_image(
+        &self,
+        repository: &str,
+        tag: &str,
+        platform: Platform,
+    ) -> Result<PlatformImage, RegistryError> {
+        let repo = self.repo(repository, tag)?;
+        self.read_platform(&repo, tag, platform).await
+    }
+
+    async fn read_platform(&self, repo: &Repo, tag: &str, platform: Platform) -> Result<PlatformImage, RegistryError> {
+        let platform_tag = format!("{tag}-{}", platform.tag_suffix());
+        let image = repo.image(&platform_tag);
+        let fetched =
+            self.get_manifest(repo, &platform_tag, &image)
+                .await?
+                .ok_or_else(|| RegistryError::PlatformTagMissing {
+                    image: image.clone(),
+                    platform: platform.to_string(),
+                })?;
+        let invalid = |reason: String| RegistryError::InvalidManifest {
+            image: image.clone(),
+            reason,
+        };
+        let parsed = parse_manifest(&fetched.bytes, fetched.content_type.as_deref()).map_err(|e| invalid(e.0))?;
+        let (descriptor, manifest, shown) = match parsed {
+            Manifest::Image(manifest) => (
+                Descriptor {
+                    media_type: manifest.media_type.to_string(),
+                    digest: fetched.digest,
+                    size: fetched.bytes.len() as u64,
+                },
+                manifest,
+                image.clone(),
+            ),
+            Manifest::Index(index) => {
+                let entry = pick_platform_entry(&index, platform).ok_or_else(|| RegistryError::PlatformMismatch {
+                    image: image.clone(),
+                    found: format!("an index of {}", offered_platforms(&index)),
+                    expected: platform.to_string(),
+                    hint: "the index pushed for this platform has no image for it".into(),
+                })?;
+                let child = format!("{image} ({})", entry.descriptor.digest);
+                let manifest = self.get_child_manifest(repo, &child, &entry.descriptor).await?;
+                (entry.descriptor.clone(), manifest, child)
+            }
+        };
+        let config = self.verify_config(repo, &shown, &manifest, platform).await?;
+        Ok(PlatformImage {
+            platform,
+            image: shown,
+            descriptor,
+            config,
+        })
+    }
+
+    /// Verify an index entry: the manifest it names exists, hashes to its digest, has its size and
+    /// media type, and its config is `platform`.
+    async fn verify_child(
+        &self,
+        repo: &Repo,
+        image: &str,
+        descriptor: &Descriptor,
+        platform: Platform,
+    ) -> Result<parse::ConfigPlatform, RegistryError> {
+        let manifest = self.get_child_manifest(repo, image, descriptor).await?;
+        self.verify_config(repo, image, &manifest, platform).await
+    }
+
+    /// Fetch the image manifest an index entry names and check it against the entry.
+    async fn get_child_manifest(
+        &self,
+        repo: &Repo,
+        image: &str,
+        descriptor: &Descriptor,
+    ) -> Result<ImageManifest, RegistryError> {
+        if descriptor.size > MAX_MANIFEST_BYTES as u64 {
+            return Err(RegistryError::BodyTooLarge {
+                image: image.to_string(),
+                what: "manifest",
+                size: descriptor.size.to_string(),
+                limit: MAX_MANIFEST_BYTES,
+            });
+        }
+        let fetched = self
+            .get_manifest(repo, &descriptor.digest, image)
+            .await?
+            .ok_or_else(|| RegistryError::InvalidManifest {
+                image: image.to_string(),
+                reason: "the index names this manifest but the registry does not have it".into(),
+            })?;
+        if fetched.bytes.len() as u64 != descriptor.size {
+            return Err(RegistryError::DigestMismatch {
+                image: image.to_string(),
+                what: "the manifest size",
+                found: fetched.bytes.len().to_string(),
+                expected: format!("{} as the index says", descriptor.size),
+            });
+        }
+        match parse_manifest(&fetched.bytes, fetched.content_type.as_deref()) {
+            Ok(Manifest::Image(m)) if m.media_type == descriptor.media_type => Ok(m),
+            Ok(m) => Err(RegistryError::InvalidManifest {
+                image: image.to_string(),
+                reason: format!(
+                    "the manifest is {}, but the index entry says {}",
+                    m.media_type(),
+                    descriptor.media_type
+                ),
+            }),
+            Err(e) => Err(RegistryError::InvalidManifest {
+                image: image.to_string(),
+                reason: e.0,
+            }),
+        }
+    }
+
+    /// Read the config blob of `manifest` and check it is `platform`.
+    async fn verify_config(
+        &self,
+        repo: &Repo,
+        image: &str,
+        manifest: &ImageManifest,
+        platform: Platform,
+    ) -> Result<parse::ConfigPlatform, RegistryError> {
+        let config = &manifest.config;
+        if config.media_type != OCI_CONFIG && config.media_type != DOCKER_CONFIG {
+            return Err(RegistryError::InvalidManifest {
+                image: image.to_string(),
+                reason: format!(
+                    "not a container image: its config media type is {:?}, expected {OCI_CONFIG} or {DOCKER_CONFIG}",
+                    config.media_type
+                ),
+            });
+        }
+        if config.size > MAX_CONFIG_BYTES as u64 {
+            return Err(RegistryError::BodyTooLarge {
+                image: image.to_string(),
+                what: "config blob",
+                size: config.size.to_string(),
+                limit: MAX_CONFIG_BYTES,
+            });
+        }
+        let resp = self
+            .transport
+            .send(&Request {
+                method: Method::GET,
+                repo,
+                path: format!("blobs/{}", config.digest),
+                image,
+                operation: "reading the config of",
+                push: false,
+                accept: None,
+                content_type: None,
+                body: None,
+                limit: MAX_CONFIG_BYTES,
+                what: "config blob",
+            })
+            .await?;
+        if !resp.status.is_success() {
+            if resp.status == StatusCode::NOT_FOUND && !resp.has_code("NAME_UNKNOWN") {
+                return Err(RegistryError::InvalidManifest {
+                    image: image.to_string(),
+                    reason: format!("its config blob {} is missing from the registry", config.digest),
+                });
+            }
+            return Err(self.status_error(repo, image, "reading the config of", &resp));
+        }
+        let found = sha256_digest(&resp.body);
+        if found != config.digest {
+            return Err(RegistryError::DigestMismatch {
+                image: image.to_string(),
+                what: "the sha256 of the config blob",
+                found,
+                expected: config.digest.clone(),
+            });
+        }
+        let parsed = parse_config(&resp.body).map_err(|e| RegistryError::InvalidManifest {
+            image: image.to_string(),
+            reason: e.0,
+        })?;
+        if !platform.matches_config(&parsed.os, &parsed.architecture, parsed.variant.as_deref()) {
+            let hint = if parsed.os == platform.os() && parsed.architecture == platform.architecture() {
+                "the image was built for another variant"
+            } else {
+                "the build ran on the wrong architecture"
+            };
+            return Err(RegistryError::PlatformMismatch {
+                image: image.to_string(),
+                found: parsed.to_string(),
+                expected: platform.to_string(),
+                hint: hint.into(),
+            });
+        }
+        Ok(parsed)
+    }
+
+    /// GET a manifest by tag or digest. `Ok(None)` when the registry says the manifest is unknown;
+    /// [`RegistryError::RepositoryMissing`] when the repository is.
+    async fn get_manifest(&self, repo: &Repo, reference: &str, image: &str) -> Result<Option<Fetched>, RegistryError> {
+        let resp = self
+            .transport
+            .send(&Request {
+                method: Method::GET,
+                repo,
+                path: format!("manifests/{reference}"),
+                image,
+                operation: "reading",
+                push: false,
+                accept: Some(ACCEPT_MANIFESTS),
+                content_type: None,
+                body: None,
+                limit: MAX_MANIFEST_BYTES,
+                what: "manifest",
+            })
+            .await?;
+        if resp.status == StatusCode::NOT_FOUND && !resp.has_code("NAME_UNKNOWN") {
+            return Ok(None);
+        }
+        if !resp.status.is_success() {
+            return Err(self.status_error(repo, image, "reading", &resp));
+        }
+        let digest = sha256_digest(&resp.body);
+        let by_digest = reference.starts_with("sha256:");
+        let claimed = if by_digest {
+            Some(reference.to_string())
+        } else {
+            resp.header("docker-content-digest")
+                .filter(|d| is_sha256_digest(d))
+                .map(str::to_string)
+        };
+        if let Some(claimed) = claimed
+            && claimed != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                image: image.to_string(),
+                what: "the sha256 of the manifest served",
+                found: digest,
+                expected: if by_digest {
+                    claimed
+                } else {
+                    format!("{claimed} (its Docker-Content-Digest)")
+                },
+            });
+        }
+        Ok(Some(Fetched {
+            content_type: resp.header("content-type").map(str::to_string),
+            bytes: resp.body,
+            digest,
+        }))
+    }
+
+    /// PUT the index bytes as `<tag>` and prove the registry stored them.
+    async fn put_manifest(
+        &self,
+        repo: &Repo,
+        tag: &str,
+        image: &str,
+        media_type: &'static str,
+        bytes: Vec<u8>,
+        digest: &str,
+    ) -> Result<(), RegistryError> {
+        let resp = self
+            .transport
+            .send(&Request {
+                method: Method::PUT,
+                repo,
+                path: format!("manifests/{tag}"),
+                image,
+                operation: "pushing",
+                push: true,
+                accept: None,
+                content_type: Some(media_type),
+                body: Some(bytes),
+                limit: MAX_MANIFEST_BYTES,
+                what: "answer",
+            })
+            .await?;
+        if resp.status.is_success() {
+            return match resp.header("docker-content-digest") {
+                Some(answered) if answered == digest => Ok(()),
+                Some(answered) => Err(RegistryError::DigestMismatch {
+                    image: image.to_string(),
+                    what: "the Docker-Content-Digest the registry answered",
+                    found: answered.to_string(),
+                    expected: format!("{digest} (the sha256 of the bytes sent)"),
+                }),
+                None => {
+                    // Some registries answer without the header: read the tag back.
+                    debug!(%image, "no Docker-Content-Digest in the PUT answer; reading the tag back");
+                    let stored = self.get_manifest(repo, tag, image).await?;
+                    match stored {
+                        Some(f) if f.digest == digest => Ok(()),
+                        Some(f) => Err(RegistryError::DigestMismatch {
+                            image: image.to_string(),
+                            what: "the digest of what the registry serves after the push",
+                            found: f.digest,
+                            expected: format!("{digest} (the sha256 of the bytes sent)"),
+                        }),
+                        None => Err(RegistryError::DigestMismatch {
+                            image: image.to_string(),
+                            what: "the tag after the push",
+                            found: "absent".into(),
+                            expected: digest.to_string(),
+                        }),
+                    }
+                }
+            };
+        }
+        let immutable = resp.has_code("TAG_INVALID")
+            || resp
+                .errors()
+                .iter()
+                .any(|e| e.message.contains("immutable") || e.message.contains("already exists"));
+        if immutable && matches!(resp.status.as_u16(), 400 | 409) {
+            // An immutable tag may already hold exactly this index: that is success.
+            return match self.get_manifest(repo, tag, image).await? {
+                Some(existing) if existing.digest == digest => {
+                    info!(%image, %digest, "immutable tag already holds this index");
+                    Ok(())
+                }
+                existing => Err(RegistryError::ImmutableTag {
+                    image: image.to_string(),
+                    existing: existing.map_or_else(|| "another image".to_string(), |e| e.digest),
+                    ours: digest.to_string(),
+                }),
+            };
+        }
+        Err(self.status_error(repo, image, "pushing", &resp))
+    }
+
+    /// The error for a non-success answer that is not handled more specifically.
+    fn status_error(&self, repo: &Repo, image: &str, operation: &'static str, resp: &Response) -> RegistryError {
+        let status = resp.status.as_u16();
+        if resp.has_code("NAME_UNKNOWN") {
+            return RegistryError::RepositoryMissing {
+                repository: repo.display.clone(),
+                detail: format!(" (HTTP {status}{})", resp.detail()),
+            };
+        }
+        if status == 401 || status == 403 {
+            return self
+                .transport
+                .auth_failed(operation, image, &repo.api_host, status, resp.detail());
+        }
+        RegistryError::Rejected {
+            operation,
+            image: image.to_string(),
+            status,
+            detail: resp.detail(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_digest_is_lowercase_hex() {
+        assert_eq!(
+            sha256_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn client_is_send_sync_clone() {
+        fn check<T: Send + Sync + 'static>() {}
+        fn check_clone<T: Clone>() {}
+        check::<RegistryClient>();
+        check_clone::<RegistryClient>();
+        check::<RegistryError>();
+    }
+}
