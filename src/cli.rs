@@ -58,6 +58,25 @@ pub struct ControllerArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "MAB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to reach the image registry (ECR needs nothing: its token comes from the AWS credentials).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// Registry hosts to talk to over plain http (e.g. a local `127.0.0.1:5000`), comma-separated.
+    #[arg(long, env = "MAB_REGISTRY_PLAIN_HTTP", value_delimiter = ',')]
+    pub registry_plain_http: Vec<String>,
+
+    /// User name for a registry that is not ECR (basic auth); anonymous when unset.
+    #[arg(long, env = "MAB_REGISTRY_USERNAME")]
+    pub registry_username: Option<String>,
+
+    /// Password for `--registry-username`. Prefer the environment variable to the flag.
+    #[arg(long, env = "MAB_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +92,17 @@ pub struct BuildArgs {
     /// Print the Batch requests the build would send, and send none.
     #[arg(long, env = "MAB_DRY_RUN")]
     pub dry_run: bool,
+
+    /// Job definition used when the file sets no spec.jobDefinition.
+    #[arg(long, env = "MAB_DEFAULT_JOB_DEFINITION", default_value = "multiarch-builder")]
+    pub default_job_definition: String,
+
+    /// Seconds between two looks at the jobs while waiting.
+    #[arg(long, env = "MAB_POLL_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub poll_interval_seconds: u64,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

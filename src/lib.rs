@@ -4,6 +4,9 @@
 pub mod api;
 pub mod batch;
 pub mod cli;
+pub mod config;
 pub mod controller;
+pub mod engine;
+pub mod oneshot;
 pub mod plan;
 pub mod registry;

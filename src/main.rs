@@ -1,13 +1,18 @@
-use std::{io::Read, process::ExitCode};
+use std::{
+    io::{ErrorKind, Write},
+    process::ExitCode,
+};
 
 use clap::Parser;
 use multiarch_operator::{
-    api::{self, MultiArchBuild},
-    cli::{BuildArgs, Cli, Command},
+    api,
+    cli::{Cli, Command, LogFormat},
+    oneshot::{self, Outcome},
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(message) => {
@@ -19,37 +24,43 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Crd => {
-            print!(
-                "{}",
-                api::crd_yaml().map_err(|e| format!("cannot render the CRD: {e}"))?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Version => {
-            println!("multiarch-operator {}", env!("CARGO_PKG_VERSION"));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Build(args) => build(&args),
+        Command::Crd => out(&api::crd_yaml().map_err(|e| format!("cannot render the CRD: {e}"))?),
+        Command::Version => out(&format!("multiarch-operator {}\n", env!("CARGO_PKG_VERSION"))),
+        Command::Build(args) => match runtime()?.block_on(oneshot::run(&args))? {
+            Outcome::Succeeded(image) => out(&format!("{image}\n")),
+            Outcome::DryRun(requests) => out(&requests),
+            Outcome::Submitted => Ok(ExitCode::SUCCESS),
+            Outcome::Failed(message) => Err(message),
+        },
         Command::Controller(_) => Err("the controller is not implemented yet; `build` and `crd` work".into()),
     }
 }
 
-fn build(args: &BuildArgs) -> Result<ExitCode, String> {
-    let build = read_build(args)?;
-    api::validate(&build.spec).map_err(|e| format!("{}: invalid spec: {e}", args.file.display()))?;
-    Err("running builds is not implemented yet; the spec is valid".into())
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn out(text: &str) -> Result<ExitCode, String> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(format!("cannot write to standard output: {e}")),
+    }
 }
 
-fn read_build(args: &BuildArgs) -> Result<MultiArchBuild, String> {
-    let text = if args.file.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
-        text
-    } else {
-        std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
-    };
-    serde_yaml::from_str(&text).map_err(|e| format!("{}: not a MultiArchBuild: {e}", args.file.display()))
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default: warnings, and info for this crate).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,multiarch_operator=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }

@@ -419,50 +419,6 @@ fn cut(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// The text for a failed platform's condition message: what Batch said, then the last log lines,
-/// so `kubectl describe` shows why without opening the console. At most about 12 KiB.
-pub fn failure_message(platform: &str, snapshot: &JobSnapshot, log_lines: &[String]) -> String {
-    let mut facts = Vec::new();
-    if let Some(reason) = &snapshot.status_reason {
-        facts.push(format!("status reason: {reason}"));
-    }
-    if let Some(code) = snapshot.exit_code {
-        facts.push(format!("exit code {code}"));
-    }
-    if let Some(reason) = &snapshot.container_reason {
-        facts.push(format!("container: {reason}"));
-    }
-    facts.push(format!(
-        "{} attempt{}",
-        snapshot.attempts,
-        if snapshot.attempts == 1 { "" } else { "s" }
-    ));
-    let mut message = format!(
-        "{platform}: Batch job {} ({}) {}: {}",
-        snapshot.job_name,
-        snapshot.job_id,
-        snapshot.state.as_str(),
-        facts.join(", ")
-    );
-    match (&snapshot.log_stream_name, log_lines.is_empty()) {
-        (Some(stream), false) => {
-            let tail = &log_lines[log_lines.len().saturating_sub(MAX_LOG_TAIL_LINES)..];
-            message.push_str(&format!(
-                "\nlast {} log line{} ({DEFAULT_LOG_GROUP} {stream}):",
-                tail.len(),
-                if tail.len() == 1 { "" } else { "s" }
-            ));
-            for line in tail {
-                message.push_str("\n  ");
-                message.push_str(&cut(line, MAX_LOG_LINE_BYTES));
-            }
-        }
-        (Some(stream), true) => message.push_str(&format!("\nlog stream: {DEFAULT_LOG_GROUP} {stream} (empty)")),
-        (None, _) => message.push_str("\nno log stream (the job never ran)"),
-    }
-    message
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,37 +567,6 @@ mod tests {
         let snap = snapshot_from_detail(&detail).unwrap();
         assert_eq!(snap.exit_code, Some(2));
         assert_eq!(snap.log_stream_name.as_deref(), Some("ecs/builder/x"));
-    }
-
-    #[test]
-    fn failure_message_shows_reason_and_log_tail() {
-        let snap = JobSnapshot {
-            job_id: "j".into(),
-            job_name: "mab-ns-n-amd64-1".into(),
-            state: JobState::Failed,
-            status_reason: Some("Essential container in task exited".into()),
-            attempts: 1,
-            exit_code: Some(1),
-            container_reason: None,
-            log_stream_name: Some("def/default/j".into()),
-            started_at: None,
-            stopped_at: None,
-        };
-        let lines: Vec<String> = (0..25).map(|i| format!("line {i}")).collect();
-        let msg = failure_message("linux/amd64", &snap, &lines);
-        assert!(msg.starts_with(
-            "linux/amd64: Batch job mab-ns-n-amd64-1 (j) FAILED: status reason: Essential container in task exited, exit code 1, 1 attempt\nlast 20 log lines (/aws/batch/job def/default/j):\n  line 5\n"
-        ), "{msg}");
-        assert!(msg.ends_with("  line 24"));
-        let none = failure_message(
-            "linux/amd64",
-            &JobSnapshot {
-                log_stream_name: None,
-                ..snap
-            },
-            &[],
-        );
-        assert!(none.ends_with("no log stream (the job never ran)"), "{none}");
     }
 
     #[test]

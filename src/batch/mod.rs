@@ -16,7 +16,7 @@ mod request;
 pub use error::BatchError;
 pub use executor::{
     AwsCallCounts, AwsOperation, BatchExecutor, DEFAULT_LOG_GROUP, DESCRIBE_JOBS_MAX_IDS, MAX_LOG_TAIL_LINES,
-    SubmittedJob, failure_message, snapshot_from_detail,
+    SubmittedJob, snapshot_from_detail,
 };
 pub use poller::{JobChange, JobChanges, JobDescriber, JobPoller, PollerConfig, SweepReport};
 pub use request::{

@@ -40,7 +40,10 @@ pub fn gate(build: &MultiArchBuild, job: &Job) -> Option<Gate> {
                 return None;
             }
             let why = status.message.clone().unwrap_or_default();
-            let message = format!("stays suspended: MultiArchBuild {} ended {phase:?}: {why}", build.name_any());
+            let message = format!(
+                "stays suspended: MultiArchBuild {} ended {phase:?}: {why}",
+                build.name_any()
+            );
             Some(Gate::Warn { marker, message })
         }
         _ => None,
@@ -74,7 +77,10 @@ pub fn image_configmap(build: &MultiArchBuild) -> Option<ConfigMap> {
             name: Some(configmap_name(build)),
             namespace: build.namespace(),
             owner_references: build.controller_owner_ref(&()).map(|o| vec![o]),
-            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), "multiarch-operator".into())])),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".into(),
+                "multiarch-operator".into(),
+            )])),
             ..Default::default()
         },
         data: Some(data),
@@ -112,7 +118,10 @@ mod tests {
                 labels: Some(BTreeMap::from([(AFTER_LABEL.into(), after.into())])),
                 ..Default::default()
             },
-            spec: Some(JobSpec { suspend, ..Default::default() }),
+            spec: Some(JobSpec {
+                suspend,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -129,7 +138,11 @@ mod tests {
     #[test]
     fn nothing_is_released_before_success() {
         for phase in [Phase::Pending, Phase::Building, Phase::Assembling] {
-            assert_eq!(gate(&build(phase), &job("vecoli-3f2a9c1", Some(true))), None, "{phase:?}");
+            assert_eq!(
+                gate(&build(phase), &job("vecoli-3f2a9c1", Some(true))),
+                None,
+                "{phase:?}"
+            );
         }
     }
 
@@ -137,11 +150,19 @@ mod tests {
     fn failure_warns_once_and_keeps_the_job_suspended() {
         let b = build(Phase::Failed);
         let mut waiting = job("vecoli-3f2a9c1", Some(true));
-        let Some(Gate::Warn { marker, message }) = gate(&b, &waiting) else { panic!("expected a warning") };
-        assert!(message.contains("vecoli-3f2a9c1 ended Failed: linux/arm64 failed"), "{message}");
+        let Some(Gate::Warn { marker, message }) = gate(&b, &waiting) else {
+            panic!("expected a warning")
+        };
+        assert!(
+            message.contains("vecoli-3f2a9c1 ended Failed: linux/arm64 failed"),
+            "{message}"
+        );
         waiting.metadata.annotations = Some(BTreeMap::from([(NOTIFIED_ANNOTATION.into(), marker)]));
         assert_eq!(gate(&b, &waiting), None);
-        assert!(matches!(gate(&build(Phase::Cancelled), &job("vecoli-3f2a9c1", Some(true))), Some(Gate::Warn { .. })));
+        assert!(matches!(
+            gate(&build(Phase::Cancelled), &job("vecoli-3f2a9c1", Some(true))),
+            Some(Gate::Warn { .. })
+        ));
     }
 
     #[test]
@@ -156,6 +177,9 @@ mod tests {
         assert_eq!(data["tag"], "3f2a9c1");
         assert_eq!(data["digest-arm64"], "sha256:aa");
         let owner = &cm.metadata.owner_references.unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("MultiArchBuild", "uid-1", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("MultiArchBuild", "uid-1", Some(true))
+        );
     }
 }

@@ -1,0 +1,52 @@
+//! Wiring from command-line settings to clients: the AWS SDK configuration and the registry client.
+
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::{
+    batch::{BatchExecutor, registry_auth},
+    cli::RegistryArgs,
+    engine::Engine,
+    registry::{RegistryAuth, RegistryClient, RegistryOptions},
+};
+
+/// The AWS configuration from the usual chain (env, profile, IRSA web identity, instance role).
+/// `AWS_ENDPOINT_URL` points every client at another endpoint (the local stack uses it).
+pub async fn aws() -> Result<SdkConfig, String> {
+    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    if config.region().is_none() {
+        return Err("no AWS region: set AWS_REGION (or a profile with a region)".into());
+    }
+    Ok(config)
+}
+
+/// The registry client for a repository: ECR's token for ECR hosts, else basic or anonymous.
+pub fn registry(args: &RegistryArgs, repository: &str, aws: &SdkConfig) -> RegistryClient {
+    let auth = if registry_auth(repository) == "ecr" {
+        RegistryAuth::Ecr(aws_sdk_ecr::Client::new(aws))
+    } else {
+        match (&args.registry_username, &args.registry_password) {
+            (Some(username), password) => RegistryAuth::Basic {
+                username: username.clone(),
+                password: password.clone().unwrap_or_default(),
+            },
+            (None, _) => RegistryAuth::Anonymous,
+        }
+    };
+    RegistryClient::new(RegistryOptions {
+        auth,
+        plain_http_hosts: args.registry_plain_http.clone(),
+    })
+}
+
+/// An engine for builds that push to `repository`.
+pub async fn engine(args: &RegistryArgs, default_job_definition: &str, repository: &str) -> Result<Engine, String> {
+    let aws = aws().await?;
+    Ok(Engine {
+        batch: BatchExecutor::new(
+            aws_sdk_batch::Client::new(&aws),
+            aws_sdk_cloudwatchlogs::Client::new(&aws),
+        ),
+        registry: registry(args, repository, &aws),
+        default_job_definition: default_job_definition.into(),
+    })
+}

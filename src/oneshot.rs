@@ -1,0 +1,264 @@
+//! `multiarch-operator build -f FILE`: the controller's engine over one object read from a file,
+//! without a cluster. Progress goes to stderr, the pinned image to stdout.
+
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal, Read, Write},
+    time::Duration,
+};
+
+use k8s_openapi::jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    api::{self, MultiArchBuild, MultiArchBuildStatus, Phase, PlatformStatus},
+    batch::{BuildRef, submit_request},
+    cli::BuildArgs,
+    config,
+    engine::{Build, Engine, EngineError},
+    plan::{JobObservation, JobState},
+};
+
+/// How many steps in a row may fail with a transient error before the command gives up.
+const MAX_CONSECUTIVE_FAILURES: u32 = 6;
+
+/// What the command ends with.
+pub enum Outcome {
+    /// The build succeeded; the pinned image.
+    Succeeded(String),
+    /// Jobs were submitted and `--wait` was not given.
+    Submitted,
+    /// `--dry-run`: the requests that would be sent, as YAML.
+    DryRun(String),
+    /// The build failed or was cancelled; the message.
+    Failed(String),
+}
+
+/// Runs the command. Errors are one-line explanations for the user.
+pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
+    let mut object = read_build(args)?;
+    api::validate(&object.spec).map_err(|e| format!("{}: invalid spec: {e}", args.file.display()))?;
+    let reference = build_ref(&object)?;
+
+    if args.dry_run {
+        let mut text = String::new();
+        for target in &object.spec.platforms {
+            let request = submit_request(&reference, &object.spec, target.platform, &args.default_job_definition)
+                .map_err(|e| e.to_string())?;
+            let yaml = serde_yaml::to_string(&request).map_err(|e| format!("cannot print the request: {e}"))?;
+            text.push_str(&format!(
+                "# SubmitJob for {} (dry run: nothing is sent)\n---\n{yaml}",
+                target.platform
+            ));
+        }
+        return Ok(Outcome::DryRun(text));
+    }
+
+    let engine = config::engine(
+        &args.registry,
+        &args.default_job_definition,
+        &object.spec.output.repository,
+    )
+    .await?;
+    let mut progress = Progress::new();
+    let mut status = MultiArchBuildStatus::default();
+    let mut failures = 0;
+    let mut interrupted = false;
+    loop {
+        let step = step_once(&engine, &reference, &object, &status, &mut progress).await;
+        match step {
+            Ok(next) => {
+                status = next;
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                progress.warn(&format!("{e} (attempt {failures} of {MAX_CONSECUTIVE_FAILURES})"));
+                if failures >= MAX_CONSECUTIVE_FAILURES {
+                    return Err(format!("giving up: {e}"));
+                }
+            }
+        }
+        match status.phase {
+            Some(Phase::Succeeded) => return Ok(Outcome::Succeeded(status.image.unwrap_or_default())),
+            Some(Phase::Failed | Phase::Cancelled) => return Ok(Outcome::Failed(status.message.unwrap_or_default())),
+            _ if !args.wait && !interrupted && status.platforms.iter().all(|p| p.job_id.is_some()) => {
+                progress.note("submitted; run the same command with --wait to follow the build to its end");
+                return Ok(Outcome::Submitted);
+            }
+            _ => {}
+        }
+        let pause = backoff(args.poll_interval_seconds, failures);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                progress.note("interrupted: cancelling the build (terminating its jobs)");
+                object.spec.cancel = true;
+                interrupted = true;
+            }
+        }
+    }
+}
+
+async fn step_once(
+    engine: &Engine,
+    reference: &BuildRef,
+    object: &MultiArchBuild,
+    status: &MultiArchBuildStatus,
+    progress: &mut Progress,
+) -> Result<MultiArchBuildStatus, EngineError> {
+    let jobs = observe_jobs(engine, status).await?;
+    let build = Build {
+        reference,
+        spec: &object.spec,
+        generation: object.metadata.generation,
+    };
+    engine
+        .step(&build, status.clone(), jobs, Timestamp::now, |next| {
+            progress.show(&next);
+            std::future::ready(Ok(()))
+        })
+        .await
+}
+
+/// Describes the live jobs recorded in the status.
+async fn observe_jobs(
+    engine: &Engine,
+    status: &MultiArchBuildStatus,
+) -> Result<BTreeMap<api::Platform, JobObservation>, EngineError> {
+    let live: Vec<&PlatformStatus> = status.platforms.iter().filter(|p| is_live(p)).collect();
+    let ids: Vec<String> = live.iter().filter_map(|p| p.job_id.clone()).collect();
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut snapshots = engine.batch.describe(&ids).await?;
+    Ok(live
+        .iter()
+        .filter_map(|p| {
+            let id = p.job_id.as_ref()?;
+            let observation = snapshots
+                .remove(id)
+                .map_or(JobObservation::Missing, JobObservation::Seen);
+            Some((p.platform, observation))
+        })
+        .collect())
+}
+
+fn is_live(p: &PlatformStatus) -> bool {
+    p.job_id.is_some()
+        && !p
+            .state
+            .as_deref()
+            .and_then(JobState::parse)
+            .is_some_and(JobState::is_terminal)
+}
+
+/// Poll interval, or exponential backoff with jitter after failures.
+fn backoff(poll_seconds: u64, failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::from_secs(poll_seconds);
+    }
+    let base = Duration::from_secs(1 << failures.min(5));
+    base + Duration::from_millis(fastrand::u64(0..1000))
+}
+
+fn read_build(args: &BuildArgs) -> Result<MultiArchBuild, String> {
+    let text = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        text
+    } else {
+        std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
+    };
+    serde_yaml::from_str(&text).map_err(|e| format!("{}: not a MultiArchBuild: {e}", args.file.display()))
+}
+
+/// The build's identity. Without a cluster there is no uid, so one is derived from the object's
+/// name and spec: running the same file again adopts the same jobs instead of building twice.
+fn build_ref(object: &MultiArchBuild) -> Result<BuildRef, String> {
+    let name = object.metadata.name.clone().ok_or("metadata.name is required")?;
+    let namespace = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let uid = match &object.metadata.uid {
+        Some(uid) => uid.clone(),
+        None => {
+            let spec = serde_json::to_vec(&object.spec).map_err(|e| format!("cannot hash the spec: {e}"))?;
+            let digest = Sha256::new()
+                .chain_update(namespace.as_bytes())
+                .chain_update(b"/")
+                .chain_update(name.as_bytes())
+                .chain_update(&spec)
+                .finalize();
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    Ok(BuildRef { namespace, name, uid })
+}
+
+/// Prints state changes with timestamps, and on a terminal a live line per platform.
+struct Progress {
+    last: BTreeMap<String, String>,
+    tty: bool,
+    live_lines: usize,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            last: BTreeMap::new(),
+            tty: std::io::stderr().is_terminal(),
+            live_lines: 0,
+        }
+    }
+
+    fn show(&mut self, status: &MultiArchBuildStatus) {
+        let mut lines = Vec::new();
+        for p in &status.platforms {
+            let state = p.state.clone().unwrap_or_else(|| "waiting".into());
+            let job = p.job_id.as_deref().map(|id| format!(" job {id}")).unwrap_or_default();
+            let line = format!("{} {state}{job}", p.platform);
+            if self.last.insert(p.platform.to_string(), line.clone()).as_ref() != Some(&line) {
+                lines.push(line);
+            }
+        }
+        let phase = format!("{:?}", status.phase.unwrap_or(Phase::Pending));
+        let summary = format!("{phase}: {}", status.message.clone().unwrap_or_default());
+        if self.last.insert("phase".into(), summary.clone()).as_ref() != Some(&summary) {
+            lines.push(summary);
+        }
+        self.print(&lines, status);
+    }
+
+    fn print(&mut self, lines: &[String], status: &MultiArchBuildStatus) {
+        let mut err = std::io::stderr().lock();
+        if self.tty && self.live_lines > 0 {
+            // Move up over the previous live lines and clear them.
+            let _ = write!(err, "\x1b[{}A\x1b[J", self.live_lines);
+        }
+        let now = Timestamp::now().strftime("%H:%M:%S");
+        for line in lines {
+            let _ = writeln!(err, "[{now}] {line}");
+        }
+        self.live_lines = 0;
+        if self.tty && !status.phase.is_some_and(Phase::is_terminal) {
+            for p in &status.platforms {
+                let _ = writeln!(
+                    err,
+                    "  {:<16} {}",
+                    p.platform.as_str(),
+                    p.state.as_deref().unwrap_or("waiting")
+                );
+                self.live_lines += 1;
+            }
+        }
+    }
+
+    fn warn(&mut self, message: &str) {
+        self.print(&[format!("warning: {message}")], &MultiArchBuildStatus::default());
+    }
+
+    fn note(&mut self, message: &str) {
+        self.print(&[message.to_string()], &MultiArchBuildStatus::default());
+    }
+}
