@@ -20,7 +20,7 @@ crds: ## Regenerate the CRD in crds/ from the Rust types
 	$(CARGO) run --quiet -- crd > $(CRD)
 
 deps: ## Install the Debian and PyPI packages the tests use (idempotent)
-	@true
+	scripts/install-deps.sh
 
 demo: ## Run a real two-platform build end to end on the local stack
 	@echo "make demo: the local end-to-end stack is not built yet (issue 5)" >&2; exit 2
@@ -28,8 +28,8 @@ demo: ## Run a real two-platform build end to end on the local stack
 run: ## Run the controller against the current kubeconfig context
 	$(CARGO) run -- controller
 
-bench: ## Benchmarks; each figure prints as `bench <name> <value> <unit>`
-	@echo "make bench: no benchmark yet (issues 3 and 4)" >&2; exit 2
+bench: deps ## Benchmarks; each figure prints as `bench <name> <value> <unit>`
+	$(CARGO) bench --locked --profile dev --bench describe_calls
 
 e2e: ## Tests against the real cluster named by KUBECONFIG
 	@echo "make e2e: the controller is not built yet (issue 6)" >&2; exit 2
