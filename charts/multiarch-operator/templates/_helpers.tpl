@@ -1,0 +1,96 @@
+{{/* Chart name, at most 63 characters. */}}
+{{- define "multiarch-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name when it contains the chart name, else <release>-<chart>. */}}
+{{- define "multiarch-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "multiarch-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades (a Deployment's selector is immutable). */}}
+{{- define "multiarch-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "multiarch-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "multiarch-operator.labels" -}}
+{{ include "multiarch-operator.selectorLabels" . }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/part-of: multiarch-operator
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "multiarch-operator.chart" . }}
+{{- end }}
+
+{{- define "multiarch-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "multiarch-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false (the controller must not run as the namespace's default ServiceAccount)" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "multiarch-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+RBAC rules for the namespaces the controller reconciles: a ClusterRole when it watches all
+namespaces, a Role in each namespace otherwise. config/rbac/expected-rules.yaml lists the same
+(apiGroup, resource, verbs) and e2e/install_test.sh checks the rendered RBAC equals it.
+Nothing on Secrets: the git token is read by the Batch job from Secrets Manager, never here.
+*/}}
+{{- define "multiarch-operator.watchedRules" -}}
+# The builds: listed and watched to reconcile them, read one at a time, and patched to add or
+# remove the finalizer that terminates a build's Batch jobs when it is deleted.
+- apiGroups: ["multiarch.dev"]
+  resources: ["multiarchbuilds"]
+  verbs: ["get", "list", "watch", "patch"]
+# A build's status, written by server-side apply (a patch) under one field manager.
+- apiGroups: ["multiarch.dev"]
+  resources: ["multiarchbuilds/status"]
+  verbs: ["patch"]
+# The <build>-image ConfigMap is owned by its build with blockOwnerDeletion; setting that needs
+# update on the owner's finalizers subresource (OwnerReferencesPermissionEnforcement).
+- apiGroups: ["multiarch.dev"]
+  resources: ["multiarchbuilds/finalizers"]
+  verbs: ["update"]
+# Job gating: find the suspended Jobs labelled multiarch.dev/after=<build> (list, watch, get)
+# and release them (patch spec.suspend to false). No create or delete: it never makes Jobs.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "patch"]
+# The <build>-image ConfigMap (image, digest, tag, digest-<arch>): read, created once, patched.
+# No list or watch: it reads only its own ConfigMaps, by name.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
+# Events on builds and gated Jobs (kube-runtime's Recorder, events.k8s.io/v1): create an
+# event, patch it to count a repeat.
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Leader election, in the release namespace only. */}}
+{{- define "multiarch-operator.leaseRules" -}}
+# Leader election: the replicas share one Lease in the release namespace; get reads the
+# holder, create makes the Lease the first time, update renews it or takes it over.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
+{{- end }}

@@ -1,0 +1,605 @@
+#!/usr/bin/env python3
+"""Structured checks for e2e/install_test.sh: rendered manifests, RBAC, IAM.
+
+Each subcommand exits 0 and prints one `ok: ...` line that says how much it looked at (so a
+check that found nothing to compare cannot pass), or exits 1 and prints every problem.
+
+  install_check.py same-objects CHART_RENDER KUSTOMIZE_RENDER
+  install_check.py rbac RENDER EXPECTED_RULES RELEASE_NS [WATCHED_NS ...]
+  install_check.py rule-comments FILE...
+  install_check.py hardened RENDER
+  install_check.py options VALUES ALL_VALUES ALL_RENDER OFF_RENDER RELEASE_NS
+  install_check.py env-in-cli RENDER CLI_RS [EXTRA_ENV_VALUES]
+  install_check.py versions CARGO_TOML CHART_YAML KUSTOMIZE_RENDER
+  install_check.py iam TEMPLATE ACTIONS_FILE
+  install_check.py cfn-shape TEMPLATE VALUES
+  install_check.py notes NOTES_OUTPUT
+
+Needs PyYAML (scripts/install-tools.sh puts it in the tools' virtualenv).
+"""
+
+import copy
+import json
+import re
+import sys
+
+import yaml
+
+problems = []
+
+
+def bad(msg):
+    problems.append(msg)
+
+
+def finish(summary):
+    if problems:
+        for p in problems:
+            print(f"  - {p}")
+        sys.exit(1)
+    print(f"ok: {summary}")
+    sys.exit(0)
+
+
+def load_all(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def load(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def key(obj):
+    md = obj.get("metadata", {})
+    return (obj.get("kind"), md.get("namespace", ""), md.get("name"))
+
+
+def by_kind(objs, kind):
+    return [o for o in objs if o.get("kind") == kind]
+
+
+def one(objs, kind):
+    found = by_kind(objs, kind)
+    if len(found) != 1:
+        bad(f"expected exactly one {kind}, found {len(found)}")
+        return {}
+    return found[0]
+
+
+# Labels that only Helm sets; everything else must match between the chart and kustomize.
+HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by"}
+
+
+def normalise(obj):
+    obj = copy.deepcopy(obj)
+    labels = obj.get("metadata", {}).get("labels")
+    if labels is not None:
+        for k in HELM_ONLY_LABELS:
+            labels.pop(k, None)
+    return obj
+
+
+def diff(a, b, path=""):
+    """Human-readable differences between two YAML values."""
+    out = []
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            p = f"{path}.{k}"
+            if k not in a:
+                out.append(f"{p}: only in kustomize ({json.dumps(b[k])[:80]})")
+            elif k not in b:
+                out.append(f"{p}: only in the chart ({json.dumps(a[k])[:80]})")
+            else:
+                out += diff(a[k], b[k], p)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += diff(x, y, f"{path}[{i}]")
+    elif isinstance(a, list) and isinstance(b, list):
+        out.append(f"{path}: {len(a)} items in the chart, {len(b)} in kustomize")
+        for x in a:
+            if x not in b:
+                out.append(f"{path}: only in the chart: {json.dumps(x)[:160]}")
+        for y in b:
+            if y not in a:
+                out.append(f"{path}: only in kustomize: {json.dumps(y)[:160]}")
+    elif a != b:
+        out.append(f"{path}: chart {json.dumps(a)[:80]} != kustomize {json.dumps(b)[:80]}")
+    return out
+
+
+def cmd_same_objects(chart_path, kust_path):
+    chart = {key(o): normalise(o) for o in load_all(chart_path)}
+    kust = {key(o): normalise(o) for o in load_all(kust_path)}
+    namespaces = [k for k in kust if k[0] == "Namespace"]
+    if len(namespaces) != 1:
+        bad(f"kustomize should create exactly one Namespace, found {namespaces}")
+    for k in namespaces:
+        del kust[k]
+    wanted_kinds = {
+        "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+        "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget",
+    }
+    kinds = {k[0] for k in chart}
+    if kinds != wanted_kinds:
+        bad(f"the chart's default render has kinds {sorted(kinds)}, expected {sorted(wanted_kinds)}")
+    for k in sorted(set(chart) | set(kust), key=str):
+        if k not in kust:
+            bad(f"{k} is rendered by the chart but not by kustomize")
+        elif k not in chart:
+            bad(f"{k} is rendered by kustomize but not by the chart")
+        else:
+            for d in diff(chart[k], kust[k]):
+                bad(f"{k[0]}/{k[2]} {d}")
+    finish(f"{len(chart)} objects identical in the chart and kustomize ({', '.join(sorted(kinds))})")
+
+
+def expand(rule):
+    """(apiGroup, resource, verb) tuples a PolicyRule grants; flags what must never appear."""
+    for field in ("resourceNames", "nonResourceURLs"):
+        if rule.get(field):
+            bad(f"unexpected {field} in rule {rule}")
+    out = set()
+    for g in rule.get("apiGroups", []):
+        for r in rule.get("resources", []):
+            for v in rule.get("verbs", []):
+                if "*" in (g, r, v):
+                    bad(f"wildcard in rule {rule}")
+                if r == "secrets" or r.startswith("secrets/"):
+                    bad(f"a rule grants {v} on Secrets: {rule}")
+                out.add((g, r, v))
+    return out
+
+
+def cmd_rbac(render, expected_path, release_ns, *watched):
+    objs = load_all(render)
+    expected = load(expected_path)["rules"]
+    dep = one(objs, "Deployment")
+    sa_name = dep.get("spec", {}).get("template", {}).get("spec", {}).get("serviceAccountName")
+    dep_ns = dep.get("metadata", {}).get("namespace")
+    if not sa_name:
+        bad("the Deployment names no serviceAccountName")
+    if dep_ns != release_ns:
+        bad(f"the Deployment is in namespace {dep_ns!r}, expected {release_ns!r}")
+    sa = ("ServiceAccount", release_ns, sa_name)
+
+    roles = {("ClusterRole", "", o["metadata"]["name"]): o for o in by_kind(objs, "ClusterRole")}
+    roles.update({("Role", o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in by_kind(objs, "Role")})
+    bound = set()
+    granted = set()  # (scope, group, resource, verb); scope "cluster" or a namespace
+    for b in by_kind(objs, "ClusterRoleBinding") + by_kind(objs, "RoleBinding"):
+        bns = b["metadata"].get("namespace", "")
+        ref = b["roleRef"]
+        rkey = (ref["kind"], "" if ref["kind"] == "ClusterRole" else bns, ref["name"])
+        subjects = {(s.get("kind"), s.get("namespace", ""), s.get("name")) for s in b.get("subjects", [])}
+        if subjects != {sa}:
+            bad(f"{b['kind']}/{b['metadata']['name']} binds {sorted(subjects)}, expected only the controller's {sa}")
+        if rkey not in roles:
+            bad(f"{b['kind']}/{b['metadata']['name']} refers to {rkey}, which the render does not define")
+            continue
+        bound.add(rkey)
+        scope = "cluster" if b["kind"] == "ClusterRoleBinding" else bns
+        for rule in roles[rkey].get("rules", []):
+            for t in expand(rule):
+                granted.add((scope,) + t)
+    for rkey in roles:
+        if rkey not in bound:
+            bad(f"{rkey} is defined but bound to nothing")
+
+    want = set()
+    for e in expected:
+        if e["scope"] == "watched":
+            scopes = list(watched) if watched else ["cluster"]
+        elif e["scope"] == "release-namespace":
+            scopes = [release_ns]
+        else:
+            bad(f"unknown scope {e['scope']!r} in {expected_path}")
+            continue
+        for s in scopes:
+            for v in e["verbs"]:
+                want.add((s, e["apiGroup"], e["resource"], v))
+        if "secrets" in e["resource"]:
+            bad(f"{expected_path} lists Secrets")
+    if len(want) < 10:
+        bad(f"{expected_path} yields only {len(want)} permissions: is it the right file?")
+    for t in sorted(want - granted):
+        bad(f"missing: {t[3]} on {t[1] or 'core'}/{t[2]} in {t[0]}")
+    for t in sorted(granted - want):
+        bad(f"not used by the controller: {t[3]} on {t[1] or 'core'}/{t[2]} in {t[0]}")
+    mode = f"namespaces {', '.join(watched)}" if watched else "all namespaces"
+    finish(f"{len(granted)} granted permissions equal the expected ones ({mode}; {len(roles)} roles, all bound to {sa_name})")
+
+
+def cmd_rule_comments(*files):
+    n = 0
+    for path in files:
+        with open(path) as f:
+            lines = f.read().splitlines()
+        for i, line in enumerate(lines):
+            if re.match(r"^\s*- apiGroups:", line):
+                n += 1
+                prev = lines[i - 1].strip() if i else ""
+                if not prev.startswith("#"):
+                    bad(f"{path}:{i + 1}: RBAC rule without a comment saying why")
+    if n == 0:
+        bad("found no RBAC rules to check")
+    finish(f"{n} RBAC rules in {len(files)} files each have a comment")
+
+
+def container(dep):
+    cs = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    if len(cs) != 1:
+        bad(f"expected one container, found {len(cs)}")
+        return {}
+    return cs[0]
+
+
+def cmd_hardened(render):
+    objs = load_all(render)
+    dep = one(objs, "Deployment")
+    pod = dep.get("spec", {}).get("template", {}).get("spec", {})
+    c = container(dep)
+    psc = pod.get("securityContext", {})
+    sc = c.get("securityContext", {})
+    checks = {
+        "pod runAsNonRoot": psc.get("runAsNonRoot") is True,
+        "pod seccompProfile RuntimeDefault": psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+        "pod runAsUser non-zero": isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0,
+        "container runAsNonRoot": sc.get("runAsNonRoot") is True,
+        "container readOnlyRootFilesystem": sc.get("readOnlyRootFilesystem") is True,
+        "container allowPrivilegeEscalation false": sc.get("allowPrivilegeEscalation") is False,
+        "container drops ALL capabilities": sc.get("capabilities", {}).get("drop") == ["ALL"],
+        "container adds no capability": not sc.get("capabilities", {}).get("add"),
+        "container not privileged": not sc.get("privileged"),
+        "container seccompProfile RuntimeDefault": sc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+        "resources requests cpu and memory": {"cpu", "memory"} <= set(c.get("resources", {}).get("requests", {})),
+        "resources memory limit": "memory" in c.get("resources", {}).get("limits", {}),
+        "liveness probe GET /healthz on the http port": c.get("livenessProbe", {}).get("httpGet", {}) == {"path": "/healthz", "port": "http"},
+        "readiness probe GET /readyz on the http port": c.get("readinessProbe", {}).get("httpGet", {}) == {"path": "/readyz", "port": "http"},
+        "named port http (metrics)": any(p.get("name") == "http" for p in c.get("ports", [])),
+        "image pinned to a tag (not latest)": re.search(r":[^/]+$", c.get("image", "")) is not None and not c.get("image", "").endswith(":latest"),
+        "no hostNetwork/hostPID/hostIPC": not (pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC")),
+        "no hostPath volume": not any("hostPath" in v for v in pod.get("volumes", [])),
+        "args run the controller": c.get("args") == ["controller"],
+        "more than one replica (leader election)": dep.get("spec", {}).get("replicas", 0) >= 2,
+    }
+    for name, ok in checks.items():
+        if not ok:
+            bad(f"not hardened: {name}")
+    svc = one(objs, "Service")
+    if not any(p.get("name") == "http-metrics" and p.get("targetPort") == "http" for p in svc.get("spec", {}).get("ports", [])):
+        bad("the Service does not expose the metrics port")
+    finish(f"{len(checks)} hardening checks pass on the Deployment")
+
+
+def leaf_paths(values, prefix="", opaque=frozenset()):
+    """Dotted paths of the documented options: recurse into non-empty maps unless opaque."""
+    out = []
+    for k, v in values.items():
+        p = f"{prefix}{k}"
+        if isinstance(v, dict) and v and p not in opaque:
+            out += leaf_paths(v, p + ".", opaque)
+        else:
+            out.append(p)
+    return out
+
+
+def get_path(values, path):
+    cur = values
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return KeyError
+        cur = cur[part]
+    return cur
+
+
+def env_of(c):
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def cmd_options(values_path, all_values_path, all_render, off_render, release_ns):
+    defaults = load(values_path)
+    allv = load(all_values_path)
+    objs = load_all(all_render)
+    off = load_all(off_render)
+    opaque = {"resources", "podSecurityContext", "securityContext"}
+    paths = leaf_paths(defaults, opaque=opaque)
+
+    kinds = {o["kind"] for o in objs}
+    dep = one(objs, "Deployment")
+    pod = dep.get("spec", {}).get("template", {}).get("spec", {})
+    c = container(dep)
+    env = env_of(c)
+    sa_objs = by_kind(objs, "ServiceAccount")
+    sa = sa_objs[0] if sa_objs else {}
+    sm = next(iter(by_kind(objs, "ServiceMonitor")), {})
+    np_ = next(iter(by_kind(objs, "NetworkPolicy")), {})
+    pdb = next(iter(by_kind(objs, "PodDisruptionBudget")), {})
+    egress = np_.get("spec", {}).get("egress", [])
+    egress_cidrs = [t.get("ipBlock", {}).get("cidr") for r in egress for t in r.get("to", [])]
+    egress_ports = [p.get("port") for r in egress for p in r.get("ports", [])]
+    off_dep = one(off, "Deployment")
+    v = allv
+
+    def g(path):
+        return get_path(v, path)
+
+    effects = {
+        "image.repository": lambda: c.get("image", "").startswith(g("image.repository") + ":"),
+        "image.tag": lambda: c.get("image", "").endswith(":" + g("image.tag")),
+        "image.pullPolicy": lambda: c.get("imagePullPolicy") == g("image.pullPolicy"),
+        "imagePullSecrets": lambda: pod.get("imagePullSecrets") == g("imagePullSecrets"),
+        "replicaCount": lambda: dep["spec"]["replicas"] == g("replicaCount"),
+        "nameOverride": lambda: dep["metadata"]["labels"].get("app.kubernetes.io/name") == g("nameOverride"),
+        "fullnameOverride": lambda: dep["metadata"]["name"] == g("fullnameOverride"),
+        "serviceAccount.create": lambda: bool(sa_objs) and not by_kind(off, "ServiceAccount"),
+        "serviceAccount.name": lambda: sa.get("metadata", {}).get("name") == g("serviceAccount.name") == pod.get("serviceAccountName"),
+        "serviceAccount.annotations": lambda: all(sa["metadata"]["annotations"].get(k) == x for k, x in g("serviceAccount.annotations").items()),
+        "aws.roleArn": lambda: sa["metadata"]["annotations"].get("eks.amazonaws.com/role-arn") == g("aws.roleArn"),
+        "aws.region": lambda: env.get("AWS_REGION", {}).get("value") == g("aws.region"),
+        "aws.useFipsEndpoint": lambda: env.get("AWS_USE_FIPS_ENDPOINT", {}).get("value") == "true" and "AWS_USE_FIPS_ENDPOINT" not in env_of(container(off_dep)),
+        "controller.namespaces": lambda: env.get("MAB_NAMESPACES", {}).get("value") == ",".join(g("controller.namespaces"))
+        and sorted(o["metadata"]["namespace"] for o in by_kind(objs, "Role") if not o["metadata"]["name"].endswith("-leader-election")) == sorted(g("controller.namespaces"))
+        and "ClusterRole" not in kinds,
+        "controller.defaultJobDefinition": lambda: env.get("MAB_DEFAULT_JOB_DEFINITION", {}).get("value") == g("controller.defaultJobDefinition"),
+        "controller.pollIntervalSeconds": lambda: env.get("MAB_POLL_INTERVAL_SECONDS", {}).get("value") == str(g("controller.pollIntervalSeconds")),
+        "controller.concurrency": lambda: env.get("MAB_CONCURRENCY", {}).get("value") == str(g("controller.concurrency")),
+        "controller.logFormat": lambda: env.get("MAB_LOG_FORMAT", {}).get("value") == g("controller.logFormat"),
+        "controller.httpPort": lambda: env.get("MAB_HTTP_ADDR", {}).get("value") == f"0.0.0.0:{g('controller.httpPort')}"
+        and any(p.get("containerPort") == g("controller.httpPort") for p in c.get("ports", [])),
+        "extraEnv": lambda: all(env.get(e["name"]) == e for e in g("extraEnv")),
+        "podAnnotations": lambda: dep["spec"]["template"]["metadata"].get("annotations") == g("podAnnotations"),
+        "podLabels": lambda: all(dep["spec"]["template"]["metadata"]["labels"].get(k) == x for k, x in g("podLabels").items()),
+        "resources": lambda: c.get("resources") == g("resources"),
+        "nodeSelector": lambda: pod.get("nodeSelector") == g("nodeSelector"),
+        "tolerations": lambda: pod.get("tolerations") == g("tolerations"),
+        "affinity": lambda: pod.get("affinity") == g("affinity"),
+        "topologySpreadConstraints": lambda: pod.get("topologySpreadConstraints") == g("topologySpreadConstraints"),
+        "priorityClassName": lambda: pod.get("priorityClassName") == g("priorityClassName"),
+        "podSecurityContext": lambda: pod.get("securityContext") == g("podSecurityContext"),
+        "securityContext": lambda: c.get("securityContext") == g("securityContext"),
+        "metrics.serviceMonitor.enabled": lambda: "ServiceMonitor" in kinds and not by_kind(off, "ServiceMonitor"),
+        "metrics.serviceMonitor.interval": lambda: sm["spec"]["endpoints"][0]["interval"] == g("metrics.serviceMonitor.interval"),
+        "metrics.serviceMonitor.labels": lambda: all(sm["metadata"]["labels"].get(k) == x for k, x in g("metrics.serviceMonitor.labels").items()),
+        "networkPolicy.enabled": lambda: "NetworkPolicy" in kinds and not by_kind(off, "NetworkPolicy"),
+        "networkPolicy.metricsFrom": lambda: np_["spec"]["ingress"][0].get("from") == g("networkPolicy.metricsFrom"),
+        "networkPolicy.apiServer.cidrs": lambda: all(x in egress_cidrs for x in g("networkPolicy.apiServer.cidrs")),
+        "networkPolicy.apiServer.ports": lambda: all(x in egress_ports for x in g("networkPolicy.apiServer.ports")),
+        "networkPolicy.httpsCIDRs": lambda: all(x in egress_cidrs for x in g("networkPolicy.httpsCIDRs")),
+        "networkPolicy.extraEgress": lambda: all(r in egress for r in g("networkPolicy.extraEgress")),
+        "podDisruptionBudget.enabled": lambda: bool(pdb) and not by_kind(off, "PodDisruptionBudget"),
+        "podDisruptionBudget.maxUnavailable": lambda: pdb["spec"]["maxUnavailable"] == g("podDisruptionBudget.maxUnavailable"),
+    }
+    for p in paths:
+        val = get_path(allv, p)
+        if val is KeyError:
+            bad(f"{all_values_path} does not set the documented option {p}")
+            continue
+        if p not in effects:
+            bad(f"no check of option {p}'s effect: add one to install_check.py options")
+            continue
+        try:
+            ok = effects[p]()
+        except (KeyError, IndexError, TypeError, AttributeError) as e:
+            ok = False
+            bad(f"option {p}: render lacks what it should set ({type(e).__name__}: {e})")
+            continue
+        if not ok:
+            bad(f"option {p} = {json.dumps(val)[:80]} has no effect on the render")
+    for p in effects:
+        if p not in paths:
+            bad(f"install_check.py checks {p}, which values.yaml does not document")
+    # The lease RBAC stays in the release namespace whatever the watched namespaces are.
+    leases = [o for o in by_kind(objs, "Role") if any("leases" in r.get("resources", []) for r in o.get("rules", []))]
+    if [o["metadata"]["namespace"] for o in leases] != [release_ns]:
+        bad(f"the leader-election Role should be in {release_ns} only, found {[o['metadata'].get('namespace') for o in leases]}")
+    finish(f"{len(paths)} documented options each set in {all_values_path.split('/')[-1]} and visible in the render")
+
+
+def cmd_env_in_cli(render, cli_rs, extra_values=None):
+    with open(cli_rs) as f:
+        declared = set(re.findall(r'env\s*=\s*"(MAB_[A-Z0-9_]+)"', f.read()))
+    if len(declared) < 5:
+        bad(f"found only {sorted(declared)} in {cli_rs}")
+    user = set()
+    if extra_values:
+        user = {e["name"] for e in (load(extra_values) or {}).get("extraEnv", [])}
+    n = 0
+    for dep in by_kind(load_all(render), "Deployment"):
+        for name in env_of(container(dep)):
+            if name.startswith("MAB_") and name not in user:
+                n += 1
+                if name not in declared:
+                    bad(f"the chart sets {name}, which src/cli.rs does not declare (declared: {sorted(declared)})")
+    if n == 0:
+        bad("the render sets no MAB_* variable")
+    finish(f"{n} MAB_* variables set by the chart are all declared in src/cli.rs")
+
+
+def cmd_versions(cargo_toml, chart_yaml, kust_render):
+    with open(cargo_toml) as f:
+        m = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
+    cargo = m.group(1) if m else None
+    chart = load(chart_yaml)
+    if chart.get("appVersion") != cargo:
+        bad(f"Chart.yaml appVersion {chart.get('appVersion')!r} != Cargo.toml version {cargo!r}")
+    objs = load_all(kust_render)
+    dep = one(objs, "Deployment")
+    img = container(dep).get("image", "")
+    if img != f"multiarch-operator:{cargo}":
+        bad(f"kustomize image {img!r} != multiarch-operator:{cargo}")
+    for o in objs:
+        ver = o.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/version")
+        if ver is not None and ver != cargo:
+            bad(f"{o['kind']}/{o['metadata']['name']} label app.kubernetes.io/version {ver!r} != {cargo!r}")
+    finish(f"version {cargo} in Cargo.toml, Chart.yaml appVersion and the kustomize image/labels")
+
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        val = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        val = loader.construct_sequence(node, deep=True)
+    else:
+        val = loader.construct_mapping(node, deep=True)
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    return {name: val}
+
+
+CfnLoader.add_multi_constructor("!", _tag)
+
+
+def load_cfn(path):
+    with open(path) as f:
+        return yaml.load(f, Loader=CfnLoader)
+
+
+def as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+def cmd_iam(template, actions_file):
+    tpl = load_cfn(template)
+    with open(actions_file) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.strip().startswith("#")]
+    wanted = set(lines)
+    if len(lines) != len(wanted):
+        bad(f"{actions_file} lists an action twice")
+    for a in lines:
+        if not re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", a):
+            bad(f"{actions_file}: {a!r} is not one IAM action (service:Action, no wildcard)")
+    if len(wanted) < 5:
+        bad(f"{actions_file} has only {len(wanted)} actions")
+    role = tpl.get("Resources", {}).get("ControllerRole")
+    if not role:
+        bad(f"{template} has no ControllerRole")
+        finish("")
+    granted = []
+    statements = 0
+    for pol in role["Properties"].get("Policies", []):
+        for st in pol["PolicyDocument"]["Statement"]:
+            if not isinstance(st, dict) or "Effect" not in st:
+                bad(f"ControllerRole statement is conditional or malformed: {st}")
+                continue
+            statements += 1
+            if st["Effect"] != "Allow":
+                continue
+            if "NotAction" in st or "NotResource" in st:
+                bad(f"ControllerRole statement {st.get('Sid')} uses NotAction/NotResource")
+            granted += as_list(st["Action"])
+    if role["Properties"].get("ManagedPolicyArns"):
+        bad("ControllerRole has managed policies: its actions must all be in its inline policy")
+    for a in granted:
+        if "*" in a:
+            bad(f"ControllerRole grants a wildcard action {a}")
+    got = set(granted)
+    for a in sorted(wanted - got):
+        bad(f"the controller calls {a} but ControllerRole does not grant it")
+    for a in sorted(got - wanted):
+        bad(f"ControllerRole grants {a}, which the controller does not call ({actions_file})")
+    trust = role["Properties"].get("AssumeRolePolicyDocument")
+    trust_text = json.dumps(trust)
+    for needle in ("sts:AssumeRoleWithWebIdentity", ":sub", ":aud", "system:serviceaccount:${ControllerNamespace}:${ControllerServiceAccount}"):
+        if needle not in trust_text:
+            bad(f"ControllerRole trust policy lacks {needle!r}")
+    finish(f"ControllerRole grants exactly the {len(wanted)} actions of {actions_file.split('/')[-1]} ({statements} statements)")
+
+
+def cmd_cfn_shape(template, values_path):
+    with open(template) as f:
+        text = f.read()
+    tpl = load_cfn(template)
+    res = tpl.get("Resources", {})
+    params = tpl.get("Parameters", {})
+    # Partition-aware: no ARN names the commercial partition literally.
+    for n, line in enumerate(text.splitlines(), 1):
+        if "arn:aws:" in line:
+            bad(f"{template}:{n}: literal 'arn:aws:' (use ${{AWS::Partition}}): {line.strip()}")
+    if "${AWS::Partition}" not in text:
+        bad("the template never uses ${AWS::Partition}")
+    ces = {k: v for k, v in res.items() if v.get("Type") == "AWS::Batch::ComputeEnvironment"}
+    if len(ces) != 2:
+        bad(f"expected 2 compute environments, found {sorted(ces)}")
+    families = {}
+    for name, ce in ces.items():
+        cr = ce["Properties"]["ComputeResources"]
+        if cr.get("Type") != {"Fn::If": ["IsSpot", "SPOT", "EC2"]}:
+            bad(f"{name}: ComputeResources.Type should be EC2 or SPOT (never Fargate), got {cr.get('Type')}")
+        if cr.get("AllocationStrategy") != {"Fn::If": ["IsSpot", "SPOT_PRICE_CAPACITY_OPTIMIZED", "BEST_FIT_PROGRESSIVE"]}:
+            bad(f"{name}: AllocationStrategy should be SPOT_PRICE_CAPACITY_OPTIMIZED on Spot, else BEST_FIT_PROGRESSIVE")
+        if cr.get("Ec2Configuration") != [{"ImageType": "ECS_AL2023"}]:
+            bad(f"{name}: Ec2Configuration should be ECS_AL2023")
+        ref = cr.get("InstanceTypes", {}).get("Ref")
+        families[name] = params.get(ref, {}).get("Default")
+        if not isinstance(cr.get("MaxvCpus"), dict) or "Ref" not in cr["MaxvCpus"]:
+            bad(f"{name}: MaxvCpus should be a parameter")
+        for k in ("Subnets", "SecurityGroupIds"):
+            if not isinstance(cr.get(k), dict) or "Ref" not in cr[k]:
+                bad(f"{name}: {k} should be a parameter")
+    if families.get("Arm64ComputeEnvironment") != "m8g,c8g":
+        bad(f"arm64 instance types default {families.get('Arm64ComputeEnvironment')!r}, expected m8g,c8g")
+    if families.get("Amd64ComputeEnvironment") != "m7i,c7i":
+        bad(f"amd64 instance types default {families.get('Amd64ComputeEnvironment')!r}, expected m7i,c7i")
+    queues = [k for k, v in res.items() if v.get("Type") == "AWS::Batch::JobQueue"]
+    if len(queues) != 2:
+        bad(f"expected 2 job queues, found {queues}")
+    jd = [v for v in res.values() if v.get("Type") == "AWS::Batch::JobDefinition"]
+    if len(jd) != 1:
+        bad(f"expected one job definition, found {len(jd)}")
+    else:
+        cp = jd[0]["Properties"]["ContainerProperties"]
+        vols = {v["Name"]: v.get("Host", {}).get("SourcePath") for v in cp.get("Volumes", [])}
+        mounts = {m["SourceVolume"]: m["ContainerPath"] for m in cp.get("MountPoints", [])}
+        if "/var/run/docker.sock" not in vols.values() or "/var/run/docker.sock" not in mounts.values():
+            bad("the job definition does not bind-mount /var/run/docker.sock")
+        lc = cp.get("LogConfiguration", {})
+        if lc.get("LogDriver") != "awslogs" or lc.get("Options", {}).get("awslogs-group") != "/aws/batch/job":
+            bad("the job definition does not log with awslogs to /aws/batch/job")
+        if cp.get("Image") != {"Ref": "BuilderImage"}:
+            bad("the builder image should be the BuilderImage parameter")
+        if jd[0]["Properties"].get("PlatformCapabilities") != ["EC2"]:
+            bad("the job definition should be for EC2 only")
+    # The IRSA defaults match the chart's defaults (release multiarch-operator in multiarch-system).
+    values = load(values_path)
+    if params.get("ControllerServiceAccount", {}).get("Default") != "multiarch-operator":
+        bad("ControllerServiceAccount default should be the chart's default ServiceAccount, multiarch-operator")
+    if params.get("ControllerNamespace", {}).get("Default") != "multiarch-system":
+        bad("ControllerNamespace default should be multiarch-system (README, config/default)")
+    if params.get("JobDefinitionName", {}).get("Default") != values["controller"]["defaultJobDefinition"]:
+        bad("JobDefinitionName default should equal the chart's controller.defaultJobDefinition")
+    finish(f"template shape: {len(res)} resources, 2 EC2 compute environments (m8g,c8g / m7i,c7i), 2 queues, DooD job definition, partition-aware")
+
+
+def cmd_notes(notes_output):
+    with open(notes_output) as f:
+        text = f.read()
+    for needle in ("config/samples/vecoli.yaml", "kubectl apply -f", "kubectl get mab", " -w",
+                   "kubectl wait", "--for=condition=Ready"):
+        if needle not in text:
+            bad(f"NOTES.txt does not mention {needle!r}")
+    finish("NOTES.txt tells how to apply the sample, watch it and wait for Ready")
+
+
+COMMANDS = {
+    "same-objects": cmd_same_objects,
+    "rbac": cmd_rbac,
+    "rule-comments": cmd_rule_comments,
+    "hardened": cmd_hardened,
+    "options": cmd_options,
+    "env-in-cli": cmd_env_in_cli,
+    "versions": cmd_versions,
+    "iam": cmd_iam,
+    "cfn-shape": cmd_cfn_shape,
+    "notes": cmd_notes,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
