@@ -11,13 +11,16 @@ help: ## List the targets
 
 test: deps ## The whole suite (installs and starts what it needs)
 	$(CARGO) test --all-targets --locked
+	bash e2e/install_test.sh
 
 lint: ## rustfmt check + clippy with -D warnings
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-crds: ## Regenerate the CRD in crds/ from the Rust types
+crds: ## Regenerate the CRD from the Rust types (and its copies in the chart and config/crd)
 	$(CARGO) run --quiet -- crd > $(CRD)
+	cp $(CRD) charts/multiarch-operator/crds/
+	cp $(CRD) config/crd/
 
 deps: ## Install the Debian and PyPI packages the tests use (idempotent)
 	scripts/install-deps.sh
