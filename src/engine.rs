@@ -207,6 +207,31 @@ impl Engine {
     }
 }
 
+/// The ids of the jobs of `status` that may still be running (see [`plan::is_live`]).
+pub fn live_job_ids(status: &MultiArchBuildStatus) -> Vec<String> {
+    status
+        .platforms
+        .iter()
+        .filter(|p| plan::is_live(p))
+        .filter_map(|p| p.job_id.clone())
+        .collect()
+}
+
+/// What is known about the live jobs of `status`, keyed by platform: `lookup` maps a job id to its
+/// observation, or `None` when nothing is known about it yet. The controller looks in the shared
+/// poller, `build` in one DescribeJobs answer.
+pub fn job_observations(
+    status: &MultiArchBuildStatus,
+    mut lookup: impl FnMut(&str) -> Option<JobObservation>,
+) -> BTreeMap<Platform, JobObservation> {
+    status
+        .platforms
+        .iter()
+        .filter(|p| plan::is_live(p))
+        .filter_map(|p| Some((p.platform, lookup(p.job_id.as_deref()?)?)))
+        .collect()
+}
+
 fn platforms(spec: &MultiArchBuildSpec) -> Vec<Platform> {
     spec.platforms.iter().map(|p| p.platform).collect()
 }

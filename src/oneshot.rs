@@ -11,12 +11,12 @@ use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::{self, MultiArchBuild, MultiArchBuildStatus, Phase, PlatformStatus},
+    api::{self, MultiArchBuild, MultiArchBuildStatus, Phase},
     batch::{BuildRef, submit_request},
     cli::BuildArgs,
     config,
-    engine::{Build, Engine, EngineError},
-    plan::{JobObservation, JobState},
+    engine::{Build, Engine, EngineError, job_observations, live_job_ids},
+    plan::JobObservation,
 };
 
 /// How many steps in a row may fail with a transient error before the command gives up.
@@ -126,31 +126,18 @@ async fn observe_jobs(
     engine: &Engine,
     status: &MultiArchBuildStatus,
 ) -> Result<BTreeMap<api::Platform, JobObservation>, EngineError> {
-    let live: Vec<&PlatformStatus> = status.platforms.iter().filter(|p| is_live(p)).collect();
-    let ids: Vec<String> = live.iter().filter_map(|p| p.job_id.clone()).collect();
+    let ids = live_job_ids(status);
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
     let mut snapshots = engine.batch.describe(&ids).await?;
-    Ok(live
-        .iter()
-        .filter_map(|p| {
-            let id = p.job_id.as_ref()?;
-            let observation = snapshots
+    Ok(job_observations(status, |id| {
+        Some(
+            snapshots
                 .remove(id)
-                .map_or(JobObservation::Missing, JobObservation::Seen);
-            Some((p.platform, observation))
-        })
-        .collect())
-}
-
-fn is_live(p: &PlatformStatus) -> bool {
-    p.job_id.is_some()
-        && !p
-            .state
-            .as_deref()
-            .and_then(JobState::parse)
-            .is_some_and(JobState::is_terminal)
+                .map_or(JobObservation::Missing, JobObservation::Seen),
+        )
+    }))
 }
 
 /// Poll interval, or exponential backoff with jitter after failures.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{MultiArchBuildSpec, MultiArchBuildStatus, Platform};
+use crate::api::{MultiArchBuildSpec, MultiArchBuildStatus, Platform, PlatformStatus};
 
 /// A Batch job status, as Batch spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -167,6 +167,17 @@ pub mod reason {
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     pub const CANCELLED: &str = "Cancelled";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+}
+
+/// Whether a platform's job may still be running: it has a job id and its last known state is not
+/// terminal (a job submitted but not described yet is live).
+pub fn is_live(entry: &PlatformStatus) -> bool {
+    entry.job_id.is_some()
+        && !entry
+            .state
+            .as_deref()
+            .and_then(JobState::parse)
+            .is_some_and(JobState::is_terminal)
 }
 
 mod decide;

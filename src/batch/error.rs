@@ -66,15 +66,15 @@ pub enum BatchError {
 }
 
 impl BatchError {
-    /// A short, stable name for metrics and event reasons.
+    /// A short, stable CamelCase name: the failures metric's label and the Warning event's reason.
     pub fn label(&self) -> &'static str {
         match self {
-            BatchError::Throttled { .. } => "aws_throttled",
-            BatchError::Transient { .. } => "aws_transient",
-            BatchError::Rejected { .. } => "aws_rejected",
-            BatchError::RequestTooLarge { .. } => "request_too_large",
-            BatchError::PlatformNotInSpec { .. } => "platform_not_in_spec",
-            BatchError::InvalidResponse { .. } => "aws_invalid_response",
+            BatchError::Throttled { .. } => "AwsThrottled",
+            BatchError::Transient { .. } => "AwsUnavailable",
+            BatchError::Rejected { .. } => "AwsRejected",
+            BatchError::RequestTooLarge { .. } => "SubmitRequestTooLarge",
+            BatchError::PlatformNotInSpec { .. } => "PlatformNotInSpec",
+            BatchError::InvalidResponse { .. } => "AwsInvalidResponse",
         }
     }
 
@@ -161,7 +161,7 @@ mod tests {
     fn throttling_is_recognised_by_status_or_code() {
         let e = classify("DescribeJobs", 429, "TooManyRequestsException".into(), "slow".into());
         assert!(e.is_throttling() && !e.is_transient() && e.is_retryable());
-        assert_eq!(e.label(), "aws_throttled");
+        assert_eq!(e.label(), "AwsThrottled");
         let e = classify(
             "GetLogEvents",
             400,

@@ -126,6 +126,8 @@ struct Inner<D> {
     describe_calls: AtomicU64,
     throttled_calls: AtomicU64,
     sweeps: AtomicU64,
+    /// When the last sweep ended.
+    last_sweep: Mutex<Option<tokio::time::Instant>>,
 }
 
 struct Tracked {
@@ -151,6 +153,7 @@ impl<D: JobDescriber> JobPoller<D> {
                 describe_calls: AtomicU64::new(0),
                 throttled_calls: AtomicU64::new(0),
                 sweeps: AtomicU64::new(0),
+                last_sweep: Mutex::new(None),
             }),
         }
     }
@@ -209,6 +212,12 @@ impl<D: JobDescriber> JobPoller<D> {
     /// Sweeps done so far.
     pub fn sweeps(&self) -> u64 {
         self.inner.sweeps.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last sweep ended (`None` before the first): the poller's lag behind Batch,
+    /// about one interval when all is well.
+    pub fn since_last_sweep(&self) -> Option<Duration> {
+        lock(&self.inner.last_sweep).map(|at| at.elapsed())
     }
 
     /// A new stream of every change published from now on. The stream ends when the poller and
@@ -285,6 +294,7 @@ impl<D: JobDescriber> JobPoller<D> {
                 }
             }
         }
+        *lock(&self.inner.last_sweep) = Some(tokio::time::Instant::now());
         report
     }
 
@@ -489,8 +499,14 @@ mod tests {
         lock(&fake.states).insert("j1".into(), JobState::Runnable);
         poller.watch(&build, "j1");
         poller.watch(&build, "j1"); // idempotent
+        assert_eq!(poller.since_last_sweep(), None);
 
         let report = poller.sweep().await;
+        assert!(
+            poller
+                .since_last_sweep()
+                .is_some_and(|lag| lag < Duration::from_secs(5))
+        );
         assert_eq!((report.jobs, report.describe_calls, report.changes), (1, 1, 1));
         let got = drain(&mut changes);
         assert_eq!(got.len(), 1);

@@ -538,7 +538,7 @@ timeoutSeconds: 7200
     fn submit_request_rejects_unknown_platform_and_oversized_requests() {
         let spec = sample_spec();
         let err = submit_request(&build(), &spec, Platform::LinuxAmd64V3, "d").unwrap_err();
-        assert_eq!(err.label(), "platform_not_in_spec");
+        assert_eq!(err.label(), "PlatformNotInSpec");
 
         let mut big = sample_spec();
         big.build_args = Some(
@@ -550,7 +550,7 @@ timeoutSeconds: 7200
                 .collect(),
         );
         let err = submit_request(&build(), &big, Platform::LinuxAmd64, "d").unwrap_err();
-        assert_eq!(err.label(), "request_too_large");
+        assert_eq!(err.label(), "SubmitRequestTooLarge");
         assert!(err.to_string().contains("30 KiB"), "{err}");
     }
 

@@ -9,7 +9,7 @@ use k8s_openapi::{
 
 use super::{
     Action, AssemblyOutcome, IndexRef, Input, JobObservation, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan,
-    READY, reason,
+    READY, is_live, reason,
 };
 use crate::api::{MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, validate};
 
@@ -225,10 +225,6 @@ fn apply_snapshot(entry: &mut PlatformStatus, job: &JobSnapshot) {
 
 fn state_of(entry: &PlatformStatus) -> Option<JobState> {
     entry.state.as_deref().and_then(JobState::parse)
-}
-
-fn is_live(entry: &PlatformStatus) -> bool {
-    entry.job_id.is_some() && !state_of(entry).is_some_and(JobState::is_terminal)
 }
 
 fn terminate_live(status: &MultiArchBuildStatus, why: &str) -> Vec<Action> {
