@@ -4,7 +4,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
 use super::*;
-use crate::api::{MultiArchBuild, MultiArchBuildStatus, Phase, Platform};
+use crate::api::{GitSources, MultiArchBuild, MultiArchBuildStatus, Phase, Platform};
 
 fn sample_spec() -> MultiArchBuildSpec {
     let build: MultiArchBuild = serde_yaml::from_str(include_str!("../../config/samples/vecoli.yaml")).unwrap();
