@@ -22,6 +22,7 @@ fn at(seconds: i64) -> Timestamp {
 fn step(spec: &MultiArchBuildSpec, status: &MultiArchBuildStatus, observed: &Observations, now: Timestamp) -> Plan {
     plan(&Input {
         spec,
+        git_sources: GitSources::Remote,
         generation: Some(1),
         status,
         observed,
