@@ -10,7 +10,12 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 test: deps ## The whole suite (installs and starts what it needs)
-	$(CARGO) test --all-targets --locked
+	e2e/local-stack up
+	MAB_E2E_REQUIRED=1 $(CARGO) test --all-targets --locked
+	shellcheck -s sh builder/build.sh
+	shellcheck e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh
+	e2e/builder_validation_test.sh
+	e2e/builder_secret_test.sh
 	bash e2e/install_test.sh
 
 lint: ## rustfmt check + clippy with -D warnings
@@ -26,7 +31,7 @@ deps: ## Install the Debian and PyPI packages the tests use (idempotent)
 	scripts/install-deps.sh
 
 demo: ## Run a real two-platform build end to end on the local stack
-	@echo "make demo: the local end-to-end stack is not built yet (issue 5)" >&2; exit 2
+	e2e/demo.sh
 
 run: ## Run the controller against the current kubeconfig context
 	$(CARGO) run -- controller

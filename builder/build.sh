@@ -14,7 +14,8 @@
 #                                   the environment (GIT_CONFIG_*), never in argv, URL or log.
 #                                   Needs an https:// MAB_GIT_URL.
 #   MAB_CONTEXT_DIR                 default "."; relative to the repository root, no "..".
-#   MAB_DOCKERFILE                  default "Dockerfile"; relative to MAB_CONTEXT_DIR, no "..".
+#   MAB_DOCKERFILE                  default "Dockerfile"; relative to the repository root (like
+#                                   `docker build -f` run at the root), no "..".
 #   MAB_BUILD_ARG_NAMES             optional; space-separated names [A-Za-z_][A-Za-z0-9_]*;
 #                                   the value of name N is in MAB_BUILD_ARG_N (may be empty).
 #   MAB_IMAGE                       <registry>/<repository>:<tag>-<arch>[-<variant>]
@@ -266,7 +267,16 @@ case $MAB_ALLOW_EMULATION in
 esac
 
 # --- MAB_BUILD_ARG_NAMES / MAB_BUILD_ARG_<name>
-# Values are read with printenv (no eval) and kept exact, trailing newlines included.
+# build_arg_value NAME: copy MAB_BUILD_ARG_<NAME> into _val, exactly. NAME has been checked
+# against [A-Za-z_][A-Za-z0-9_]* before, so the eval'd text is only "_val=${MAB_BUILD_ARG_X}":
+# the VALUE is expanded, never parsed as shell code. (printenv is not in every busybox.)
+build_arg_set() {
+    eval "_isset=\${MAB_BUILD_ARG_$1+x}"
+    [ -n "$_isset" ]
+}
+build_arg_value() {
+    eval "_val=\${MAB_BUILD_ARG_$1}"
+}
 MAB_BUILD_ARG_NAMES=${MAB_BUILD_ARG_NAMES:-}
 case $MAB_BUILD_ARG_NAMES in
     *"$nl"* | *"$cr"* | *'	'*) die_config "MAB_BUILD_ARG_NAMES must be names separated by single spaces" ;;
@@ -285,14 +295,14 @@ for _name in $MAB_BUILD_ARG_NAMES; do
         *" $_name "*) die_config "MAB_BUILD_ARG_NAMES lists '$_name' twice" ;;
     esac
     seen_names="$seen_names$_name "
-    printenv "MAB_BUILD_ARG_$_name" >/dev/null ||
+    build_arg_set "$_name" ||
         die_config "MAB_BUILD_ARG_NAMES lists '$_name' but MAB_BUILD_ARG_$_name is not set"
     build_arg_count=$((build_arg_count + 1))
 done
 unset IFS
 
 # ---------------------------------------------------------------- environment checks
-for _cmd in git docker tr sed grep cut tail mktemp mkfifo tee uname printenv dirname; do
+for _cmd in git docker tr sed grep cut tail mktemp mkfifo tee uname dirname; do
     command -v "$_cmd" >/dev/null 2>&1 || die_env "required command '$_cmd' not found in PATH"
 done
 if [ -n "$MAB_GIT_CREDENTIALS_SECRET_ARN" ] || [ "$MAB_REGISTRY_AUTH" = ecr ]; then
@@ -327,8 +337,13 @@ HOME=$work/home
 DOCKER_CONFIG=$work/docker-config
 GIT_TERMINAL_PROMPT=0
 GIT_CONFIG_NOSYSTEM=1
-GIT_SSH_COMMAND='ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new'
-export HOME DOCKER_CONFIG GIT_TERMINAL_PROMPT GIT_CONFIG_NOSYSTEM GIT_SSH_COMMAND
+GIT_SSH_COMMAND='ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o ConnectTimeout=60 -o ServerAliveInterval=30'
+# a stalled https transfer (under 1 KB/s for 2 minutes) fails instead of hanging the job
+GIT_HTTP_LOW_SPEED_LIMIT=1000
+GIT_HTTP_LOW_SPEED_TIME=120
+AWS_PAGER='' # AWS CLI v2 would pipe output to `less`
+export HOME DOCKER_CONFIG GIT_TERMINAL_PROMPT GIT_CONFIG_NOSYSTEM GIT_SSH_COMMAND \
+    GIT_HTTP_LOW_SPEED_LIMIT GIT_HTTP_LOW_SPEED_TIME AWS_PAGER
 unset GIT_TRACE GIT_TRACE_CURL GIT_TRACE_PACKET GIT_TRACE_SETUP GIT_CURL_VERBOSE \
     GIT_CONFIG_COUNT GIT_CONFIG_PARAMETERS GIT_ASKPASS SSH_ASKPASS GIT_DIR GIT_WORK_TREE
 case $git_scheme in
@@ -358,13 +373,17 @@ run_step() {
     return "$_rc"
 }
 
-# git_run ARGS...: git, with the token header in the environment of this one command only.
+# git_run ARGS...: exec git, with the token header in the environment of git only.
+# Only called as the background command of run_step (a subshell): the exports stay in that
+# subshell, and exec makes git itself the process that SIGTERM reaches.
 git_run() {
     if [ -n "$auth_header" ]; then
-        GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0="$auth_key" GIT_CONFIG_VALUE_0="$auth_header" git "$@"
-    else
-        git "$@"
+        GIT_CONFIG_COUNT=1
+        GIT_CONFIG_KEY_0=$auth_key
+        GIT_CONFIG_VALUE_0=$auth_header
+        export GIT_CONFIG_COUNT GIT_CONFIG_KEY_0 GIT_CONFIG_VALUE_0
     fi
+    exec git "$@"
 }
 
 # --- Docker reachable?
@@ -497,8 +516,8 @@ case "$ctx_real/" in
     "$src_real"/*) ;;
     *) die "context directory '$MAB_CONTEXT_DIR' points outside the repository" ;;
 esac
-dockerfile="$ctx/$MAB_DOCKERFILE"
-[ -f "$dockerfile" ] || die "Dockerfile '$MAB_DOCKERFILE' does not exist in context '$MAB_CONTEXT_DIR' at commit $commit"
+dockerfile="$src/$MAB_DOCKERFILE"
+[ -f "$dockerfile" ] || die "Dockerfile '$MAB_DOCKERFILE' does not exist at commit $commit"
 df_dir=$(dirname -- "$dockerfile")
 df_real=$(cd -P -- "$df_dir" && pwd) || die "cannot enter the directory of '$MAB_DOCKERFILE'"
 case "$df_real/" in
@@ -544,12 +563,10 @@ case $builder in
 esac
 set -- "$@" --platform "$MAB_PLATFORM" --file "$dockerfile" --tag "$MAB_IMAGE" \
     --label "org.opencontainers.image.revision=$commit"
+_val=''
 IFS=' '
 for _name in $MAB_BUILD_ARG_NAMES; do
-    # "; echo x" keeps trailing newlines of the value; printenv adds one newline.
-    _val=$(printenv "MAB_BUILD_ARG_$_name"; echo x)
-    _val=${_val%x}
-    _val=${_val%"$nl"}
+    build_arg_value "$_name"
     set -- "$@" --build-arg "$_name=$_val"
 done
 unset IFS

@@ -97,6 +97,10 @@ pub struct BuildArgs {
     #[arg(long, env = "MAB_DEFAULT_JOB_DEFINITION", default_value = "multiarch-builder")]
     pub default_job_definition: String,
 
+    /// Also accept `file:///` git URLs: for a local stack whose builder has the repository mounted.
+    #[arg(long, env = "MAB_ALLOW_LOCAL_GIT")]
+    pub allow_local_git: bool,
+
     /// Seconds between two looks at the jobs while waiting.
     #[arg(long, env = "MAB_POLL_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub poll_interval_seconds: u64,

@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use tracing::{info, warn};
 
 use crate::{
-    api::{MultiArchBuildSpec, MultiArchBuildStatus, Platform},
+    api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Platform},
     batch::{BatchError, BatchExecutor, BuildRef, MAX_LOG_TAIL_LINES, submit_request},
     plan::{self, Action, AssemblyOutcome, IndexRef, Input, JobObservation, Observations},
     registry::{PushedIndex, RegistryClient, RegistryError},
@@ -52,6 +52,7 @@ impl EngineError {
 pub struct Build<'a> {
     pub reference: &'a BuildRef,
     pub spec: &'a MultiArchBuildSpec,
+    pub git_sources: GitSources,
     pub generation: Option<i64>,
 }
 
@@ -82,14 +83,18 @@ impl Engine {
             jobs,
             ..Default::default()
         };
-        for _ in 0..MAX_ROUNDS {
-            let plan = plan::plan(&Input {
+        let decide = |status: &MultiArchBuildStatus, observed: &Observations| {
+            plan::plan(&Input {
                 spec: build.spec,
+                git_sources: build.git_sources,
                 generation: build.generation,
-                status: &status,
-                observed: &observed,
+                status,
+                observed,
                 now: now(),
-            });
+            })
+        };
+        for _ in 0..MAX_ROUNDS {
+            let plan = decide(&status, &observed);
             if plan.status != status {
                 persist(plan.status.clone()).await?;
                 status = plan.status;
@@ -103,18 +108,11 @@ impl Engine {
                 jobs,
                 ..Default::default()
             };
-            let failure = self.apply(build, plan.actions, &mut observed).await.err();
-            if let Some(error) = failure {
+            if let Err(error) = self.apply(build, plan.actions, &mut observed).await {
                 // Record what did happen (a submitted job id above all) before reporting.
-                let plan = plan::plan(&Input {
-                    spec: build.spec,
-                    generation: build.generation,
-                    status: &status,
-                    observed: &observed,
-                    now: now(),
-                });
+                let plan = decide(&status, &observed);
                 if plan.status != status {
-                    persist(plan.status.clone()).await?;
+                    persist(plan.status).await?;
                 }
                 return Err(error);
             }

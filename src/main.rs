@@ -12,7 +12,12 @@ use multiarch_operator::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `build` shows its own progress lines: only warnings from the log by default.
+    let default_level = match cli.command {
+        Command::Build(_) => "warn",
+        _ => "warn,multiarch_operator=info",
+    };
+    init_logging(cli.log_format, default_level);
     match run(cli) {
         Ok(code) => code,
         Err(message) => {
@@ -52,10 +57,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default: warnings, and info for this crate).
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr; `RUST_LOG` filters them.
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,multiarch_operator=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::{self, MultiArchBuild, MultiArchBuildStatus, Phase},
+    api::{self, GitSources, MultiArchBuild, MultiArchBuildStatus, Phase},
     batch::{BuildRef, submit_request},
     cli::BuildArgs,
     config,
@@ -37,7 +37,12 @@ pub enum Outcome {
 /// Runs the command. Errors are one-line explanations for the user.
 pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
     let mut object = read_build(args)?;
-    api::validate(&object.spec).map_err(|e| format!("{}: invalid spec: {e}", args.file.display()))?;
+    let git_sources = if args.allow_local_git {
+        GitSources::AllowLocal
+    } else {
+        GitSources::Remote
+    };
+    api::validate_with(&object.spec, git_sources).map_err(|e| format!("{}: invalid spec: {e}", args.file.display()))?;
     let reference = build_ref(&object)?;
 
     if args.dry_run {
@@ -65,7 +70,7 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
     let mut failures = 0;
     let mut interrupted = false;
     loop {
-        let step = step_once(&engine, &reference, &object, &status, &mut progress).await;
+        let step = step_once(&engine, &reference, &object, git_sources, &status, &mut progress).await;
         match step {
             Ok(next) => {
                 status = next;
@@ -104,6 +109,7 @@ async fn step_once(
     engine: &Engine,
     reference: &BuildRef,
     object: &MultiArchBuild,
+    git_sources: GitSources,
     status: &MultiArchBuildStatus,
     progress: &mut Progress,
 ) -> Result<MultiArchBuildStatus, EngineError> {
@@ -111,6 +117,7 @@ async fn step_once(
     let build = Build {
         reference,
         spec: &object.spec,
+        git_sources,
         generation: object.metadata.generation,
     };
     engine

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{MultiArchBuildSpec, MultiArchBuildStatus, Platform, PlatformStatus};
+use crate::api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Platform, PlatformStatus};
 
 /// A Batch job status, as Batch spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -142,6 +142,8 @@ pub struct Plan {
 /// Everything `plan` decides from.
 pub struct Input<'a> {
     pub spec: &'a MultiArchBuildSpec,
+    /// Which git URLs the spec may use (file:/// only on a local stack).
+    pub git_sources: GitSources,
     pub generation: Option<i64>,
     pub status: &'a MultiArchBuildStatus,
     pub observed: &'a Observations,

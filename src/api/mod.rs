@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use platform::{Platform, allowed_platforms};
-pub use validate::{FieldError, InvalidSpec, validate};
+pub use validate::{FieldError, GitSources, InvalidSpec, validate, validate_with};
 
 use validate::patterns;
 

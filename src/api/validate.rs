@@ -28,6 +28,8 @@ pub mod patterns {
     /// A Secrets Manager secret ARN in any partition.
     pub const SECRET_ARN: &str =
         r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$";
+    /// A `file:///` URL, accepted only where local sources are allowed (the local stack).
+    pub const LOCAL_GIT_URL: &str = r"^file:///[A-Za-z0-9._][A-Za-z0-9._/-]*$";
     /// A docker build-arg name.
     pub const BUILD_ARG_NAME: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$";
 }
@@ -74,6 +76,7 @@ struct Patterns {
     tag: Regex,
     repository: Regex,
     git_url: Regex,
+    local_git_url: Regex,
     git_revision: Regex,
     relative_path: Regex,
     job_queue: Regex,
@@ -87,6 +90,7 @@ static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     tag: compiled(patterns::TAG),
     repository: compiled(patterns::REPOSITORY),
     git_url: compiled(patterns::GIT_URL),
+    local_git_url: compiled(patterns::LOCAL_GIT_URL),
     git_revision: compiled(patterns::GIT_REVISION),
     relative_path: compiled(patterns::RELATIVE_PATH),
     job_queue: compiled(patterns::JOB_QUEUE),
@@ -96,23 +100,39 @@ static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     dotdot_segment: compiled(r"(^|/)\.\.(/|$)"),
 });
 
+/// Which git URLs a build may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GitSources {
+    /// https and ssh only: what a cluster accepts.
+    #[default]
+    Remote,
+    /// Also `file:///` paths, for a local stack whose builder has the repository mounted.
+    AllowLocal,
+}
+
 /// Checks a spec with the same rules as the CRD and returns every problem found.
 pub fn validate(spec: &MultiArchBuildSpec) -> Result<(), InvalidSpec> {
+    validate_with(spec, GitSources::Remote)
+}
+
+/// [`validate()`], choosing which git URLs are acceptable.
+pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(), InvalidSpec> {
     let mut errors = Errors::default();
     let p = &*PATTERNS;
 
     let git = &spec.source.git;
-    if git.url.starts_with("https://")
-        && git.url["https://".len()..]
-            .split('/')
-            .next()
-            .is_some_and(|host| host.contains('@'))
-    {
+    let local = sources == GitSources::AllowLocal && p.local_git_url.is_match(&git.url) && !git.url.contains("..");
+    let credentials_in_url = git
+        .url
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|host| host.contains('@'));
+    if credentials_in_url {
         errors.push(
             "spec.source.git.url",
             "must not contain credentials; store a token in Secrets Manager and set credentialsSecretArn".into(),
         );
-    } else if !p.git_url.is_match(&git.url) {
+    } else if !local && !p.git_url.is_match(&git.url) {
         errors.bad_value(
             "spec.source.git.url",
             &git.url,
@@ -285,6 +305,7 @@ mod tests {
             patterns::TAG,
             patterns::REPOSITORY,
             patterns::GIT_URL,
+            patterns::LOCAL_GIT_URL,
             patterns::GIT_REVISION,
             patterns::RELATIVE_PATH,
             patterns::JOB_QUEUE,
@@ -334,5 +355,17 @@ mod tests {
         assert!(p.tag.is_match(&"a".repeat(119)));
         assert!(!p.tag.is_match(&"a".repeat(120)));
         assert!(!p.git_revision.is_match("--upload-pack=x"));
+    }
+
+    #[test]
+    fn file_urls_only_where_local_sources_are_allowed() {
+        let build: crate::api::MultiArchBuild =
+            serde_yaml::from_str(include_str!("../../config/samples/vecoli.yaml")).unwrap();
+        let mut spec = build.spec;
+        spec.source.git.url = "file:///tmp/mab-local-stack/git/sample.git".into();
+        assert!(validate(&spec).unwrap_err().to_string().contains("spec.source.git.url"));
+        validate_with(&spec, GitSources::AllowLocal).unwrap();
+        spec.source.git.url = "file:///tmp/../etc".into();
+        assert!(validate_with(&spec, GitSources::AllowLocal).is_err());
     }
 }

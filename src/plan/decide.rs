@@ -11,7 +11,7 @@ use super::{
     Action, AssemblyOutcome, IndexRef, Input, JobObservation, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan,
     READY, is_live, reason,
 };
-use crate::api::{MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, validate};
+use crate::api::{MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, validate_with};
 
 /// Decides the next actions and status. Pure: the same input always gives the same plan.
 pub fn plan(input: &Input<'_>) -> Plan {
@@ -30,7 +30,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
 
     let spec = input.spec;
     let nothing_submitted = status.platforms.iter().all(|p| p.job_id.is_none());
-    if nothing_submitted && let Err(invalid) = validate(spec) {
+    if nothing_submitted && let Err(invalid) = validate_with(spec, input.git_sources) {
         finish(
             &mut status,
             input.now,

@@ -4,7 +4,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
 use super::*;
-use crate::api::{MultiArchBuild, MultiArchBuildStatus, Phase, Platform};
+use crate::api::{GitSources, MultiArchBuild, MultiArchBuildStatus, Phase, Platform};
 
 fn sample_spec() -> MultiArchBuildSpec {
     let build: MultiArchBuild = serde_yaml::from_str(include_str!("../../config/samples/vecoli.yaml")).unwrap();
@@ -22,6 +22,7 @@ fn at(seconds: i64) -> Timestamp {
 fn step(spec: &MultiArchBuildSpec, status: &MultiArchBuildStatus, observed: &Observations, now: Timestamp) -> Plan {
     plan(&Input {
         spec,
+        git_sources: GitSources::Remote,
         generation: Some(1),
         status,
         observed,

@@ -1,0 +1,390 @@
+//! End to end on the local real stack: `multiarch-operator build` against moto's Batch running the
+//! builder as real containers on a real Docker engine, pushing to a real registry.
+//!
+//! Needs `e2e/local-stack up` (`make test` runs it). Without the stack these tests say so and pass,
+//! unless `MAB_E2E_REQUIRED=1` (set by `make test`), where a missing stack fails them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use aws_config::BehaviorVersion;
+use sha2::{Digest, Sha256};
+
+fn repo_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The stack's environment (`e2e/local-stack env`), or `None` when it is not up.
+fn stack() -> Option<HashMap<String, String>> {
+    let out = Command::new(repo_dir().join("e2e/local-stack"))
+        .arg("env")
+        .output()
+        .expect("run e2e/local-stack env");
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if std::env::var("MAB_E2E_REQUIRED").is_ok_and(|v| v == "1") {
+            panic!("the local stack is required but not up: {why}");
+        }
+        eprintln!("SKIPPED: the local stack is not up ({why}); run `e2e/local-stack up` or `make test`");
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    Some(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').trim_matches('"').to_string()))
+            .collect(),
+    )
+}
+
+/// A name no earlier run used, so the registry holds no index for it yet.
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{:x}", nanos % 0xffff_ffff_ffff)
+}
+
+struct Build {
+    name: String,
+    repository: String,
+    tag: String,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn write_build(env: &HashMap<String, String>, name: &str, revision: &str, extra_output: &str) -> Build {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique(name);
+    let repository = format!("{}/e2e/{name}", env["MAB_REGISTRY"]);
+    let tag = "v1".to_string();
+    let yaml = format!(
+        "apiVersion: multiarch.dev/v1alpha1\nkind: MultiArchBuild\nmetadata:\n  name: {name}\nspec:\n  source:\n    git:\n      url: {url}\n      revision: {revision}\n  output:\n    repository: {repository}\n    tag: {tag}\n{extra_output}  platforms:\n    - platform: linux/amd64\n      jobQueue: {amd}\n    - platform: linux/arm64\n      jobQueue: {arm}\n  jobDefinition: {def}\n  timeoutSeconds: 600\n",
+        url = env["MAB_SAMPLE_GIT_URL"],
+        amd = env["MAB_JOB_QUEUE_AMD64"],
+        arm = env["MAB_JOB_QUEUE_ARM64"],
+        def = env["MAB_JOB_DEFINITION"],
+    );
+    let file = dir.path().join("build.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    Build {
+        name,
+        repository,
+        tag,
+        file,
+        _dir: dir,
+    }
+}
+
+fn command(env: &HashMap<String, String>, file: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multiarch-operator"));
+    cmd.arg("build").arg("-f").arg(file).args(args);
+    cmd.envs(env)
+        .env("MAB_ALLOW_LOCAL_GIT", "true")
+        .env("MAB_REGISTRY_PLAIN_HTTP", &env["MAB_REGISTRY"]);
+    cmd.env("MAB_POLL_INTERVAL_SECONDS", "1").env_remove("RUST_LOG");
+    cmd
+}
+
+fn run(env: &HashMap<String, String>, file: &Path, args: &[&str]) -> (Output, String, String) {
+    let out = command(env, file, args).stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out, stdout, stderr)
+}
+
+fn skopeo_raw(reference: &str) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .expect("skopeo is installed by make test");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn skopeo_config(reference: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--config",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect --config {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+fn batch_client(env: &HashMap<String, String>) -> aws_sdk_batch::Client {
+    for (k, v) in env {
+        if k.starts_with("AWS_") {
+            // SAFETY: set before any other thread of this test reads the environment for AWS.
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config = rt.block_on(aws_config::defaults(BehaviorVersion::latest()).load());
+    aws_sdk_batch::Client::new(&config)
+}
+
+/// Every Batch job of this build (matched by the name prefix the executor gives its jobs).
+fn jobs_of(env: &HashMap<String, String>, build: &Build) -> Vec<aws_sdk_batch::types::JobSummary> {
+    let client = batch_client(env);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let prefix = format!("mab-default-{}-", build.name);
+    let mut jobs = Vec::new();
+    for queue in [&env["MAB_JOB_QUEUE_AMD64"], &env["MAB_JOB_QUEUE_ARM64"]] {
+        let filter = aws_sdk_batch::types::KeyValuesPair::builder()
+            .name("JOB_NAME")
+            .values(format!("{prefix}*"))
+            .build();
+        let out = rt
+            .block_on(client.list_jobs().job_queue(queue).filters(filter).send())
+            .unwrap();
+        jobs.extend(
+            out.job_summary_list()
+                .iter()
+                .filter(|j| j.job_name().is_some_and(|n| n.starts_with(&prefix)))
+                .cloned(),
+        );
+    }
+    jobs
+}
+
+/// The job's status reason once it has stopped. TerminateJob is asynchronous (on AWS as in moto),
+/// so a terminated job may still read RUNNING for a moment.
+fn stopped_reason(env: &HashMap<String, String>, job_id: &str) -> String {
+    let client = batch_client(env);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = rt.block_on(client.describe_jobs().jobs(job_id).send()).unwrap();
+        let job = &out.jobs()[0];
+        let state = job.status().map(|s| s.as_str().to_string()).unwrap_or_default();
+        if state == "FAILED" {
+            return job.status_reason().unwrap_or_default().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job_id} is still {state}: it was not terminated"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_two_platform_build_pushes_a_verified_index_and_a_rerun_reuses_it() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "happy", &env["MAB_SAMPLE_REVISION"], "");
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    let pinned = stdout.trim();
+    let (repository, digest) = pinned.split_once('@').expect("stdout is repository@digest");
+    assert_eq!(repository, build.repository);
+    assert!(
+        stderr.contains("linux/amd64 SUCCEEDED") && stderr.contains("linux/arm64 SUCCEEDED"),
+        "{stderr}"
+    );
+
+    // The digest is the sha256 of the exact index bytes the registry serves for the tag.
+    let raw = skopeo_raw(&format!("{}:{}", build.repository, build.tag));
+    assert_eq!(hex_sha256(&raw), digest);
+    let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let mut seen = Vec::new();
+    for child in index["manifests"].as_array().unwrap() {
+        let arch = child["platform"]["architecture"].as_str().unwrap().to_string();
+        let config = skopeo_config(&format!("{}@{}", build.repository, child["digest"].as_str().unwrap()));
+        assert_eq!(
+            config["architecture"],
+            arch.as_str(),
+            "child config must match its descriptor"
+        );
+        assert_eq!(config["os"], "linux");
+        seen.push(arch);
+    }
+    seen.sort();
+    assert_eq!(seen, ["amd64", "arm64"]);
+
+    // The same build again: the index exists, so nothing is built.
+    let (again, stdout2, stderr2) = run(&env, &build.file, &["--wait"]);
+    assert!(again.status.success(), "{stderr2}");
+    assert_eq!(stdout2.trim(), pinned);
+    assert!(
+        stderr2.contains("already is an index covering every platform"),
+        "{stderr2}"
+    );
+    assert_eq!(jobs_of(&env, &build).len(), 2, "the rerun must not submit jobs");
+}
+
+#[test]
+fn one_failing_platform_fails_the_build_terminates_the_other_and_shows_the_builder_error() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "failfast", &env["MAB_SAMPLE_SLOW_FAILING_BRANCH"], "");
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(!out.status.success(), "the build must fail");
+    assert!(stdout.is_empty(), "no image on failure: {stdout}");
+    assert!(stderr.contains("linux/arm64 failed"), "{stderr}");
+    assert!(
+        stderr.contains("build.sh: docker build failed for linux/arm64"),
+        "the builder's error line from the job log:\n{stderr}"
+    );
+    let jobs = jobs_of(&env, &build);
+    assert_eq!(jobs.len(), 2);
+    let amd = jobs.iter().find(|j| j.job_name().unwrap().contains("-amd64-")).unwrap();
+    let reason = stopped_reason(&env, amd.job_id().unwrap());
+    assert!(reason.contains("fail fast: linux/arm64 failed"), "{reason}");
+}
+
+#[test]
+fn interrupting_a_waiting_build_cancels_it_and_terminates_both_jobs() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "cancel", &env["MAB_SAMPLE_SLOW_BRANCH"], "");
+    let mut child = command(&env, &build.file, &["--wait"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            lines.push(line);
+        }
+        lines
+    });
+    // Wait until both jobs run, then interrupt like Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = jobs_of(&env, &build);
+        if jobs.len() == 2 && jobs.iter().all(|j| j.status().map(|s| s.as_str()) == Some("RUNNING")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs never both ran: {jobs:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let lines = reader.join().unwrap().join("\n");
+    assert!(!status.success(), "a cancelled build exits non-zero");
+    assert!(
+        lines.contains("cancelled by spec.cancel; 2 live job(s) terminated"),
+        "{lines}"
+    );
+    for job in jobs_of(&env, &build) {
+        let reason = stopped_reason(&env, job.job_id().unwrap());
+        assert!(reason.contains("cancelled"), "{reason}");
+    }
+}
+
+#[test]
+fn running_again_after_a_crash_between_submit_and_record_adopts_the_jobs() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "adopt", &env["MAB_SAMPLE_SLOW_BRANCH"], "");
+    // Without --wait the command submits and exits, dropping what it recorded: as a crash would.
+    let (first, _, stderr) = run(&env, &build.file, &[]);
+    assert!(first.status.success(), "{stderr}");
+    let before = jobs_of(&env, &build);
+    assert_eq!(before.len(), 2);
+    let (second, _, stderr) = run(&env, &build.file, &[]);
+    assert!(second.status.success(), "{stderr}");
+    let after = jobs_of(&env, &build);
+    let ids = |jobs: &[aws_sdk_batch::types::JobSummary]| {
+        let mut ids: Vec<String> = jobs.iter().map(|j| j.job_id().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&after), ids(&before), "exactly one job per platform, the same ones");
+    // Stop the slow jobs this test left running.
+    let client = batch_client(&env);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for id in ids(&after) {
+        rt.block_on(client.terminate_job().job_id(id).reason("test cleanup").send())
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_revision_that_does_not_exist_fails_with_the_builders_message() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "norev", "no-such-branch", "");
+    let (out, _, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("git revision 'no-such-branch' not found"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_registry_fails_the_build_with_the_push_error() {
+    let Some(env) = stack() else { return };
+    let mut build = write_build(
+        &env,
+        "noregistry",
+        &env["MAB_SAMPLE_REVISION"],
+        "    reuseExisting: false\n",
+    );
+    // Port 9 on loopback: nothing listens there.
+    let text = std::fs::read_to_string(&build.file)
+        .unwrap()
+        .replace(&env["MAB_REGISTRY"], "127.0.0.1:9");
+    std::fs::write(&build.file, text).unwrap();
+    build.repository = build.repository.replace(&env["MAB_REGISTRY"], "127.0.0.1:9");
+    let (out, _, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(!out.status.success());
+    assert!(stderr.contains("build.sh: docker push of 127.0.0.1:9/"), "{stderr}");
+}
+
+#[test]
+fn a_bad_spec_is_rejected_before_any_job_is_submitted() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "badspec", &env["MAB_SAMPLE_REVISION"], "");
+    let text = std::fs::read_to_string(&build.file)
+        .unwrap()
+        .replace("tag: v1", "tag: \"v1:latest\"");
+    std::fs::write(&build.file, text).unwrap();
+    let (out, _, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("invalid spec: spec.output.tag: \"v1:latest\" is not valid"),
+        "{stderr}"
+    );
+    assert!(
+        jobs_of(&env, &build).is_empty(),
+        "no job may be submitted for a bad spec"
+    );
+}
