@@ -59,6 +59,25 @@ pub struct ControllerArgs {
     #[arg(long, env = "MAB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,
 
+    /// Seconds after a build's deletion during which the controller tries to terminate its live
+    /// Batch jobs; after that the finalizer is released anyway, with a Warning event, so an
+    /// unreachable AWS never blocks a deletion for ever.
+    #[arg(long, env = "MAB_CLEANUP_GRACE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub cleanup_grace_seconds: u64,
+
+    /// Namespace of the leader-election Lease (in a pod: its own namespace, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease; replicas sharing it never reconcile at the same time.
+    #[arg(long, env = "MAB_LEASE_NAME", default_value = "multiarch-operator")]
+    pub lease_name: String,
+
+    /// This replica's identity in the Lease (in a pod: the pod name). Default: the host name and a
+    /// random suffix.
+    #[arg(long, env = "POD_NAME")]
+    pub lease_identity: Option<String>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

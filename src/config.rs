@@ -21,8 +21,17 @@ pub async fn aws() -> Result<SdkConfig, String> {
 
 /// The registry client for a repository: ECR's token for ECR hosts, else basic or anonymous.
 pub fn registry(args: &RegistryArgs, repository: &str, aws: &SdkConfig) -> RegistryClient {
+    registry_with(args, repository, || aws_sdk_ecr::Client::new(aws))
+}
+
+/// [`registry`] with the ECR client to use for an ECR host (the controller's counts its calls).
+pub fn registry_with(
+    args: &RegistryArgs,
+    repository: &str,
+    ecr: impl FnOnce() -> aws_sdk_ecr::Client,
+) -> RegistryClient {
     let auth = if registry_auth(repository) == "ecr" {
-        RegistryAuth::Ecr(aws_sdk_ecr::Client::new(aws))
+        RegistryAuth::Ecr(ecr())
     } else {
         match (&args.registry_username, &args.registry_password) {
             (Some(username), password) => RegistryAuth::Basic {

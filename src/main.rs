@@ -7,6 +7,7 @@ use clap::Parser;
 use multiarch_operator::{
     api,
     cli::{Cli, Command, LogFormat},
+    controller,
     oneshot::{self, Outcome},
 };
 
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
     // `build` shows its own progress lines: only warnings from the log by default.
     let default_level = match cli.command {
         Command::Build(_) => "warn",
+        Command::Controller(_) => "info,aws_config=warn,aws_smithy_runtime=warn,hyper_util=warn,tower=warn",
         _ => "warn,multiarch_operator=info",
     };
     init_logging(cli.log_format, default_level);
@@ -37,7 +39,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Outcome::Submitted => Ok(ExitCode::SUCCESS),
             Outcome::Failed(message) => Err(message),
         },
-        Command::Controller(_) => Err("the controller is not implemented yet; `build` and `crd` work".into()),
+        Command::Controller(args) => {
+            runtime()?.block_on(controller::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1,0 +1,344 @@
+//! The controller's Prometheus metrics (`/metrics`), all prefixed `multiarch_`:
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `multiarch_reconciles_total` | counter | `result` (`success`, `error`) | reconciles finished |
+//! | `multiarch_reconcile_errors_total` | counter | `error` (the error label, e.g. `AwsThrottled`) | failed reconciles by cause |
+//! | `multiarch_reconcile_duration_seconds` | histogram | | time per reconcile |
+//! | `multiarch_builds` | gauge | `phase` | builds this replica knows, by phase |
+//! | `multiarch_aws_calls_total` | counter | `operation`, `outcome` (`success`, `throttled`, `error`) | AWS API calls, SDK retries included |
+//! | `multiarch_poller_lag_seconds` | gauge | | time since the job poller's last sweep ended |
+//! | `multiarch_poller_live_jobs` | gauge | | Batch jobs the poller describes each sweep |
+//! | `multiarch_leader` | gauge | | 1 while this replica holds the leader Lease |
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Instant,
+};
+
+use aws_sdk_batch::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::{
+    box_error::BoxError,
+    client::{interceptors::context::FinalizerInterceptorContextRef, orchestrator::Metadata},
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{api::Phase, batch::JobPoller};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsCallLabels {
+    operation: String,
+    outcome: &'static str,
+}
+
+/// Every metric, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Histogram,
+    builds: Family<PhaseLabels, Gauge>,
+    aws_calls: Family<AwsCallLabels, Counter>,
+    poller_lag: Gauge<f64, AtomicU64>,
+    poller_live_jobs: Gauge,
+    leader: Gauge,
+    /// The phase of each build (by uid) behind `builds`.
+    phases: Mutex<HashMap<String, Phase>>,
+    /// The poller of the current leadership term, read at scrape time.
+    poller: Mutex<Option<JobPoller>>,
+}
+
+const PHASES: [Phase; 6] = [
+    Phase::Pending,
+    Phase::Building,
+    Phase::Assembling,
+    Phase::Succeeded,
+    Phase::Failed,
+    Phase::Cancelled,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("multiarch");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles finished, by result", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles, by error label (also the Warning event reason)",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time per reconcile",
+            reconcile_duration.clone(),
+        );
+        let builds = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "builds",
+            "MultiArchBuilds known to the leader, by phase",
+            builds.clone(),
+        );
+        let aws_calls = Family::<AwsCallLabels, Counter>::default();
+        registry.register(
+            "aws_calls",
+            "AWS API calls (each attempt), by operation and outcome",
+            aws_calls.clone(),
+        );
+        let poller_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "poller_lag_seconds",
+            "Seconds since the shared Batch job poller last finished a sweep",
+            poller_lag.clone(),
+        );
+        let poller_live_jobs = Gauge::default();
+        registry.register(
+            "poller_live_jobs",
+            "Batch jobs the poller describes each sweep",
+            poller_live_jobs.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            leader.clone(),
+        );
+        for phase in PHASES {
+            builds
+                .get_or_create(&PhaseLabels {
+                    phase: phase_name(phase),
+                })
+                .set(0);
+        }
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            builds,
+            aws_calls,
+            poller_lag,
+            poller_live_jobs,
+            leader,
+            phases: Mutex::default(),
+            poller: Mutex::default(),
+        }
+    }
+
+    /// The OpenMetrics text of every metric, poller figures refreshed.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        if let Some(poller) = lock(&self.poller).as_ref() {
+            let lag = poller.since_last_sweep().map_or(0.0, |d| d.as_secs_f64());
+            self.poller_lag.set(lag);
+            self.poller_live_jobs
+                .set(i64::try_from(poller.live_jobs()).unwrap_or(i64::MAX));
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    /// Starts timing one reconcile; the time is recorded when the guard drops.
+    pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer {
+            histogram: &self.reconcile_duration,
+            start: Instant::now(),
+        }
+    }
+
+    /// Counts a finished reconcile; `error` is the error label of a failed one.
+    pub fn reconciled(&self, error: Option<&str>) {
+        let result = if error.is_some() { "error" } else { "success" };
+        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+        if let Some(error) = error {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { error: error.into() })
+                .inc();
+        }
+    }
+
+    /// Records the phase of a build (`None`: the build is gone).
+    pub fn set_phase(&self, uid: &str, phase: Option<Phase>) {
+        let mut phases = lock(&self.phases);
+        let changed = match phase {
+            Some(phase) => phases.insert(uid.into(), phase) != Some(phase),
+            None => phases.remove(uid).is_some(),
+        };
+        if changed {
+            for p in PHASES {
+                let n = phases.values().filter(|q| **q == p).count();
+                self.builds
+                    .get_or_create(&PhaseLabels { phase: phase_name(p) })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Sets whether this replica leads, and the poller to report on while it does.
+    pub fn set_leader(&self, poller: Option<JobPoller>) {
+        self.leader.set(i64::from(poller.is_some()));
+        if poller.is_none() {
+            lock(&self.phases).clear();
+            for p in PHASES {
+                self.builds.get_or_create(&PhaseLabels { phase: phase_name(p) }).set(0);
+            }
+        }
+        *lock(&self.poller) = poller;
+    }
+
+    /// An SDK interceptor counting every AWS call into `multiarch_aws_calls_total`.
+    pub fn aws_interceptor(self: &Arc<Self>) -> AwsCallCounter {
+        AwsCallCounter {
+            metrics: Arc::clone(self),
+        }
+    }
+
+    fn aws_call(&self, operation: &str, outcome: &'static str) {
+        self.aws_calls
+            .get_or_create(&AwsCallLabels {
+                operation: operation.into(),
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// Records a reconcile's duration when dropped (also when the reconcile is cancelled).
+pub struct ReconcileTimer<'a> {
+    histogram: &'a Histogram,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Counts each attempt of each AWS call by operation and outcome: `success` (2xx), `throttled`
+/// (429 or a throttling error type) or `error` (any other answer, or none).
+#[derive(Clone)]
+pub struct AwsCallCounter {
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for AwsCallCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AwsCallCounter")
+    }
+}
+
+impl Intercept for AwsCallCounter {
+    fn name(&self) -> &'static str {
+        "multiarch-aws-call-metrics"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
+        let outcome = match context.response() {
+            Some(response) => {
+                let status = response.status().as_u16();
+                let error_type = response.headers().get("x-amzn-errortype").unwrap_or_default();
+                if (200..300).contains(&status) {
+                    "success"
+                } else if status == 429 || error_type.contains("Throttl") || error_type.contains("TooManyRequests") {
+                    "throttled"
+                } else {
+                    "error"
+                }
+            }
+            None => "error",
+        };
+        self.metrics.aws_call(operation, outcome);
+        Ok(())
+    }
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "Pending",
+        Phase::Building => "Building",
+        Phase::Assembling => "Assembling",
+        Phase::Succeeded => "Succeeded",
+        Phase::Failed => "Failed",
+        Phase::Cancelled => "Cancelled",
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; the maps stay usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exposed_with_its_name() {
+        let metrics = Metrics::new();
+        {
+            let _timer = metrics.reconcile_timer();
+        }
+        metrics.reconciled(None);
+        metrics.reconciled(Some("AwsThrottled"));
+        metrics.set_phase("u1", Some(Phase::Building));
+        metrics.set_phase("u2", Some(Phase::Building));
+        metrics.set_phase("u1", Some(Phase::Succeeded));
+        metrics.aws_call("DescribeJobs", "throttled");
+        let text = metrics.encode().unwrap();
+        for line in [
+            "multiarch_reconciles_total{result=\"success\"} 1",
+            "multiarch_reconciles_total{result=\"error\"} 1",
+            "multiarch_reconcile_errors_total{error=\"AwsThrottled\"} 1",
+            "multiarch_reconcile_duration_seconds_count 1",
+            "multiarch_builds{phase=\"Building\"} 1",
+            "multiarch_builds{phase=\"Succeeded\"} 1",
+            "multiarch_builds{phase=\"Failed\"} 0",
+            "multiarch_aws_calls_total{operation=\"DescribeJobs\",outcome=\"throttled\"} 1",
+            "multiarch_poller_lag_seconds 0",
+            "multiarch_leader 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        metrics.set_phase("u2", None);
+        assert!(
+            metrics
+                .encode()
+                .unwrap()
+                .contains("multiarch_builds{phase=\"Building\"} 0")
+        );
+    }
+}

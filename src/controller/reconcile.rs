@@ -1,0 +1,709 @@
+//! One reconcile of one MultiArchBuild, and what to do when it fails.
+//!
+//! `finalizer()` is the only top-level action: `Apply` runs the engine (observe from the shared
+//! poller → plan → apply, the status written by server-side apply before anything that can fail),
+//! then publishes events and releases the downstream Jobs; `Cleanup` terminates the build's live
+//! jobs, and gives up with a Warning event once the grace period after deletion has passed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use aws_config::SdkConfig;
+use k8s_openapi::{
+    api::core::v1::ObjectReference,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::{DeserializeGuard, error_boundary::InvalidObject},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{self, finalizer},
+    },
+};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, warn};
+
+use super::{
+    downstream,
+    events::{self, BuildEvent, reasons},
+    metrics::Metrics,
+};
+use crate::{
+    api::{GitSources, MultiArchBuild, MultiArchBuildStatus, Phase},
+    batch::{BatchError, BatchExecutor, BuildRef, JobPoller, job_name},
+    cli::RegistryArgs,
+    config,
+    engine::{Build, Engine, EngineError, job_observations, live_job_ids},
+    plan::{JobObservation, MISSING_JOB_GRACE_SECONDS, READY, reason},
+    registry::RegistryClient,
+};
+
+/// The finalizer that terminates a build's Batch jobs when it is deleted.
+pub const FINALIZER: &str = "multiarch.dev/cleanup";
+
+/// The server-side apply field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "multiarch-operator";
+
+/// The shortest time a cleanup attempt gets, even when the grace period is over: a controller that
+/// comes back after the grace period still tries once before giving up.
+const MIN_CLEANUP_ATTEMPT: Duration = Duration::from_secs(10);
+
+/// What the reconciles need from the configuration.
+#[derive(Clone, Debug)]
+pub struct ReconcileConfig {
+    /// Job definition for builds that set none.
+    pub default_job_definition: String,
+    /// How to reach registries that are not ECR.
+    pub registry: RegistryArgs,
+    /// How long after deletion the finalizer waits for the jobs to be terminated.
+    pub cleanup_grace: Duration,
+    /// Reconciles at the same time, over every watched namespace.
+    pub concurrency: u16,
+}
+
+/// Everything a reconcile uses. One per leadership term.
+pub struct Context {
+    pub(super) client: Client,
+    batch: BatchExecutor,
+    ecr: aws_sdk_ecr::Client,
+    poller: JobPoller,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    config: ReconcileConfig,
+    /// Registry clients by registry host: they keep their tokens and connections.
+    registries: Mutex<HashMap<String, RegistryClient>>,
+    /// Failed reconciles in a row, by namespace/name (kube-runtime keeps no such count).
+    failures: Mutex<HashMap<String, u32>>,
+    /// Unreadable builds already reported, by uid, with the generation reported.
+    reported_invalid: Mutex<HashMap<String, Option<i64>>>,
+    permits: Semaphore,
+}
+
+impl Context {
+    /// A context from explicit clients. `identity` names this replica in events.
+    pub fn new(
+        client: Client,
+        batch: BatchExecutor,
+        ecr: aws_sdk_ecr::Client,
+        poller: JobPoller,
+        metrics: Arc<Metrics>,
+        config: ReconcileConfig,
+        identity: &str,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(identity.into()),
+            },
+        );
+        Context {
+            client,
+            batch,
+            ecr,
+            poller,
+            recorder,
+            metrics,
+            permits: Semaphore::new(usize::from(config.concurrency.max(1))),
+            config,
+            registries: Mutex::default(),
+            failures: Mutex::default(),
+            reported_invalid: Mutex::default(),
+        }
+    }
+
+    /// A context whose AWS clients come from `aws`, each call counted in the metrics, with a
+    /// poller sweeping every `poll_interval`.
+    pub fn from_aws(
+        client: Client,
+        aws: &SdkConfig,
+        poll_interval: Duration,
+        metrics: Arc<Metrics>,
+        config: ReconcileConfig,
+        identity: &str,
+    ) -> Self {
+        let counter = metrics.aws_interceptor();
+        let batch = aws_sdk_batch::Client::from_conf(
+            aws_sdk_batch::config::Builder::from(aws)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let logs = aws_sdk_cloudwatchlogs::Client::from_conf(
+            aws_sdk_cloudwatchlogs::config::Builder::from(aws)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let ecr = aws_sdk_ecr::Client::from_conf(aws_sdk_ecr::config::Builder::from(aws).interceptor(counter).build());
+        let batch = BatchExecutor::new(batch, logs);
+        let poller = JobPoller::new(batch.clone(), crate::batch::PollerConfig::with_interval(poll_interval));
+        Context::new(client, batch, ecr, poller, metrics, config, identity)
+    }
+
+    /// The shared job poller (the controller runs it and turns its changes into reconciles).
+    pub fn poller(&self) -> &JobPoller {
+        &self.poller
+    }
+
+    /// The registry client for a repository's host, made once per host.
+    fn registry(&self, repository: &str) -> RegistryClient {
+        let host = repository.split('/').next().unwrap_or_default().to_owned();
+        lock(&self.registries)
+            .entry(host)
+            .or_insert_with(|| config::registry_with(&self.config.registry, repository, || self.ecr.clone()))
+            .clone()
+    }
+
+    /// Publishes an event; a failure is logged, never fatal (events are best effort).
+    pub(super) async fn publish(&self, regarding: &ObjectReference, event: &BuildEvent) {
+        let published = self
+            .recorder
+            .publish(
+                &Event {
+                    type_: event.type_,
+                    reason: event.reason.clone(),
+                    note: Some(event.note.clone()),
+                    action: event.action.into(),
+                    secondary: None,
+                },
+                regarding,
+            )
+            .await;
+        if let Err(error) = published {
+            warn!(%error, reason = %event.reason, "cannot publish the event");
+        }
+    }
+
+    fn failed_again(&self, key: &str) -> u32 {
+        let mut failures = lock(&self.failures);
+        let n = failures.entry(key.into()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    }
+}
+
+/// Why a reconcile failed. Each error has a [`label`](Error::label): the failures metric's label
+/// and the Warning event's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot {action}: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the object has no name or no uid")]
+    Unnamed,
+}
+
+/// How a failure is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing will change until the object does (a spec AWS can never accept).
+    AwaitChange,
+    /// AWS or the API server asked us to slow down: exponential backoff with jitter.
+    Throttled,
+    /// A timeout, a 5xx, a conflict: try again soon.
+    Transient,
+    /// AWS refused the request (a queue that does not exist, access denied): retry slowly, the
+    /// configuration may be fixed meanwhile.
+    Rejected,
+}
+
+impl Error {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Engine(e) => e.label(),
+            Error::Kube { source, .. } if is_throttled(source) => "KubeThrottled",
+            Error::Kube { .. } => "KubeApiFailed",
+            Error::Unnamed => "InvalidObject",
+        }
+    }
+
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Engine(EngineError::Batch(e)) if e.is_throttling() => Retry::Throttled,
+            Error::Engine(EngineError::Batch(e)) if e.is_transient() => Retry::Transient,
+            Error::Engine(EngineError::Batch(
+                BatchError::RequestTooLarge { .. } | BatchError::PlatformNotInSpec { .. },
+            )) => Retry::AwaitChange,
+            Error::Engine(EngineError::Batch(_)) => Retry::Rejected,
+            Error::Engine(EngineError::Registry(e)) if !e.is_transient() => Retry::Rejected,
+            Error::Engine(_) => Retry::Transient,
+            Error::Kube { source, .. } if is_throttled(source) => Retry::Throttled,
+            Error::Kube { .. } => Retry::Transient,
+            Error::Unnamed => Retry::AwaitChange,
+        }
+    }
+
+    fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
+    }
+
+    fn from_finalizer(error: finalizer::Error<Error>) -> Error {
+        match error {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            finalizer::Error::AddFinalizer(source) => Error::Kube {
+                action: "add the finalizer",
+                source,
+            },
+            finalizer::Error::RemoveFinalizer(source) => Error::Kube {
+                action: "remove the finalizer",
+                source,
+            },
+            finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => Error::Unnamed,
+        }
+    }
+}
+
+fn is_throttled(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 429)
+}
+
+/// The delay before retrying after the `failures`-th failure in a row, or `None` to wait for a
+/// change. `jitter` in [0, 1) spreads retries ("equal jitter": between half the delay and all of it).
+pub fn backoff(retry: Retry, failures: u32, jitter: f64) -> Option<Duration> {
+    let (base, max) = match retry {
+        Retry::AwaitChange => return None,
+        Retry::Throttled => (Duration::from_secs(5), Duration::from_secs(300)),
+        Retry::Transient => (Duration::from_secs(1), Duration::from_secs(60)),
+        Retry::Rejected => (Duration::from_secs(30), Duration::from_secs(600)),
+    };
+    let exponent = failures.saturating_sub(1).min(16);
+    let delay = base.saturating_mul(1 << exponent).min(max);
+    let half = delay / 2;
+    Some(half + half.mul_f64(jitter.clamp(0.0, 1.0)))
+}
+
+/// kube-runtime's error policy: requeue by error class, backing off per object.
+pub fn error_policy(object: Arc<DeserializeGuard<MultiArchBuild>>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+    let failures = ctx.failed_again(&key);
+    match backoff(error.retry(), failures, fastrand::f64()) {
+        Some(delay) => {
+            debug!(%key, failures, ?delay, label = error.label(), "retrying after a failure");
+            Action::requeue(delay)
+        }
+        None => Action::await_change(),
+    }
+}
+
+/// Reconciles one build, in a span naming it (every log line carries its namespace and name).
+pub async fn reconcile(object: Arc<DeserializeGuard<MultiArchBuild>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = object.namespace().unwrap_or_default();
+    let name = object.name_any();
+    let span = tracing::info_span!("reconcile", namespace = %namespace, build = %name);
+    async move {
+        // Closed only when the context is dropped, which cannot happen while we hold it.
+        let _permit = ctx.permits.acquire().await;
+        let _timer = ctx.metrics.reconcile_timer();
+        let result = reconcile_build(&namespace, &name, &ctx).await;
+        match &result {
+            Ok(action) => {
+                ctx.metrics.reconciled(None);
+                lock(&ctx.failures).remove(&format!("{namespace}/{name}"));
+                debug!(?action, "reconciled");
+            }
+            Err(error) => {
+                ctx.metrics.reconciled(Some(error.label()));
+                warn!(%error, label = error.label(), "reconcile failed");
+                let event = BuildEvent::new(EventType::Warning, error.label(), "Reconcile", error.to_string());
+                ctx.publish(&object.object_ref(&()), &event).await;
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reconcile_build(namespace: &str, name: &str, ctx: &Context) -> Result<Action, Error> {
+    // The watch cache may lag our own status writes: read the build afresh.
+    let guarded: Api<DeserializeGuard<MultiArchBuild>> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(latest) = guarded.get_opt(name).await.map_err(Error::kube("read the build"))? else {
+        return Ok(Action::await_change());
+    };
+    match latest.0 {
+        Err(invalid) => unreadable(&guarded, invalid, ctx).await,
+        Ok(build) => {
+            let api: Api<MultiArchBuild> = Api::namespaced(ctx.client.clone(), namespace);
+            finalizer(&api, FINALIZER, Arc::new(build), |event| async move {
+                match event {
+                    finalizer::Event::Apply(build) => apply(&build, ctx).await,
+                    finalizer::Event::Cleanup(build) => cleanup(&build, ctx).await,
+                }
+            })
+            .await
+            .map_err(Error::from_finalizer)
+        }
+    }
+}
+
+/// Steps the build, then reports and gates.
+async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
+    let reference = BuildRef::of(build).ok_or(Error::Unnamed)?;
+    let previous = build.status.clone().unwrap_or_default();
+    for id in live_job_ids(&previous) {
+        ctx.poller.watch(&reference, &id);
+    }
+    let jobs = job_observations(&previous, |id| {
+        ctx.poller
+            .snapshot(id)
+            .map(JobObservation::Seen)
+            .or_else(|| ctx.poller.is_missing(id).then_some(JobObservation::Missing))
+    });
+    let any_missing = jobs.values().any(|o| *o == JobObservation::Missing);
+    let engine = Engine {
+        batch: ctx.batch.clone(),
+        registry: ctx.registry(&build.spec.output.repository),
+        default_job_definition: ctx.config.default_job_definition.clone(),
+    };
+    let api: Api<MultiArchBuild> = Api::namespaced(ctx.client.clone(), &reference.namespace);
+    let stored: Arc<Mutex<Option<MultiArchBuildStatus>>> = Arc::default();
+    let step = engine
+        .step(
+            &Build {
+                reference: &reference,
+                spec: &build.spec,
+                git_sources: GitSources::Remote,
+                generation: build.metadata.generation,
+            },
+            previous.clone(),
+            jobs,
+            Timestamp::now,
+            |status| {
+                let (api, name, stored) = (api.clone(), reference.name.clone(), Arc::clone(&stored));
+                async move {
+                    write_status(&api, &name, &status)
+                        .await
+                        .map_err(|e| EngineError::Persist(e.to_string()))?;
+                    *lock(&stored) = Some(status);
+                    Ok(())
+                }
+            },
+        )
+        .await;
+
+    // Report what was stored, also when a later action failed.
+    let current = lock(&stored).take().unwrap_or_else(|| previous.clone());
+    let regarding = build.object_ref(&());
+    for event in events::transitions(&build.spec, &previous, &current) {
+        ctx.publish(&regarding, &event).await;
+    }
+    ctx.metrics.set_phase(&reference.uid, current.phase);
+    let status = step?;
+
+    let mut stepped = build.clone();
+    stepped.status = Some(status.clone());
+    downstream::release(&stepped, ctx).await?;
+    if status.phase.is_some_and(Phase::is_terminal) && live_job_ids(&status).is_empty() {
+        ctx.poller.forget_build(&reference);
+    }
+    Ok(match requeue_after(build, &status, any_missing, Timestamp::now()) {
+        Some(delay) => Action::requeue(delay),
+        None => Action::await_change(),
+    })
+}
+
+/// When to look at a running build again without an event: at its deadline (and, when a job went
+/// missing, when the planner may declare it lost). Job changes and object changes trigger every
+/// other reconcile.
+pub fn requeue_after(
+    build: &MultiArchBuild,
+    status: &MultiArchBuildStatus,
+    any_missing: bool,
+    now: Timestamp,
+) -> Option<Duration> {
+    if status.phase.is_some_and(Phase::is_terminal) {
+        return None;
+    }
+    let start = status.start_time.as_ref()?.0;
+    let mut wake = start + SignedDuration::from_secs(build.spec.timeout_seconds);
+    let lost_at = start + SignedDuration::from_secs(MISSING_JOB_GRACE_SECONDS);
+    if any_missing && lost_at < wake {
+        wake = lost_at;
+    }
+    let wait = now.duration_until(wake).max(SignedDuration::ZERO) + SignedDuration::from_secs(1);
+    Duration::try_from(wait).ok()
+}
+
+/// Writes the whole status by server-side apply under [`FIELD_MANAGER`], with force.
+async fn write_status(api: &Api<MultiArchBuild>, name: &str, status: &MultiArchBuildStatus) -> Result<(), kube::Error> {
+    let patch = json!({
+        "apiVersion": MultiArchBuild::api_version(&()),
+        "kind": MultiArchBuild::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    debug!(phase = ?status.phase, "status written");
+    Ok(())
+}
+
+/// The build was deleted: terminate its live jobs, or give up after the grace period.
+async fn cleanup(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
+    let reference = BuildRef::of(build).ok_or(Error::Unnamed)?;
+    let status = build.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let deleted = build.metadata.deletion_timestamp.as_ref().map_or(now, |t| t.0);
+    let grace = SignedDuration::try_from(ctx.config.cleanup_grace).unwrap_or(SignedDuration::MAX);
+    let deadline = deleted.checked_add(grace).unwrap_or(Timestamp::MAX);
+    let budget = Duration::try_from(now.duration_until(deadline))
+        .unwrap_or_default()
+        .max(MIN_CLEANUP_ATTEMPT);
+    let regarding = build.object_ref(&());
+    let outcome = tokio::time::timeout(budget, terminate_jobs(build, &reference, &status, ctx)).await;
+    let why = match outcome {
+        Ok(Ok(terminated)) => {
+            if !terminated.is_empty() {
+                info!(jobs = ?terminated, "deleted: live jobs terminated");
+                let note = format!("deleted: terminated Batch job(s) {}", terminated.join(", "));
+                let event = BuildEvent::new(EventType::Normal, reasons::JOBS_TERMINATED, "TerminateJob", note);
+                ctx.publish(&regarding, &event).await;
+            }
+            forget(&reference, ctx);
+            return Ok(Action::await_change());
+        }
+        Ok(Err(error)) if Timestamp::now() < deadline => return Err(EngineError::from(error).into()),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer from AWS within {}s", budget.as_secs()),
+    };
+    let live = live_job_ids(&status);
+    let jobs = if live.is_empty() {
+        "any job it submitted".to_string()
+    } else {
+        format!("job(s) {}", live.join(", "))
+    };
+    let note = format!(
+        "deleted {}s ago and its Batch jobs could not be terminated ({why}); the finalizer is released so deletion \
+         can finish: {jobs} may still run (aws batch terminate-job --job-id ...)",
+        ctx.config.cleanup_grace.as_secs()
+    );
+    warn!(%why, "deleted: giving up terminating the jobs after the grace period");
+    let event = BuildEvent::new(EventType::Warning, reasons::CLEANUP_ABANDONED, "TerminateJob", note);
+    ctx.publish(&regarding, &event).await;
+    forget(&reference, ctx);
+    Ok(Action::await_change())
+}
+
+fn forget(reference: &BuildRef, ctx: &Context) {
+    ctx.poller.forget_build(reference);
+    ctx.metrics.set_phase(&reference.uid, None);
+}
+
+/// Terminates the live jobs of a deleted build, including one submitted but not yet recorded (a
+/// crash between SubmitJob and the status write), found by its deterministic name. Returns the ids.
+async fn terminate_jobs(
+    build: &MultiArchBuild,
+    reference: &BuildRef,
+    status: &MultiArchBuildStatus,
+    ctx: &Context,
+) -> Result<Vec<String>, BatchError> {
+    let mut ids = live_job_ids(status);
+    let running = status.start_time.is_some() && !status.phase.is_some_and(Phase::is_terminal);
+    if running {
+        for target in &build.spec.platforms {
+            let recorded = status
+                .platforms
+                .iter()
+                .any(|p| p.platform == target.platform && p.job_id.is_some());
+            if recorded {
+                continue;
+            }
+            let name = job_name(reference, target.platform);
+            if let Some(job) = ctx.batch.find_job(&target.job_queue, &name).await?
+                && !job.state.is_some_and(crate::plan::JobState::is_terminal)
+            {
+                ids.push(job.job_id);
+            }
+        }
+    }
+    for id in &ids {
+        ctx.batch
+            .terminate(id, "multiarch-operator: the MultiArchBuild was deleted")
+            .await?;
+    }
+    Ok(ids)
+}
+
+/// A build that cannot be read as a MultiArchBuild (its schema predates this controller, or was
+/// edited around the CRD's validation): it fails with InvalidSpec, once per generation, without
+/// stalling the others. Deleting it releases the finalizer (its jobs cannot be known).
+async fn unreadable(
+    api: &Api<DeserializeGuard<MultiArchBuild>>,
+    invalid: InvalidObject,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let meta = &invalid.metadata;
+    let name = meta.name.clone().ok_or(Error::Unnamed)?;
+    let uid = meta.uid.clone().ok_or(Error::Unnamed)?;
+    let regarding = ObjectReference {
+        api_version: Some(MultiArchBuild::api_version(&()).into()),
+        kind: Some(MultiArchBuild::kind(&()).into()),
+        name: Some(name.clone()),
+        namespace: meta.namespace.clone(),
+        uid: Some(uid.clone()),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
+    };
+    let message = format!("cannot read the MultiArchBuild: {}", invalid.error);
+    warn!(error = %invalid.error, "unreadable build");
+    let finalizers = meta.finalizers.clone().unwrap_or_default();
+    if meta.deletion_timestamp.is_some() {
+        if finalizers.iter().any(|f| f == FINALIZER) {
+            let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+            let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(Error::kube("remove the finalizer"))?;
+            let note = format!("{message}; deleted: the finalizer is released without terminating its Batch jobs");
+            let event = BuildEvent::new(EventType::Warning, reason::INVALID_SPEC, "Cleanup", note);
+            ctx.publish(&regarding, &event).await;
+        }
+        ctx.metrics.set_phase(&uid, None);
+        return Ok(Action::await_change());
+    }
+    if lock(&ctx.reported_invalid).get(&uid) == Some(&meta.generation) {
+        return Ok(Action::await_change());
+    }
+    let now = Time(Timestamp::now());
+    let status = MultiArchBuildStatus {
+        phase: Some(Phase::Failed),
+        observed_generation: meta.generation,
+        completion_time: Some(now.clone()),
+        conditions: vec![Condition {
+            type_: READY.into(),
+            status: "False".into(),
+            reason: reason::INVALID_SPEC.into(),
+            message: message.clone(),
+            observed_generation: meta.generation,
+            last_transition_time: now,
+        }],
+        message: Some(message.clone()),
+        ..Default::default()
+    };
+    let patch = json!({
+        "apiVersion": MultiArchBuild::api_version(&()),
+        "kind": MultiArchBuild::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::kube("write the status"))?;
+    let event = BuildEvent::new(EventType::Warning, reason::INVALID_SPEC, "Reconcile", message);
+    ctx.publish(&regarding, &event).await;
+    ctx.metrics.set_phase(&uid, Some(Phase::Failed));
+    lock(&ctx.reported_invalid).insert(uid, meta.generation);
+    Ok(Action::await_change())
+}
+
+/// A poisoned lock only means a panic elsewhere; the maps stay usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_by_error_class() {
+        assert_eq!(backoff(Retry::AwaitChange, 1, 0.5), None);
+        // Transient: 1 s, doubling to a minute.
+        assert_eq!(backoff(Retry::Transient, 1, 1.0), Some(Duration::from_secs(1)));
+        assert_eq!(backoff(Retry::Transient, 3, 1.0), Some(Duration::from_secs(4)));
+        assert_eq!(backoff(Retry::Transient, 30, 1.0), Some(Duration::from_secs(60)));
+        // Throttled: 5 s, doubling to five minutes, jittered between half and all of it.
+        assert_eq!(backoff(Retry::Throttled, 1, 0.0), Some(Duration::from_millis(2500)));
+        assert_eq!(backoff(Retry::Throttled, 2, 1.0), Some(Duration::from_secs(10)));
+        assert_eq!(backoff(Retry::Throttled, 9, 1.0), Some(Duration::from_secs(300)));
+        assert_eq!(backoff(Retry::Rejected, 1, 1.0), Some(Duration::from_secs(30)));
+        assert_eq!(backoff(Retry::Rejected, 10, 1.0), Some(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn errors_are_classed_and_labelled() {
+        let throttled = Error::Engine(EngineError::Batch(BatchError::Throttled {
+            operation: "SubmitJob",
+            message: "slow down".into(),
+        }));
+        assert_eq!(
+            (throttled.label(), throttled.retry()),
+            ("AwsThrottled", Retry::Throttled)
+        );
+        let transient = Error::Engine(EngineError::Batch(BatchError::Transient {
+            operation: "SubmitJob",
+            message: "connection refused".into(),
+        }));
+        assert_eq!(
+            (transient.label(), transient.retry()),
+            ("AwsUnavailable", Retry::Transient)
+        );
+        let rejected = Error::Engine(EngineError::Batch(BatchError::Rejected {
+            operation: "SubmitJob",
+            code: "ClientException".into(),
+            message: "no such queue".into(),
+        }));
+        assert_eq!((rejected.label(), rejected.retry()), ("AwsRejected", Retry::Rejected));
+        let too_large = Error::Engine(EngineError::Batch(BatchError::RequestTooLarge {
+            job_name: "j".into(),
+            size: 40_000,
+            limit: 30_720,
+        }));
+        assert_eq!(too_large.retry(), Retry::AwaitChange);
+        let api = Error::Kube {
+            action: "write the status",
+            source: kube::Error::Api(Box::new(kube::core::Status {
+                code: 429,
+                ..Default::default()
+            })),
+        };
+        assert_eq!((api.label(), api.retry()), ("KubeThrottled", Retry::Throttled));
+        let persist = Error::Engine(EngineError::Persist("conflict".into()));
+        assert_eq!(
+            (persist.label(), persist.retry()),
+            ("StatusWriteFailed", Retry::Transient)
+        );
+    }
+
+    #[test]
+    fn a_running_build_is_looked_at_again_at_its_deadline_only() {
+        let build: MultiArchBuild = serde_yaml::from_str(include_str!("../../config/samples/vecoli.yaml")).unwrap();
+        let start: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let mut status = MultiArchBuildStatus {
+            phase: Some(Phase::Building),
+            start_time: Some(Time(start)),
+            ..Default::default()
+        };
+        let now = start + SignedDuration::from_secs(60);
+        // timeoutSeconds 3600: the deadline is 3540 s away (plus a second of slack).
+        assert_eq!(
+            requeue_after(&build, &status, false, now),
+            Some(Duration::from_secs(3541))
+        );
+        // A missing job may be declared lost 300 s after the start.
+        assert_eq!(
+            requeue_after(&build, &status, true, now),
+            Some(Duration::from_secs(241))
+        );
+        let late = start + SignedDuration::from_secs(4000);
+        assert_eq!(
+            requeue_after(&build, &status, false, late),
+            Some(Duration::from_secs(1))
+        );
+        status.phase = Some(Phase::Succeeded);
+        assert_eq!(requeue_after(&build, &status, false, now), None);
+        status.phase = Some(Phase::Pending);
+        status.start_time = None;
+        assert_eq!(requeue_after(&build, &status, false, now), None);
+    }
+}
