@@ -393,8 +393,11 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
 
-    // Report what was stored, also when a later action failed.
+    // Report what was stored, also when a later action failed, and watch the jobs it records.
     let current = lock(&stored).take().unwrap_or_else(|| previous.clone());
+    for id in live_job_ids(&current) {
+        ctx.poller.watch(&reference, &id);
+    }
     let regarding = build.object_ref(&());
     for event in events::transitions(&build.spec, &previous, &current) {
         ctx.publish(&regarding, &event).await;

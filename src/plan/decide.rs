@@ -21,7 +21,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let phase = status.phase.unwrap_or(Phase::Pending);
 
     if phase.is_terminal() {
-        // Terminal phases never change; only make sure nothing keeps running.
+        // Terminal phases never change; only make sure nothing keeps running, and say which
+        // generation the (unchanged) conditions were checked against.
+        for condition in &mut status.conditions {
+            condition.observed_generation = input.generation;
+        }
         if phase != Phase::Succeeded {
             actions.extend(terminate_live(&status, "the build already ended"));
         }

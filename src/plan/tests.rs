@@ -291,6 +291,32 @@ fn cancel_terminates_live_jobs_and_ends_cancelled() {
 }
 
 #[test]
+fn a_new_generation_of_an_ended_build_is_observed_without_changing_its_outcome() {
+    let mut spec = sample_spec();
+    spec.cancel = true;
+    let ended = step(&spec, &building(&spec), &Observations::default(), at(10)).status;
+    let later = plan(&Input {
+        spec: &spec,
+        git_sources: GitSources::Remote,
+        generation: Some(2),
+        status: &ended,
+        observed: &Observations::default(),
+        now: at(20),
+    })
+    .status;
+    assert_eq!(later.observed_generation, Some(2));
+    assert_eq!(later.conditions[0].observed_generation, Some(2));
+    assert_eq!(
+        later.conditions[0].last_transition_time,
+        ended.conditions[0].last_transition_time
+    );
+    assert_eq!(
+        (later.phase, ready(&later)),
+        (Some(Phase::Cancelled), ("False", reason::CANCELLED))
+    );
+}
+
+#[test]
 fn deadline_terminates_and_fails() {
     let spec = sample_spec();
     let status = building(&spec);

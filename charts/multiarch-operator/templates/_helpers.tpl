@@ -69,16 +69,16 @@ Nothing on Secrets: the git token is read by the Batch job from Secrets Manager,
 - apiGroups: ["multiarch.dev"]
   resources: ["multiarchbuilds/finalizers"]
   verbs: ["update"]
-# Job gating: find the suspended Jobs labelled multiarch.dev/after=<build> (list, watch, get)
-# and release them (patch spec.suspend to false). No create or delete: it never makes Jobs.
+# Job gating: find the suspended Jobs labelled multiarch.dev/after=<build> (list, watch) and
+# release them (patch spec.suspend to false). No create or delete: it never makes Jobs.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "patch"]
-# The <build>-image ConfigMap (image, digest, tag, digest-<arch>): read, created once, patched.
-# No list or watch: it reads only its own ConfigMaps, by name.
+  verbs: ["list", "watch", "patch"]
+# The <build>-image ConfigMap (image, digest, tag, digest-<arch>), written by server-side apply:
+# a patch, authorized as create too when it creates the ConfigMap. Never read, no list or watch.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["create", "patch"]
 # Events on builds and gated Jobs (kube-runtime's Recorder, events.k8s.io/v1): create an
 # event, patch it to count a repeat.
 - apiGroups: ["events.k8s.io"]
@@ -89,8 +89,9 @@ Nothing on Secrets: the git token is read by the Batch job from Secrets Manager,
 {{/* Leader election, in the release namespace only. */}}
 {{- define "multiarch-operator.leaseRules" -}}
 # Leader election: the replicas share one Lease in the release namespace; get reads the
-# holder, create makes the Lease the first time, update renews it or takes it over.
+# holder, create makes the Lease the first time, patch takes it (server-side apply), renews
+# and releases it.
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
-  verbs: ["get", "create", "update"]
+  verbs: ["get", "create", "patch"]
 {{- end }}

@@ -1,0 +1,854 @@
+//! The controller against a stateful in-memory Kubernetes API server (tests/common/fake_kube.rs),
+//! a real moto server (non-Docker Batch: jobs succeed as soon as they are submitted) and a real
+//! `docker-registry`.
+//!
+//! One process runs every scenario (concurrently), then checks the Kubernetes permissions all of
+//! them needed against config/rbac/expected-rules.yaml: nothing outside it, and every rule used.
+//! That last check needs all the scenarios, hence `harness = false`: `cargo test --test controller
+//! NAME` runs the scenarios whose name contains NAME and skips the RBAC check.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "common/fake_kube.rs"]
+mod fake_kube;
+#[path = "common/moto.rs"]
+mod moto;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
+use aws_sdk_batch::config::Credentials;
+use fake_kube::{FakeKube, Key, Permission};
+use kube::core::DeserializeGuard;
+use moto::{JOB_DEFINITION, Moto, QUEUE};
+use multiarch_operator::api::MultiArchBuild;
+use multiarch_operator::batch::{BatchExecutor, BuildRef, JobPoller, PollerConfig, submit_request};
+use multiarch_operator::cli::RegistryArgs;
+use multiarch_operator::controller::{
+    Context, FINALIZER, LeaseSettings, ReconcileConfig, Settings, Shutdown, http::Health, metrics::Metrics, reconcile,
+    run_with,
+};
+use serde_json::{Value, json};
+use support::{ImageSpec, Pusher, Registry, sha256};
+
+/// What every scenario shares: one moto, one registry, and the fakes (for the RBAC check).
+struct Env {
+    moto: Moto,
+    aws: SdkConfig,
+    registry: Registry,
+    pusher: Pusher,
+    fakes: Mutex<Vec<FakeKube>>,
+}
+
+impl Env {
+    fn fake(&self) -> FakeKube {
+        self.fake_from(FakeKube::new())
+    }
+
+    fn fake_from(&self, fake: FakeKube) -> FakeKube {
+        self.fakes.lock().unwrap().push(fake.clone());
+        fake
+    }
+
+    fn config(&self) -> ReconcileConfig {
+        ReconcileConfig {
+            default_job_definition: JOB_DEFINITION.into(),
+            registry: RegistryArgs {
+                registry_plain_http: vec![self.registry.host.clone()],
+                ..RegistryArgs::default()
+            },
+            cleanup_grace: Duration::from_secs(300),
+            concurrency: 4,
+        }
+    }
+
+    /// A context on `fake` and moto; its poller sweeps only when the test says so.
+    fn context(&self, fake: &FakeKube, config: ReconcileConfig) -> Arc<Context> {
+        Arc::new(Context::from_aws(
+            fake.client(),
+            &self.aws,
+            Duration::from_secs(3600),
+            Arc::new(Metrics::new()),
+            config,
+            "test-replica",
+        ))
+    }
+
+    fn settings(&self, identity: &str) -> Settings {
+        Settings {
+            namespaces: Vec::new(),
+            poll_interval: Duration::from_millis(200),
+            reconcile: self.config(),
+            lease: LeaseSettings {
+                namespace: "mab-system".into(),
+                name: "multiarch-operator".into(),
+                identity: identity.into(),
+                duration_seconds: 3,
+                grace_seconds: 1,
+            },
+            crd_retry: Duration::from_millis(100),
+        }
+    }
+
+    /// Pushes `<tag>-amd64` and `<tag>-arm64` to `repo`, as the two Batch jobs would have.
+    async fn push_platforms(&self, repo: &str, tag: &str) {
+        self.pusher
+            .image(repo, &format!("{tag}-amd64"), ImageSpec::oci("amd64"))
+            .await;
+        self.pusher
+            .image(repo, &format!("{tag}-arm64"), ImageSpec::oci("arm64"))
+            .await;
+    }
+}
+
+fn build_object(namespace: &str, name: &str, repository: &str, git_url: &str) -> Value {
+    json!({
+        "apiVersion": "multiarch.dev/v1alpha1",
+        "kind": "MultiArchBuild",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "source": {"git": {"url": git_url, "revision": "main"}},
+            "output": {"repository": repository, "tag": "v1", "reuseExisting": false},
+            "platforms": [
+                {"platform": "linux/amd64", "jobQueue": QUEUE},
+                {"platform": "linux/arm64", "jobQueue": QUEUE},
+            ],
+            "jobDefinition": JOB_DEFINITION,
+            "timeoutSeconds": 600,
+        },
+    })
+}
+
+fn good_build(namespace: &str, name: &str, repository: &str) -> Value {
+    build_object(namespace, name, repository, "https://github.com/example/app.git")
+}
+
+fn job_object(namespace: &str, name: &str, after: Option<&str>, suspend: bool) -> Value {
+    let labels = after.map_or(json!({}), |b| json!({"multiarch.dev/after": b}));
+    json!({
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"suspend": suspend, "template": {"spec": {"containers": [{"name": "head", "image": "busybox"}], "restartPolicy": "Never"}}},
+    })
+}
+
+fn create_build(fake: &FakeKube, object: Value) -> Key {
+    let created = fake.create("multiarch.dev", "multiarchbuilds", object);
+    Key::build(
+        created["metadata"]["namespace"].as_str().unwrap(),
+        created["metadata"]["name"].as_str().unwrap(),
+    )
+}
+
+/// One reconcile of the stored build, as the Controller would run it.
+async fn reconcile_now(fake: &FakeKube, ctx: &Arc<Context>, key: &Key) -> kube::runtime::controller::Action {
+    let object = fake.get(key).expect("the build");
+    let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(object).unwrap();
+    reconcile(Arc::new(guard), Arc::clone(ctx)).await.expect("reconcile")
+}
+
+fn status(fake: &FakeKube, key: &Key) -> Value {
+    fake.get(key).expect("the build")["status"].clone()
+}
+
+fn ready(status: &Value) -> &Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .expect("a Ready condition")
+}
+
+async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn reasons(fake: &FakeKube, kind: &str, name: &str) -> Vec<String> {
+    fake.events_about(kind, name).into_iter().map(|(r, _, _)| r).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The status is written by server-side apply only when it changes, and carries the generation.
+async fn status_is_written_once_per_change_with_observed_generation(env: Arc<Env>) {
+    let fake = env.fake();
+    let ctx = env.context(&fake, env.config());
+    env.push_platforms("once", "v1").await;
+    let key = create_build(&fake, good_build("sims", "once", &env.registry.repo("once")));
+
+    // First the finalizer, and nothing else.
+    reconcile_now(&fake, &ctx, &key).await;
+    let object = fake.get(&key).unwrap();
+    assert_eq!(object["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(fake.status_writes("sims", "once"), 0);
+
+    // Then the jobs, recorded with the generation.
+    reconcile_now(&fake, &ctx, &key).await;
+    let s = status(&fake, &key);
+    assert_eq!(s["phase"], "Building", "{s}");
+    assert_eq!(s["observedGeneration"], 1);
+    assert_eq!(ready(&s)["observedGeneration"], 1);
+    let ids: Vec<&str> = s["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["jobId"].as_str().expect("a job id per platform"))
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let after_submit = fake.status_writes("sims", "once");
+    assert!(after_submit >= 1);
+
+    // Nothing new (the poller has not swept): no write.
+    reconcile_now(&fake, &ctx, &key).await;
+    assert_eq!(fake.status_writes("sims", "once"), after_submit);
+
+    // The poller sees both jobs SUCCEEDED: the index is assembled, the build succeeds.
+    ctx.poller().sweep().await;
+    reconcile_now(&fake, &ctx, &key).await;
+    let s = status(&fake, &key);
+    assert_eq!(s["phase"], "Succeeded", "{s}");
+    assert_eq!(ready(&s)["status"], "True");
+    assert_eq!(ready(&s)["reason"], "Succeeded");
+    let digest = s["digest"].as_str().unwrap();
+    assert_eq!(s["image"], format!("{}@{digest}", env.registry.repo("once")));
+    let (code, _, bytes) = env.pusher.get_manifest("once", "v1").await;
+    assert_eq!(
+        (code, sha256(&bytes)),
+        (200, digest.to_string()),
+        "status.image resolves"
+    );
+    let after_success = fake.status_writes("sims", "once");
+    assert!(after_success > after_submit);
+    reconcile_now(&fake, &ctx, &key).await;
+    assert_eq!(fake.status_writes("sims", "once"), after_success);
+
+    // A new generation is observed with exactly one write; a terminal phase never changes.
+    fake.edit(&key, |o| o["spec"]["cancel"] = true.into());
+    assert_eq!(fake.get(&key).unwrap()["metadata"]["generation"], 2);
+    reconcile_now(&fake, &ctx, &key).await;
+    let s = status(&fake, &key);
+    assert_eq!(fake.status_writes("sims", "once"), after_success + 1);
+    assert_eq!(
+        (s["phase"].as_str(), s["observedGeneration"].as_i64()),
+        (Some("Succeeded"), Some(2))
+    );
+    assert_eq!(ready(&s)["observedGeneration"], 2);
+    reconcile_now(&fake, &ctx, &key).await;
+    assert_eq!(fake.status_writes("sims", "once"), after_success + 1);
+
+    let seen = reasons(&fake, "MultiArchBuild", "once");
+    for reason in ["Submitted", "PlatformSucceeded", "IndexPushed"] {
+        assert!(seen.iter().any(|r| r == reason), "no {reason} event in {seen:?}");
+    }
+}
+
+/// The finalizer is added first, and removed on deletion once the live jobs were terminated
+/// (also a job submitted but never recorded); a build that never submitted anything goes at once.
+async fn the_finalizer_terminates_live_jobs_then_lets_the_build_go(env: Arc<Env>) {
+    let fake = env.fake();
+    let recorder = moto::Recorder::default();
+    let (batch, logs) = env.moto.clients(&recorder).await;
+    let executor = BatchExecutor::new(batch, logs);
+    let poller = JobPoller::new(executor.clone(), PollerConfig::with_interval(Duration::from_secs(3600)));
+    let ctx = Arc::new(Context::new(
+        fake.client(),
+        executor.clone(),
+        aws_sdk_ecr::Client::new(&env.aws),
+        poller,
+        Arc::new(Metrics::new()),
+        env.config(),
+        "test-replica",
+    ));
+
+    let key = create_build(&fake, good_build("sims", "doomed", "registry.invalid/doomed"));
+    reconcile_now(&fake, &ctx, &key).await;
+    reconcile_now(&fake, &ctx, &key).await;
+    let s = status(&fake, &key);
+    assert!(
+        s["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] == "SUBMITTED"),
+        "{s}"
+    );
+    assert_eq!(recorder.count("terminatejob"), 0);
+
+    fake.delete(&key);
+    assert!(fake.get(&key).is_some(), "the finalizer holds the deletion");
+    reconcile_now(&fake, &ctx, &key).await;
+    assert!(fake.get(&key).is_none(), "the finalizer was removed");
+    assert_eq!(recorder.count("terminatejob"), 2);
+    assert!(reasons(&fake, "MultiArchBuild", "doomed").contains(&"JobsTerminated".to_string()));
+
+    // Crashed between SubmitJob and the status write: the job is found by its name.
+    let key = create_build(&fake, good_build("sims", "crashed", "registry.invalid/crashed"));
+    reconcile_now(&fake, &ctx, &key).await;
+    let object: MultiArchBuild = serde_json::from_value(fake.get(&key).unwrap()).unwrap();
+    let reference = BuildRef::of(&object).unwrap();
+    let request = submit_request(
+        &reference,
+        &object.spec,
+        multiarch_operator::api::Platform::LinuxArm64,
+        JOB_DEFINITION,
+    )
+    .unwrap();
+    executor.find_or_submit(&request).await.unwrap();
+    fake.edit(&key, |o| {
+        o["status"] = json!({"phase": "Building", "startTime": "2025-01-01T00:00:00Z",
+                             "platforms": [{"platform": "linux/arm64"}, {"platform": "linux/amd64"}]});
+    });
+    let lookups = recorder.count("listjobs");
+    fake.delete(&key);
+    reconcile_now(&fake, &ctx, &key).await;
+    assert!(fake.get(&key).is_none());
+    // One lookup per unrecorded platform; moto's job already finished, so nothing to terminate.
+    assert_eq!(recorder.count("listjobs") - lookups, 2);
+    assert_eq!(recorder.count("terminatejob"), 2);
+
+    // Never submitted anything: no AWS call at all.
+    let calls = (recorder.count("listjobs"), recorder.count("terminatejob"));
+    let key = create_build(&fake, good_build("sims", "idle", "registry.invalid/idle"));
+    reconcile_now(&fake, &ctx, &key).await;
+    assert_eq!(fake.get(&key).unwrap()["metadata"]["finalizers"], json!([FINALIZER]));
+    fake.delete(&key);
+    reconcile_now(&fake, &ctx, &key).await;
+    assert!(fake.get(&key).is_none());
+    assert_eq!((recorder.count("listjobs"), recorder.count("terminatejob")), calls);
+}
+
+/// With AWS unreachable, deletion is retried, then the finalizer is released after the grace
+/// period with a Warning event naming the jobs that may still run.
+async fn an_unreachable_aws_never_blocks_deletion_past_the_grace_period(env: Arc<Env>) {
+    let fake = env.fake();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let aws = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(format!("http://127.0.0.1:{closed_port}"))
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "static"))
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await;
+    let config = ReconcileConfig {
+        cleanup_grace: Duration::from_secs(3),
+        ..env.config()
+    };
+    let ctx = Arc::new(Context::from_aws(
+        fake.client(),
+        &aws,
+        Duration::from_secs(3600),
+        Arc::new(Metrics::new()),
+        config,
+        "test-replica",
+    ));
+    let mut object = good_build("sims", "stranded", "registry.invalid/stranded");
+    object["metadata"]["finalizers"] = json!([FINALIZER]);
+    object["status"] = json!({
+        "phase": "Building", "startTime": "2025-01-01T00:00:00Z",
+        "platforms": [
+            {"platform": "linux/amd64", "jobId": "job-amd64", "state": "RUNNING"},
+            {"platform": "linux/arm64", "jobId": "job-arm64", "state": "RUNNABLE"},
+        ],
+    });
+    let key = create_build(&fake, object);
+    fake.delete(&key);
+
+    for _ in 0..2 {
+        let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(fake.get(&key).unwrap()).unwrap();
+        let error = reconcile(Arc::new(guard), Arc::clone(&ctx)).await.unwrap_err();
+        assert_eq!(error.label(), "AwsUnavailable", "{error}");
+        assert!(
+            fake.get(&key).is_some(),
+            "still held by the finalizer within the grace period"
+        );
+    }
+    let warnings = fake.events_about("MultiArchBuild", "stranded");
+    assert!(
+        warnings.iter().any(|(r, t, _)| r == "AwsUnavailable" && t == "Warning"),
+        "{warnings:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    reconcile_now(&fake, &ctx, &key).await;
+    assert!(fake.get(&key).is_none(), "released after the grace period");
+    let events = fake.events_about("MultiArchBuild", "stranded");
+    let abandoned = events
+        .iter()
+        .find(|(r, _, _)| r == "CleanupAbandoned")
+        .unwrap_or_else(|| panic!("no CleanupAbandoned event in {events:?}"));
+    assert_eq!(abandoned.1, "Warning");
+    assert!(abandoned.2.contains("job-amd64, job-arm64"), "{}", abandoned.2);
+}
+
+/// Success releases exactly the suspended Jobs labelled for this build in its namespace, and
+/// writes the image ConfigMap; nothing before success; failure warns each waiting Job once.
+async fn gating_releases_exactly_the_waiting_jobs_and_only_after_success(env: Arc<Env>) {
+    let fake = env.fake();
+    let ctx = env.context(&fake, env.config());
+    env.push_platforms("gated", "v1").await;
+    let jobs = [
+        ("sims", "head", Some("gated"), true),
+        ("sims", "other-build", Some("another"), true),
+        ("sims", "already-running", Some("gated"), false),
+        ("sims", "unlabelled", None, true),
+        ("elsewhere", "head", Some("gated"), true),
+        ("sims", "after-broken", Some("broken"), true),
+    ];
+    for (ns, name, after, suspend) in jobs {
+        fake.create("batch", "jobs", job_object(ns, name, after, suspend));
+    }
+    let versions = || -> Vec<Value> {
+        jobs.iter()
+            .map(|(ns, name, _, _)| fake.get(&Key::job(ns, name)).unwrap()["metadata"]["resourceVersion"].clone())
+            .collect()
+    };
+    let untouched = versions();
+
+    let key = create_build(&fake, good_build("sims", "gated", &env.registry.repo("gated")));
+    reconcile_now(&fake, &ctx, &key).await;
+    reconcile_now(&fake, &ctx, &key).await;
+    assert_eq!(status(&fake, &key)["phase"], "Building");
+    assert_eq!(versions(), untouched, "nothing is released before success");
+    assert!(fake.get(&Key::new("", "configmaps", "sims", "gated-image")).is_none());
+
+    ctx.poller().sweep().await;
+    reconcile_now(&fake, &ctx, &key).await;
+    let s = status(&fake, &key);
+    assert_eq!(s["phase"], "Succeeded", "{s}");
+    let now = versions();
+    for (i, (ns, name, _, _)) in jobs.iter().enumerate() {
+        let released = (*ns, *name) == ("sims", "head");
+        assert_eq!(now[i] != untouched[i], released, "{ns}/{name}");
+        let suspend = &fake.get(&Key::job(ns, name)).unwrap()["spec"]["suspend"];
+        if released {
+            assert_eq!(*suspend, json!(false));
+        }
+    }
+    assert!(reasons(&fake, "Job", "head").contains(&"Released".to_string()));
+    let cm = fake
+        .get(&Key::new("", "configmaps", "sims", "gated-image"))
+        .expect("the image ConfigMap");
+    assert_eq!(cm["data"]["image"], s["image"]);
+    assert_eq!(cm["data"]["digest"], s["digest"]);
+    assert_eq!(cm["data"]["tag"], "v1");
+    for arch in ["amd64", "arm64"] {
+        assert!(
+            cm["data"][format!("digest-{arch}")]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+    }
+    let owner = &cm["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("MultiArchBuild"), Some("gated"))
+    );
+    assert_eq!(owner["uid"], fake.get(&key).unwrap()["metadata"]["uid"]);
+
+    // Releasing again changes nothing.
+    let settled = versions();
+    reconcile_now(&fake, &ctx, &key).await;
+    assert_eq!(versions(), settled);
+
+    // A build that fails (here: an invalid spec) keeps its Job suspended and warns it once.
+    let broken = create_build(
+        &fake,
+        build_object(
+            "sims",
+            "broken",
+            "registry.invalid/broken",
+            "http://insecure.example/app.git",
+        ),
+    );
+    reconcile_now(&fake, &ctx, &broken).await;
+    reconcile_now(&fake, &ctx, &broken).await;
+    let s = status(&fake, &broken);
+    assert_eq!(
+        (s["phase"].as_str(), ready(&s)["reason"].as_str()),
+        (Some("Failed"), Some("InvalidSpec"))
+    );
+    let job = fake.get(&Key::job("sims", "after-broken")).unwrap();
+    assert_eq!(job["spec"]["suspend"], json!(true));
+    assert!(job["metadata"]["annotations"]["multiarch.dev/notified"].is_string());
+    reconcile_now(&fake, &ctx, &broken).await;
+    let warnings = fake.events_about("Job", "after-broken");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        (warnings[0].0.as_str(), warnings[0].1.as_str()),
+        ("InvalidSpec", "Warning")
+    );
+    assert!(
+        warnings[0].2.contains("MultiArchBuild broken ended Failed"),
+        "{}",
+        warnings[0].2
+    );
+}
+
+fn metric(metrics: &Metrics, line_prefix: &str) -> f64 {
+    metrics
+        .encode()
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+struct Replica {
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+fn start_replica(env: &Arc<Env>, fake: &FakeKube, identity: &str) -> (Replica, Arc<Health>) {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let shutdown = Shutdown::new();
+    let (client, aws, settings) = (fake.client(), env.aws.clone(), env.settings(identity));
+    let (m, h, s) = (Arc::clone(&metrics), Arc::clone(&health), shutdown.clone());
+    let task = tokio::spawn(async move { run_with(client, &aws, settings, m, h, s).await });
+    (
+        Replica {
+            metrics,
+            shutdown,
+            task,
+        },
+        health,
+    )
+}
+
+fn succeeded(fake: &FakeKube, key: &Key) -> bool {
+    fake.get(key).is_some_and(|o| o["status"]["phase"] == "Succeeded")
+}
+
+/// Two replicas share a Lease: only the holder reconciles; the other takes over when it leaves.
+async fn a_second_replica_without_the_lease_does_nothing(env: Arc<Env>) {
+    let fake = env.fake();
+    let (a, _) = start_replica(&env, &fake, "replica-a");
+    eventually("replica-a leads", Duration::from_secs(10), || {
+        metric(&a.metrics, "multiarch_leader ") == 1.0
+    })
+    .await;
+    let (b, _) = start_replica(&env, &fake, "replica-b");
+
+    env.push_platforms("leased", "v1").await;
+    let first = create_build(&fake, good_build("sims", "leased", &env.registry.repo("leased")));
+    eventually("the first build succeeds", Duration::from_secs(30), || {
+        succeeded(&fake, &first)
+    })
+    .await;
+    let lease = fake
+        .get(&Key::new(
+            "coordination.k8s.io",
+            "leases",
+            "mab-system",
+            "multiarch-operator",
+        ))
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+    assert!(metric(&a.metrics, "multiarch_reconciles_total{result=\"success\"}") > 0.0);
+    assert_eq!(metric(&b.metrics, "multiarch_leader "), 0.0);
+    assert_eq!(
+        metric(&b.metrics, "multiarch_reconciles_total"),
+        0.0,
+        "the standby reconciled"
+    );
+    assert_eq!(
+        metric(&b.metrics, "multiarch_aws_calls_total"),
+        0.0,
+        "the standby called AWS"
+    );
+
+    // The leader leaves (SIGTERM): it releases the Lease and the standby takes over.
+    a.shutdown.trigger();
+    a.task.await.unwrap().unwrap();
+    let a_reconciles = metric(&a.metrics, "multiarch_reconciles_total{result=\"success\"}");
+    eventually("replica-b takes over", Duration::from_secs(15), || {
+        metric(&b.metrics, "multiarch_leader ") == 1.0
+    })
+    .await;
+    env.push_platforms("leased-2", "v1").await;
+    let second = create_build(&fake, good_build("sims", "leased-2", &env.registry.repo("leased-2")));
+    eventually("the second build succeeds", Duration::from_secs(30), || {
+        succeeded(&fake, &second)
+    })
+    .await;
+    assert!(metric(&b.metrics, "multiarch_reconciles_total{result=\"success\"}") > 0.0);
+    assert_eq!(
+        metric(&a.metrics, "multiarch_reconciles_total{result=\"success\"}"),
+        a_reconciles
+    );
+    b.shutdown.trigger();
+    b.task.await.unwrap().unwrap();
+}
+
+async fn http_get(base: &str, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The whole controller: it waits for the CRD (healthy, not ready), then builds, releases the
+/// waiting Job, survives a malformed object, serves its metrics, and stops on request.
+async fn the_controller_waits_for_the_crd_then_builds_and_releases(env: Arc<Env>) {
+    let fake = env.fake_from(FakeKube::without_crd());
+    let (replica, health) = start_replica(&env, &fake, "replica-solo");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(multiarch_operator::controller::http::serve(
+        listener,
+        Arc::clone(&replica.metrics),
+        health,
+        replica.shutdown.wait(),
+    ));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http_get(&base, "/healthz").await.0, 200);
+    let (code, body) = http_get(&base, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    fake.install_crd();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(&base, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready after the CRD was installed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut malformed = good_build("sims", "malformed", "registry.invalid/malformed");
+    malformed["spec"]["platforms"][0]["platform"] = "linux/s390x".into();
+    let malformed = create_build(&fake, malformed);
+    env.push_platforms("whole", "v1").await;
+    fake.create(
+        "batch",
+        "jobs",
+        job_object("sims", "nextflow-head", Some("whole"), true),
+    );
+    let key = create_build(&fake, good_build("sims", "whole", &env.registry.repo("whole")));
+    eventually("the build succeeds", Duration::from_secs(30), || succeeded(&fake, &key)).await;
+    eventually("the head Job is released", Duration::from_secs(10), || {
+        fake.get(&Key::job("sims", "nextflow-head")).unwrap()["spec"]["suspend"] == json!(false)
+    })
+    .await;
+    assert!(fake.get(&Key::new("", "configmaps", "sims", "whole-image")).is_some());
+    eventually("the malformed build is failed", Duration::from_secs(10), || {
+        fake.get(&malformed).is_some_and(|o| o["status"]["phase"] == "Failed")
+    })
+    .await;
+    let s = status(&fake, &malformed);
+    assert_eq!(ready(&s)["reason"], "InvalidSpec");
+    assert!(s["message"].as_str().unwrap().contains("s390x"), "{s}");
+    assert!(reasons(&fake, "MultiArchBuild", "malformed").contains(&"InvalidSpec".to_string()));
+
+    let (code, text) = http_get(&base, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "multiarch_builds{phase=\"Succeeded\"} 1",
+        "multiarch_builds{phase=\"Failed\"} 1",
+        "multiarch_aws_calls_total{operation=\"SubmitJob\",outcome=\"success\"} 2",
+        "multiarch_leader 1",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    for name in [
+        "multiarch_reconciles_total{result=\"success\"}",
+        "multiarch_reconcile_duration_seconds_count",
+        "multiarch_poller_lag_seconds",
+        "multiarch_aws_calls_total{operation=\"DescribeJobs\",outcome=\"success\"}",
+    ] {
+        assert!(text.contains(name), "no {name} in\n{text}");
+    }
+
+    replica.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(20), replica.task)
+        .await
+        .expect("stops within 20 s")
+        .unwrap()
+        .unwrap();
+    server.await.unwrap().unwrap();
+    let lease = fake
+        .get(&Key::new(
+            "coordination.k8s.io",
+            "leases",
+            "mab-system",
+            "multiarch-operator",
+        ))
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "the Lease is released: {lease}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+type Scenario = fn(Arc<Env>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        vec![$((stringify!($name), (|env| Box::pin($name(env))) as Scenario)),*]
+    };
+}
+
+/// Every (apiGroup, resource, verb) of config/rbac/expected-rules.yaml.
+fn expected_permissions() -> BTreeSet<Permission> {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/rbac/expected-rules.yaml")).unwrap();
+    let rules: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut permissions = BTreeSet::new();
+    for rule in rules["rules"].as_sequence().unwrap() {
+        for verb in rule["verbs"].as_sequence().unwrap() {
+            permissions.insert((
+                rule["apiGroup"].as_str().unwrap().to_string(),
+                rule["resource"].as_str().unwrap().to_string(),
+                verb.as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    permissions
+}
+
+/// Permissions the API server checks without a request of ours: setting blockOwnerDeletion on the
+/// ConfigMap's owner reference needs update on the owner's finalizers (admission, not a call).
+fn admission_only() -> BTreeSet<Permission> {
+    BTreeSet::from([(
+        "multiarch.dev".into(),
+        "multiarchbuilds/finalizers".into(),
+        "update".into(),
+    )])
+}
+
+fn check_rbac(seen: &BTreeSet<Permission>) -> Result<String, String> {
+    let expected = expected_permissions();
+    let outside: Vec<_> = seen.difference(&expected).collect();
+    let unused: Vec<_> = expected
+        .difference(seen)
+        .filter(|p| !admission_only().contains(*p))
+        .collect();
+    if !outside.is_empty() || !unused.is_empty() {
+        return Err(format!(
+            "calls outside config/rbac/expected-rules.yaml: {outside:?}; rules never used: {unused:?}"
+        ));
+    }
+    Ok(format!("{} permissions used, all granted, every rule used", seen.len()))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scenarios = scenarios![
+        status_is_written_once_per_change_with_observed_generation,
+        the_finalizer_terminates_live_jobs_then_lets_the_build_go,
+        an_unreachable_aws_never_blocks_deletion_past_the_grace_period,
+        gating_releases_exactly_the_waiting_jobs_and_only_after_success,
+        a_second_replica_without_the_lease_does_nothing,
+        the_controller_waits_for_the_crd_then_builds_and_releases,
+    ];
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in &scenarios {
+            println!("{name}: test");
+        }
+        println!("rbac_matches_expected_rules: test");
+        return ExitCode::SUCCESS;
+    }
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<_> = scenarios
+        .into_iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    let whole_suite = filters.is_empty();
+    if selected.is_empty() {
+        println!("\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let Some(registry) = Registry::start() else {
+            println!("SKIPPED: the controller tests need docker-registry");
+            return ExitCode::SUCCESS;
+        };
+        let moto = Moto::start().await;
+        let aws = moto.sdk_config().await;
+        moto.create_batch_environment(&aws_sdk_batch::Client::new(&aws)).await;
+        let pusher = Pusher::new(&registry.host);
+        let env = Arc::new(Env {
+            moto,
+            aws,
+            registry,
+            pusher,
+            fakes: Mutex::default(),
+        });
+        println!("\nrunning {} tests", selected.len() + usize::from(whole_suite));
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (name, scenario) in selected {
+            let env = Arc::clone(&env);
+            tasks.spawn(async move {
+                let start = Instant::now();
+                let outcome = tokio::spawn(tokio::time::timeout(Duration::from_secs(120), scenario(env))).await;
+                let result = match outcome {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err("timed out after 120 s".to_string()),
+                    Err(e) => Err(format!("panicked: {e}")),
+                };
+                (name, result, start.elapsed())
+            });
+        }
+        let mut failed = Vec::new();
+        let mut passed = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (name, result, took) = done.unwrap();
+            match result {
+                Ok(()) => {
+                    passed += 1;
+                    println!("test {name} ... ok ({:.1}s)", took.as_secs_f64());
+                }
+                Err(why) => {
+                    println!("test {name} ... FAILED ({why})");
+                    failed.push(name.to_string());
+                }
+            }
+        }
+        if whole_suite {
+            if failed.is_empty() {
+                let seen: BTreeSet<Permission> = env.fakes.lock().unwrap().iter().flat_map(FakeKube::seen).collect();
+                match check_rbac(&seen) {
+                    Ok(summary) => {
+                        passed += 1;
+                        println!("test rbac_matches_expected_rules ... ok ({summary})");
+                    }
+                    Err(why) => {
+                        println!("test rbac_matches_expected_rules ... FAILED\n  {why}");
+                        failed.push("rbac_matches_expected_rules".into());
+                    }
+                }
+            } else {
+                println!("test rbac_matches_expected_rules ... skipped (a scenario failed)");
+            }
+        }
+        let verdict = if failed.is_empty() { "ok" } else { "FAILED" };
+        println!(
+            "\ntest result: {verdict}. {passed} passed; {} failed; finished in {:.2}s\n",
+            failed.len(),
+            started.elapsed().as_secs_f64()
+        );
+        if failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
