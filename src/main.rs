@@ -13,10 +13,14 @@ use multiarch_operator::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // kube (ring) and the AWS SDK (aws-lc-rs) each bring a rustls crypto provider; with two,
+    // rustls cannot pick one by itself for the Kubernetes client. Take ring for the process (the
+    // SDK's own client sets its provider explicitly). An error means one is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // `build` shows its own progress lines: only warnings from the log by default.
     let default_level = match cli.command {
         Command::Build(_) => "warn",
-        Command::Controller(_) => "info,aws_config=warn,aws_smithy_runtime=warn,hyper_util=warn,tower=warn",
+        Command::Controller(_) => "info,aws_config=error,aws_smithy_runtime=warn,hyper_util=warn,tower=warn",
         _ => "warn,multiarch_operator=info",
     };
     init_logging(cli.log_format, default_level);

@@ -596,6 +596,58 @@ async fn a_second_replica_without_the_lease_does_nothing(env: Arc<Env>) {
     b.task.await.unwrap().unwrap();
 }
 
+/// Batch jobs named exactly `name` in the test queue.
+async fn jobs_named(env: &Env, name: &str) -> usize {
+    let batch = aws_sdk_batch::Client::new(&env.aws);
+    let filter = aws_sdk_batch::types::KeyValuesPair::builder()
+        .name("JOB_NAME")
+        .values(name)
+        .build();
+    let listed = batch.list_jobs().job_queue(QUEUE).filters(filter).send().await.unwrap();
+    listed
+        .job_summary_list()
+        .iter()
+        .filter(|j| j.job_name() == Some(name))
+        .count()
+}
+
+/// A controller killed after SubmitJob and before the job id reached the status: the next one
+/// adopts the jobs by their deterministic names, so each platform still has exactly one job.
+async fn a_restart_between_submit_and_the_status_write_submits_nothing_twice(env: Arc<Env>) {
+    let fake = env.fake();
+    fake.refuse_job_ids();
+    let (first, _) = start_replica(&env, &fake, "replica-killed");
+    env.push_platforms("restarted", "v1").await;
+    let key = create_build(&fake, good_build("sims", "restarted", &env.registry.repo("restarted")));
+    eventually(
+        "SubmitJob happened and its status write failed",
+        Duration::from_secs(20),
+        || fake.refused() > 0,
+    )
+    .await;
+    first.task.abort();
+    let _ = first.task.await;
+    let s = status(&fake, &key);
+    assert!(
+        s["platforms"].as_array().unwrap().iter().all(|p| p["jobId"].is_null()),
+        "{s}"
+    );
+
+    fake.heal();
+    let (second, _) = start_replica(&env, &fake, "replica-restarted");
+    eventually("the build succeeds after the restart", Duration::from_secs(30), || {
+        succeeded(&fake, &key)
+    })
+    .await;
+    let s = status(&fake, &key);
+    for platform in s["platforms"].as_array().unwrap() {
+        let name = platform["jobName"].as_str().unwrap();
+        assert_eq!(jobs_named(&env, name).await, 1, "{name}");
+    }
+    second.shutdown.trigger();
+    second.task.await.unwrap().unwrap();
+}
+
 async fn http_get(base: &str, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("{base}{path}")).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
@@ -642,6 +694,12 @@ async fn the_controller_waits_for_the_crd_then_builds_and_releases(env: Arc<Env>
     })
     .await;
     assert!(fake.get(&Key::new("", "configmaps", "sims", "whole-image")).is_some());
+    // A Job that starts waiting after the build succeeded is released too (the Job watch).
+    fake.create("batch", "jobs", job_object("sims", "late-head", Some("whole"), true));
+    eventually("the late Job is released", Duration::from_secs(10), || {
+        fake.get(&Key::job("sims", "late-head")).unwrap()["spec"]["suspend"] == json!(false)
+    })
+    .await;
     eventually("the malformed build is failed", Duration::from_secs(10), || {
         fake.get(&malformed).is_some_and(|o| o["status"]["phase"] == "Failed")
     })
@@ -752,6 +810,7 @@ fn main() -> ExitCode {
         an_unreachable_aws_never_blocks_deletion_past_the_grace_period,
         gating_releases_exactly_the_waiting_jobs_and_only_after_success,
         a_second_replica_without_the_lease_does_nothing,
+        a_restart_between_submit_and_the_status_write_submits_nothing_twice,
         the_controller_waits_for_the_crd_then_builds_and_releases,
     ];
     if args.iter().any(|a| a == "--list") {

@@ -159,6 +159,14 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
             one_line(&e.to_string())
         )
     })?;
+    let version = client.apiserver_version().await.map_err(|e| {
+        format!(
+            "cannot reach the Kubernetes API server of the current context (check KUBECONFIG and \
+             `kubectl config current-context`): {}",
+            one_line(&e.to_string())
+        )
+    })?;
+    info!(kubernetes = %version.git_version, "connected to the Kubernetes API server");
     let aws = config::aws().await?;
     check_credentials(&aws).await?;
     let metrics = Arc::new(Metrics::new());

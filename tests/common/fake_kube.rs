@@ -73,6 +73,10 @@ struct Inner {
     status_writes: HashMap<Key, usize>,
     /// The field manager owning each Lease's spec.holderIdentity.
     holder_owner: HashMap<Key, String>,
+    /// Refuse (HTTP 500) status writes that record a job id, as a crash right after SubmitJob would.
+    refuse_job_ids: bool,
+    /// Status writes refused so.
+    refused: usize,
 }
 
 struct Shared {
@@ -207,6 +211,21 @@ impl FakeKube {
                 )
             })
             .collect()
+    }
+
+    /// From now on, answer 500 to every status write that records a Batch job id (the state of a
+    /// controller that dies between SubmitJob and the status write), until [`Self::heal`].
+    pub fn refuse_job_ids(&self) {
+        self.lock().refuse_job_ids = true;
+    }
+
+    pub fn heal(&self) {
+        self.lock().refuse_job_ids = false;
+    }
+
+    /// Status writes refused by [`Self::refuse_job_ids`].
+    pub fn refused(&self) -> usize {
+        self.lock().refused
     }
 
     /// The permissions the requests needed so far.
@@ -620,6 +639,13 @@ fn patch(fake: &FakeKube, route: &Route, query: &HashMap<String, String>, conten
     let apply = content_type.starts_with("application/apply-patch");
     if route.subresource.as_deref() == Some("status") {
         *inner.status_writes.entry(key.clone()).or_default() += 1;
+        let records_job_ids = patch["status"]["platforms"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["jobId"].is_string()));
+        if inner.refuse_job_ids && records_job_ids {
+            inner.refused += 1;
+            return failure(500, "InternalError", "the status write was refused by the test");
+        }
     }
     let Some(current) = inner.objects.get(&key).cloned() else {
         if apply && route.subresource.is_none() {
