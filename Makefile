@@ -7,13 +7,13 @@ CRD := crds/multiarch.dev_multiarchbuilds.yaml
 .PHONY: help test lint crds demo run bench e2e deps
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 test: deps ## The whole suite (installs and starts what it needs)
 	e2e/local-stack up
 	MAB_E2E_REQUIRED=1 $(CARGO) test --all-targets --locked
 	shellcheck -s sh builder/build.sh
-	shellcheck e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh
+	shellcheck e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/controller_e2e.sh
 	e2e/builder_validation_test.sh
 	e2e/builder_secret_test.sh
 	bash e2e/install_test.sh
@@ -33,11 +33,11 @@ deps: ## Install the Debian and PyPI packages the tests use (idempotent)
 demo: ## Run a real two-platform build end to end on the local stack
 	e2e/demo.sh
 
-run: ## Run the controller against the current kubeconfig context
-	$(CARGO) run -- controller
+run: ## Run the controller against the current kubeconfig context and the AWS default credentials (ARGS='--namespaces sims')
+	$(CARGO) run --quiet --locked -- controller $(ARGS)
 
 bench: deps ## Benchmarks; each figure prints as `bench <name> <value> <unit>`
 	$(CARGO) bench --locked --profile dev --bench describe_calls
 
-e2e: ## Tests against the real cluster named by KUBECONFIG
-	@echo "make e2e: the controller is not built yet (issue 6)" >&2; exit 2
+e2e: ## The controller against the real cluster named by KUBECONFIG and the local stack (skips when unset)
+	e2e/controller_e2e.sh
