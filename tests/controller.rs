@@ -830,6 +830,15 @@ fn main() -> ExitCode {
         println!("\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed");
         return ExitCode::SUCCESS;
     }
+    // RUST_LOG=debug shows the controller's logs (MAB_LOG_FORMAT=json: as JSON lines).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let logs = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer();
+        if std::env::var("MAB_LOG_FORMAT").is_ok_and(|f| f == "json") {
+            logs.json().init();
+        } else {
+            logs.init();
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -498,9 +498,11 @@ async fn cleanup(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error>
     Ok(Action::await_change())
 }
 
+/// The build is gone: drop what this replica kept about it.
 fn forget(reference: &BuildRef, ctx: &Context) {
     ctx.poller.forget_build(reference);
     ctx.metrics.set_phase(&reference.uid, None);
+    lock(&ctx.failures).remove(&reference.to_string());
 }
 
 /// Terminates the live jobs of a deleted build, including one submitted but not yet recorded (a
@@ -559,7 +561,6 @@ async fn unreadable(
         ..Default::default()
     };
     let message = format!("cannot read the MultiArchBuild: {}", invalid.error);
-    warn!(error = %invalid.error, "unreadable build");
     let finalizers = meta.finalizers.clone().unwrap_or_default();
     if meta.deletion_timestamp.is_some() {
         if finalizers.iter().any(|f| f == FINALIZER) {
@@ -578,6 +579,7 @@ async fn unreadable(
     if lock(&ctx.reported_invalid).get(&uid) == Some(&meta.generation) {
         return Ok(Action::await_change());
     }
+    warn!(error = %invalid.error, "unreadable build: failed with InvalidSpec");
     let now = Time(Timestamp::now());
     let status = MultiArchBuildStatus {
         phase: Some(Phase::Failed),
