@@ -448,8 +448,12 @@ async fn huge_bodies_are_refused_not_buffered() {
         .assemble(&repo, "v1", &[Platform::LinuxAmd64], IndexMediaType::Oci)
         .await
         .expect_err("huge config");
-    assert_eq!(e.label(), "ManifestTooLarge");
-    assert!(e.to_string().contains("config blob"), "{e}");
+    assert_eq!(e.label(), "ResponseTooLarge");
+    assert!(
+        e.to_string()
+            .contains("config blob is larger than the 4194304 bytes accepted (5"),
+        "{e}"
+    );
 
     for fault in [
         Fault::HugeManifest(5 * 1024 * 1024),
@@ -460,7 +464,7 @@ async fn huge_bodies_are_refused_not_buffered() {
             .assemble(&front.repo("demo"), "v1", &[Platform::LinuxAmd64], IndexMediaType::Oci)
             .await
             .expect_err("huge manifest");
-        assert_eq!(e.label(), "ManifestTooLarge", "{e}");
+        assert_eq!(e.label(), "ResponseTooLarge", "{e}");
         assert!(!e.is_transient());
     }
 }
