@@ -470,6 +470,31 @@ async fn huge_bodies_are_refused_not_buffered() {
 }
 
 #[tokio::test]
+async fn malformed_manifests_are_errors_that_say_why() {
+    let reg = registry!();
+    let p = Pusher::new(&reg.host);
+    push_pair(&p, "demo", "v1", false).await;
+    for (fault, want) in [
+        (
+            Fault::TruncatedManifests,
+            "manifest is not valid JSON: EOF while parsing",
+        ),
+        (Fault::HtmlManifests, "manifest is not valid JSON"),
+        (Fault::Schema1Manifests, "Docker schema 1, which is not supported"),
+    ] {
+        let front = Front::start(&reg.host, fault.clone()).await;
+        let e = client(&[&front.host])
+            .assemble(&front.repo("demo"), "v1", &AMD64_ARM64, IndexMediaType::Oci)
+            .await
+            .expect_err("malformed");
+        assert_eq!(e.label(), "InvalidManifest", "{fault:?}: {e}");
+        assert!(e.to_string().contains(want), "{fault:?}: {e}");
+        assert!(e.to_string().contains(&front.repo("demo:v1-a")), "names the image: {e}");
+        assert!(!e.is_transient());
+    }
+}
+
+#[tokio::test]
 async fn digest_answers_are_checked() {
     let reg = registry!();
     let p = Pusher::new(&reg.host);

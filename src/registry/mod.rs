@@ -130,6 +130,12 @@ impl RegistryClient {
     ) -> Result<Option<PushedIndex>, RegistryError> {
         let repo = self.repo(repository, tag)?;
         let image = repo.image(tag);
+        if platforms.is_empty() {
+            return Err(RegistryError::InvalidRequest {
+                image,
+                reason: "no platforms given".into(),
+            });
+        }
         let fetched = match self.get_manifest(&repo, tag, &image).await {
             Ok(Some(f)) => f,
             Ok(None) | Err(RegistryError::RepositoryMissing { .. }) => return Ok(None),

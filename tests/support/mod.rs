@@ -466,6 +466,12 @@ pub enum Fault {
     HugeManifest(usize),
     /// Answer manifest GETs with a chunked body (no Content-Length) of this many bytes.
     HugeChunkedManifest(usize),
+    /// Cut manifest GET bodies in half (and drop their Docker-Content-Digest).
+    TruncatedManifests,
+    /// Answer manifest GETs with an HTML page, as a captive proxy would.
+    HtmlManifests,
+    /// Serve image manifests as if they were Docker schema 1.
+    Schema1Manifests,
 }
 
 struct FrontState {
@@ -722,6 +728,27 @@ async fn front(state: &FrontState, req: axum::extract::Request) -> axum::respons
         }
     }
     let bytes = upstream.bytes().await.expect("upstream body");
+    if is_manifest && method == axum::http::Method::GET && status == 200 {
+        match state.fault {
+            Fault::TruncatedManifests => {
+                headers.retain(|h| h.0 != "docker-content-digest");
+                return simple(status, &headers, bytes.slice(..bytes.len() / 2));
+            }
+            Fault::HtmlManifests => {
+                return simple(
+                    200,
+                    &[("content-type", "text/html".to_string())],
+                    "<html><body>Please log in to the proxy</body></html>",
+                );
+            }
+            Fault::Schema1Manifests => {
+                for h in headers.iter_mut().filter(|h| h.0 == "content-type") {
+                    h.1 = "application/vnd.docker.distribution.manifest.v1+prettyjws".into();
+                }
+            }
+            _ => {}
+        }
+    }
     simple(status, &headers, bytes)
 }
 
