@@ -17,6 +17,7 @@ test: deps ## The whole suite (installs and starts what it needs)
 	e2e/builder_validation_test.sh
 	e2e/builder_secret_test.sh
 	bash e2e/install_test.sh
+	fuzz/run.sh 30
 
 lint: ## rustfmt check + clippy with -D warnings
 	$(CARGO) fmt --check
@@ -38,6 +39,7 @@ run: ## Run the controller against the current kubeconfig context
 
 bench: deps ## Benchmarks; each figure prints as `bench <name> <value> <unit>`
 	$(CARGO) bench --locked --profile dev --bench describe_calls
+	$(CARGO) bench --locked --bench index_assembly
 
 e2e: ## Tests against the real cluster named by KUBECONFIG
 	@echo "make e2e: the controller is not built yet (issue 6)" >&2; exit 2
