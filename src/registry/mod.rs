@@ -299,7 +299,7 @@ impl RegistryClient {
         image: &str,
         descriptor: &Descriptor,
         platform: Platform,
-    ) -> Result<parse::ConfigPlatform, RegistryError> {
+    ) -> Result<parse::PlatformFields, RegistryError> {
         let manifest = self.get_child_manifest(repo, image, descriptor).await?;
         self.verify_config(repo, image, &manifest, platform).await
     }
@@ -358,7 +358,7 @@ impl RegistryClient {
         image: &str,
         manifest: &ImageManifest,
         platform: Platform,
-    ) -> Result<parse::ConfigPlatform, RegistryError> {
+    ) -> Result<parse::PlatformFields, RegistryError> {
         let config = &manifest.config;
         if config.media_type != OCI_CONFIG && config.media_type != DOCKER_CONFIG {
             return Err(RegistryError::InvalidManifest {
