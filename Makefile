@@ -39,6 +39,7 @@ run: ## Run the controller against the current kubeconfig context
 
 bench: deps ## Benchmarks; each figure prints as `bench <name> <value> <unit>`
 	$(CARGO) bench --locked --profile dev --bench describe_calls
+	$(CARGO) bench --locked --profile dev --bench engine_memory
 	$(CARGO) bench --locked --bench index_assembly
 
 e2e: ## Tests against the real cluster named by KUBECONFIG
