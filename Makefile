@@ -17,6 +17,7 @@ test: deps ## The whole suite (installs and starts what it needs)
 	e2e/builder_validation_test.sh
 	e2e/builder_secret_test.sh
 	bash e2e/install_test.sh
+	fuzz/run.sh 30
 
 lint: ## rustfmt check + clippy with -D warnings
 	$(CARGO) fmt --check
@@ -38,6 +39,8 @@ run: ## Run the controller against the current kubeconfig context and the AWS de
 
 bench: deps ## Benchmarks; each figure prints as `bench <name> <value> <unit>`
 	$(CARGO) bench --locked --profile dev --bench describe_calls
+	$(CARGO) bench --locked --profile dev --bench engine_memory
+	$(CARGO) bench --locked --bench index_assembly
 
 e2e: ## The controller against the real cluster named by KUBECONFIG and the local stack (skips when unset)
 	e2e/controller_e2e.sh

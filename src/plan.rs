@@ -70,6 +70,24 @@ pub struct JobSnapshot {
     pub stopped_at: Option<Timestamp>,
 }
 
+impl JobSnapshot {
+    /// A snapshot that knows only the job's id, name and state (every optional field empty).
+    pub fn new(job_id: impl Into<String>, job_name: impl Into<String>, state: JobState) -> Self {
+        JobSnapshot {
+            job_id: job_id.into(),
+            job_name: job_name.into(),
+            state,
+            status_reason: None,
+            attempts: 0,
+            exit_code: None,
+            container_reason: None,
+            log_stream_name: None,
+            started_at: None,
+            stopped_at: None,
+        }
+    }
+}
+
 /// What is known about one platform's job in this step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobObservation {

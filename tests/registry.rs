@@ -448,8 +448,12 @@ async fn huge_bodies_are_refused_not_buffered() {
         .assemble(&repo, "v1", &[Platform::LinuxAmd64], IndexMediaType::Oci)
         .await
         .expect_err("huge config");
-    assert_eq!(e.label(), "ManifestTooLarge");
-    assert!(e.to_string().contains("config blob"), "{e}");
+    assert_eq!(e.label(), "ResponseTooLarge");
+    assert!(
+        e.to_string()
+            .contains("config blob is larger than the 4194304 bytes accepted (5"),
+        "{e}"
+    );
 
     for fault in [
         Fault::HugeManifest(5 * 1024 * 1024),
@@ -460,7 +464,32 @@ async fn huge_bodies_are_refused_not_buffered() {
             .assemble(&front.repo("demo"), "v1", &[Platform::LinuxAmd64], IndexMediaType::Oci)
             .await
             .expect_err("huge manifest");
-        assert_eq!(e.label(), "ManifestTooLarge", "{e}");
+        assert_eq!(e.label(), "ResponseTooLarge", "{e}");
+        assert!(!e.is_transient());
+    }
+}
+
+#[tokio::test]
+async fn malformed_manifests_are_errors_that_say_why() {
+    let reg = registry!();
+    let p = Pusher::new(&reg.host);
+    push_pair(&p, "demo", "v1", false).await;
+    for (fault, want) in [
+        (
+            Fault::TruncatedManifests,
+            "manifest is not valid JSON: EOF while parsing",
+        ),
+        (Fault::HtmlManifests, "manifest is not valid JSON"),
+        (Fault::Schema1Manifests, "Docker schema 1, which is not supported"),
+    ] {
+        let front = Front::start(&reg.host, fault.clone()).await;
+        let e = client(&[&front.host])
+            .assemble(&front.repo("demo"), "v1", &AMD64_ARM64, IndexMediaType::Oci)
+            .await
+            .expect_err("malformed");
+        assert_eq!(e.label(), "InvalidManifest", "{fault:?}: {e}");
+        assert!(e.to_string().contains(want), "{fault:?}: {e}");
+        assert!(e.to_string().contains(&front.repo("demo:v1-a")), "names the image: {e}");
         assert!(!e.is_transient());
     }
 }

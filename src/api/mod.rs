@@ -76,6 +76,7 @@ pub struct MultiArchBuildSpec {
     /// platform. 1 to 8 entries, each platform at most once.
     #[schemars(length(min = 1, max = 8))]
     #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.platform == p.platform))").message("spec.platforms must list each platform at most once"))]
+    #[x_kube(validation = Rule::new("!(self.exists(p, p.platform == 'linux/arm64') && self.exists(p, p.platform == 'linux/arm64/v8'))").message("spec.platforms: linux/arm64 and linux/arm64/v8 are the same platform; list one of them"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.platforms is immutable; create a new MultiArchBuild to build again"))]
     pub platforms: Vec<PlatformTarget>,
 

@@ -1,7 +1,11 @@
 //! `validate()`: the CRD's rules again, in Rust, with messages that name the field, the bad value
 //! and what is allowed. The patterns here are the very ones the CRD schema carries.
 
-use std::{collections::HashSet, fmt, sync::LazyLock};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::LazyLock,
+};
 
 use regex::Regex;
 
@@ -223,16 +227,18 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
             format!("has {} entries; 1 to {MAX_PLATFORMS} are allowed", spec.platforms.len()),
         );
     }
-    let mut seen: HashSet<Platform> = HashSet::new();
+    // linux/arm64 is linux/arm64/v8 in an index: two entries would be ambiguous.
+    let mut seen: HashMap<(&str, Option<&str>), Platform> = HashMap::new();
     for (i, target) in spec.platforms.iter().enumerate() {
-        if !seen.insert(target.platform) {
-            errors.push(
-                &format!("spec.platforms[{i}].platform"),
-                format!(
-                    "{} is listed more than once; each platform may appear once",
-                    target.platform
-                ),
-            );
+        let platform = target.platform;
+        let key = (platform.architecture(), platform.descriptor_variant());
+        if let Some(earlier) = seen.insert(key, platform) {
+            let problem = if earlier == platform {
+                format!("{platform} is listed more than once; each platform may appear once")
+            } else {
+                format!("{platform} is the same platform as {earlier}, listed earlier; list one of them")
+            };
+            errors.push(&format!("spec.platforms[{i}].platform"), problem);
         }
         if !p.job_queue.is_match(&target.job_queue) {
             errors.bad_value(

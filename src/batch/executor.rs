@@ -445,18 +445,7 @@ mod tests {
         let detail = JobDetail::builder().job_id("j-1").status(JobStatus::Runnable).build();
         assert_eq!(
             snapshot_from_detail(&detail),
-            Some(JobSnapshot {
-                job_id: "j-1".into(),
-                job_name: String::new(),
-                state: JobState::Runnable,
-                status_reason: None,
-                attempts: 0,
-                exit_code: None,
-                container_reason: None,
-                log_stream_name: None,
-                started_at: None,
-                stopped_at: None,
-            })
+            Some(JobSnapshot::new("j-1", "", JobState::Runnable))
         );
         // Empty nested objects are as good as absent.
         let detail = JobDetail::builder()

@@ -455,18 +455,7 @@ mod tests {
     }
 
     fn snap(id: &str, state: JobState) -> JobSnapshot {
-        JobSnapshot {
-            job_id: id.into(),
-            job_name: format!("name-{id}"),
-            state,
-            status_reason: None,
-            attempts: 0,
-            exit_code: None,
-            container_reason: None,
-            log_stream_name: None,
-            started_at: None,
-            stopped_at: None,
-        }
+        JobSnapshot::new(id, format!("name-{id}"), state)
     }
 
     fn fast() -> PollerConfig {

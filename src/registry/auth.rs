@@ -162,12 +162,15 @@ pub fn is_ecr_host(host: &str) -> bool {
 pub struct EcrToken {
     /// `Basic <token>`: the token already is base64 of `AWS:<password>`.
     pub header: String,
-    /// When to fetch a new one: 30 minutes before it expires (or at once if it expires sooner).
+    /// When to fetch a new one: 30 minutes before it expires, and not within the next minute.
     pub refresh_at: SystemTime,
 }
 
 /// How long before expiry an ECR token is replaced.
 pub const ECR_REFRESH_MARGIN: Duration = Duration::from_secs(30 * 60);
+
+/// The shortest time an ECR token is used before it is fetched again.
+pub const ECR_MIN_CACHE: Duration = Duration::from_secs(60);
 
 /// Check and wrap a `GetAuthorizationToken` answer. The token must be base64 of `AWS:<password>`.
 /// Without `expiresAt` the documented 12 h validity is assumed.
@@ -181,7 +184,12 @@ pub fn ecr_token(token: &str, expires_at: Option<SystemTime>, now: SystemTime) -
         _ => return Err("the authorization token is not of the form user:password".into()),
     }
     let expires_at = expires_at.unwrap_or(now + Duration::from_secs(12 * 3600));
-    let refresh_at = expires_at.checked_sub(ECR_REFRESH_MARGIN).unwrap_or(now).max(now);
+    // Never sooner than a minute from now, even for a token that claims to expire sooner (clock
+    // skew, fakes): a 401 drops the token anyway, and GetAuthorizationToken is not called per request.
+    let refresh_at = expires_at
+        .checked_sub(ECR_REFRESH_MARGIN)
+        .unwrap_or(now)
+        .max(now + ECR_MIN_CACHE);
     Ok(EcrToken {
         header: format!("Basic {}", token.trim()),
         refresh_at,
@@ -270,7 +278,9 @@ mod tests {
         assert_eq!(t.header, format!("Basic {token}"));
         assert_eq!(t.refresh_at, now + Duration::from_secs(12 * 3600) - ECR_REFRESH_MARGIN);
         let soon = ecr_token(&token, Some(now + Duration::from_secs(60)), now).unwrap();
-        assert_eq!(soon.refresh_at, now);
+        assert_eq!(soon.refresh_at, now + ECR_MIN_CACHE);
+        let past = ecr_token(&token, Some(SystemTime::UNIX_EPOCH), now).unwrap();
+        assert_eq!(past.refresh_at, now + ECR_MIN_CACHE, "moto answers expiresAt 2015");
         let default = ecr_token(&token, None, now).unwrap();
         assert!(default.refresh_at > now + Duration::from_secs(11 * 3600));
         assert!(ecr_token("!!!", None, now).is_err());

@@ -552,7 +552,7 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 }
 
 enum ReadError {
-    TooLarge(String),
+    TooLarge(Option<u64>),
     Network(String),
 }
 
@@ -561,7 +561,7 @@ async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
     if let Some(len) = resp.content_length()
         && len > limit as u64
     {
-        return Err(ReadError::TooLarge(len.to_string()));
+        return Err(ReadError::TooLarge(Some(len)));
     }
     let mut body = Vec::with_capacity(resp.content_length().map_or(0, |l| l as usize).min(limit));
     while let Some(chunk) = resp
@@ -570,7 +570,7 @@ async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
         .map_err(|e| ReadError::Network(format!("reading the body: {}", describe_reqwest(&e))))?
     {
         if body.len() + chunk.len() > limit {
-            return Err(ReadError::TooLarge(format!("more than {}", limit)));
+            return Err(ReadError::TooLarge(None));
         }
         body.extend_from_slice(&chunk);
     }

@@ -75,11 +75,12 @@ pub enum RegistryError {
     InvalidManifest { image: String, reason: String },
 
     /// A body larger than we accept: refused, never buffered.
-    #[error("{image}: the {what} is {size} bytes, more than the {limit} bytes accepted")]
+    #[error("{image}: the {what} is larger than the {limit} bytes accepted{}", size.map(|s| format!(" ({s} bytes)")).unwrap_or_default())]
     BodyTooLarge {
         image: String,
         what: &'static str,
-        size: String,
+        /// The size, when the registry said it (descriptor or Content-Length).
+        size: Option<u64>,
         limit: usize,
     },
 
@@ -116,7 +117,7 @@ impl RegistryError {
             RegistryError::ImmutableTag { .. } => "ImmutableTagConflict",
             RegistryError::DigestMismatch { .. } => "DigestMismatch",
             RegistryError::InvalidManifest { .. } => "InvalidManifest",
-            RegistryError::BodyTooLarge { .. } => "ManifestTooLarge",
+            RegistryError::BodyTooLarge { .. } => "ResponseTooLarge",
             RegistryError::Unavailable { .. } => "RegistryUnavailable",
             RegistryError::Rejected { .. } => "RegistryRejected",
         }

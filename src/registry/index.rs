@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::api::{IndexMediaType, Platform};
 
-use super::parse::{ConfigPlatform, DOCKER_LIST, Descriptor, ImageIndex, IndexEntry, OCI_INDEX};
+use super::parse::{DOCKER_LIST, Descriptor, ImageIndex, IndexEntry, OCI_INDEX, PlatformFields};
 
 /// The `mediaType` / `Content-Type` of an index of this kind.
 pub fn index_media_type(media_type: IndexMediaType) -> &'static str {
@@ -24,7 +24,7 @@ pub struct PlatformImage {
     /// The image manifest: its media type, digest and size in bytes.
     pub descriptor: Descriptor,
     /// What its config says.
-    pub config: ConfigPlatform,
+    pub config: PlatformFields,
 }
 
 /// Whether an index entry's declared platform is `platform`. Entries without a platform never
@@ -137,7 +137,7 @@ mod tests {
                 digest: digest(c),
                 size: 123,
             },
-            config: ConfigPlatform {
+            config: PlatformFields {
                 os: "linux".into(),
                 architecture: platform.architecture().into(),
                 variant: variant.map(String::from),

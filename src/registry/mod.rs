@@ -130,6 +130,12 @@ impl RegistryClient {
     ) -> Result<Option<PushedIndex>, RegistryError> {
         let repo = self.repo(repository, tag)?;
         let image = repo.image(tag);
+        if platforms.is_empty() {
+            return Err(RegistryError::InvalidRequest {
+                image,
+                reason: "no platforms given".into(),
+            });
+        }
         let fetched = match self.get_manifest(&repo, tag, &image).await {
             Ok(Some(f)) => f,
             Ok(None) | Err(RegistryError::RepositoryMissing { .. }) => return Ok(None),
@@ -293,7 +299,7 @@ impl RegistryClient {
         image: &str,
         descriptor: &Descriptor,
         platform: Platform,
-    ) -> Result<parse::ConfigPlatform, RegistryError> {
+    ) -> Result<parse::PlatformFields, RegistryError> {
         let manifest = self.get_child_manifest(repo, image, descriptor).await?;
         self.verify_config(repo, image, &manifest, platform).await
     }
@@ -309,7 +315,7 @@ impl RegistryClient {
             return Err(RegistryError::BodyTooLarge {
                 image: image.to_string(),
                 what: "manifest",
-                size: descriptor.size.to_string(),
+                size: Some(descriptor.size),
                 limit: MAX_MANIFEST_BYTES,
             });
         }
@@ -352,7 +358,7 @@ impl RegistryClient {
         image: &str,
         manifest: &ImageManifest,
         platform: Platform,
-    ) -> Result<parse::ConfigPlatform, RegistryError> {
+    ) -> Result<parse::PlatformFields, RegistryError> {
         let config = &manifest.config;
         if config.media_type != OCI_CONFIG && config.media_type != DOCKER_CONFIG {
             return Err(RegistryError::InvalidManifest {
@@ -367,7 +373,7 @@ impl RegistryClient {
             return Err(RegistryError::BodyTooLarge {
                 image: image.to_string(),
                 what: "config blob",
-                size: config.size.to_string(),
+                size: Some(config.size),
                 limit: MAX_CONFIG_BYTES,
             });
         }
@@ -537,12 +543,13 @@ impl RegistryClient {
                 }
             };
         }
-        let immutable = resp.has_code("TAG_INVALID")
-            || resp
-                .errors()
-                .iter()
-                .any(|e| e.message.contains("immutable") || e.message.contains("already exists"));
-        if immutable && matches!(resp.status.as_u16(), 400 | 409) {
+        // ECR: 400 TAG_INVALID "… already exists … cannot be overwritten because the tag is
+        // immutable" (also when the content is the same); others: 409 TAG_IMMUTABLE, 412.
+        let immutable = resp.has_code("TAG_IMMUTABLE")
+            || resp.errors().iter().any(|e| {
+                e.message.contains("immutable") || (e.code == "TAG_INVALID" && e.message.contains("already exists"))
+            });
+        if immutable && matches!(resp.status.as_u16(), 400 | 409 | 412) {
             // An immutable tag may already hold exactly this index: that is success.
             return match self.get_manifest(repo, tag, image).await? {
                 Some(existing) if existing.digest == digest => {

@@ -62,15 +62,15 @@ pub struct Descriptor {
     pub size: u64,
 }
 
-/// The platform of an index entry, as written.
+/// `os`/`architecture`/`variant` as written in an index entry or an image config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryPlatform {
+pub struct PlatformFields {
     pub os: String,
     pub architecture: String,
     pub variant: Option<String>,
 }
 
-impl fmt::Display for EntryPlatform {
+impl fmt::Display for PlatformFields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;
         if let Some(v) = &self.variant {
@@ -84,7 +84,7 @@ impl fmt::Display for EntryPlatform {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
     pub descriptor: Descriptor,
-    pub platform: Option<EntryPlatform>,
+    pub platform: Option<PlatformFields>,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -136,24 +136,6 @@ impl Manifest {
             Manifest::Image(m) => m.media_type,
             Manifest::Index(i) => i.media_type,
         }
-    }
-}
-
-/// The platform fields of an image config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigPlatform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl fmt::Display for ConfigPlatform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
     }
 }
 
@@ -273,7 +255,7 @@ struct RawDescriptorParts {
     annotations: Option<serde_json::Value>,
 }
 
-fn parse_platform(value: Option<serde_json::Value>, what: &str) -> Result<Option<EntryPlatform>, ParseError> {
+fn parse_platform(value: Option<serde_json::Value>, what: &str) -> Result<Option<PlatformFields>, ParseError> {
     let obj = match value {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::Object(obj)) => obj,
@@ -290,7 +272,7 @@ fn parse_platform(value: Option<serde_json::Value>, what: &str) -> Result<Option
     let architecture = string_field(obj.remove("architecture"), &format!("{what}.platform.architecture"))?
         .ok_or_else(|| ParseError(format!("{what}.platform has no architecture")))?;
     let variant = string_field(obj.remove("variant"), &format!("{what}.platform.variant"))?.filter(|v| !v.is_empty());
-    Ok(Some(EntryPlatform {
+    Ok(Some(PlatformFields {
         os,
         architecture,
         variant,
@@ -453,7 +435,7 @@ struct RawConfig {
 }
 
 /// Parse the platform fields (`os`, `architecture`, `variant`) of an image config blob.
-pub fn parse_config(body: &[u8]) -> Result<ConfigPlatform, ParseError> {
+pub fn parse_config(body: &[u8]) -> Result<PlatformFields, ParseError> {
     let raw: RawConfig = serde_json::from_slice(body)
         .map_err(|e| ParseError(format!("image config is not a valid JSON object: {e}")))?;
     let os = string_field(raw.os, "image config os")?
@@ -463,7 +445,7 @@ pub fn parse_config(body: &[u8]) -> Result<ConfigPlatform, ParseError> {
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ParseError("image config has no architecture".into()))?;
     let variant = string_field(raw.variant, "image config variant")?.filter(|v| !v.is_empty());
-    Ok(ConfigPlatform {
+    Ok(PlatformFields {
         os,
         architecture,
         variant,

@@ -46,8 +46,8 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// A running `docker-registry serve` with filesystem storage in a temporary directory; killed on
-/// drop.
+/// A running `docker-registry serve` with filesystem storage in a temporary directory and the
+/// in-memory blob descriptor cache of Debian's default config; killed on drop.
 pub struct Registry {
     child: Child,
     /// `127.0.0.1:<port>`
@@ -58,6 +58,12 @@ pub struct Registry {
 impl Registry {
     /// Start a registry, or `None` (after a loud message) when `docker-registry` is not installed.
     pub fn start() -> Option<Registry> {
+        Self::start_in(&std::env::temp_dir())
+    }
+
+    /// Like [`start`](Self::start), with the storage (and config and log) in a new directory
+    /// under `parent` (e.g. `/dev/shm` for a registry whose disk is not the bottleneck).
+    pub fn start_in(parent: &Path) -> Option<Registry> {
         let Some(bin) = which("docker-registry") else {
             eprintln!(
                 "\n\n########################################################################\n\
@@ -68,22 +74,22 @@ impl Registry {
             return None;
         };
         for _ in 0..5 {
-            if let Some(r) = Self::try_start(&bin) {
+            if let Some(r) = Self::try_start(&bin, parent) {
                 return Some(r);
             }
         }
         panic!("docker-registry did not start after 5 tries");
     }
 
-    fn try_start(bin: &Path) -> Option<Registry> {
-        let dir = tempfile::tempdir().expect("tempdir");
+    fn try_start(bin: &Path, parent: &Path) -> Option<Registry> {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
                 dir.path().join("data").display()
             ),
         )
@@ -460,6 +466,12 @@ pub enum Fault {
     HugeManifest(usize),
     /// Answer manifest GETs with a chunked body (no Content-Length) of this many bytes.
     HugeChunkedManifest(usize),
+    /// Cut manifest GET bodies in half (and drop their Docker-Content-Digest).
+    TruncatedManifests,
+    /// Answer manifest GETs with an HTML page, as a captive proxy would.
+    HtmlManifests,
+    /// Serve image manifests as if they were Docker schema 1.
+    Schema1Manifests,
 }
 
 struct FrontState {
@@ -716,6 +728,27 @@ async fn front(state: &FrontState, req: axum::extract::Request) -> axum::respons
         }
     }
     let bytes = upstream.bytes().await.expect("upstream body");
+    if is_manifest && method == axum::http::Method::GET && status == 200 {
+        match state.fault {
+            Fault::TruncatedManifests => {
+                headers.retain(|h| h.0 != "docker-content-digest");
+                return simple(status, &headers, bytes.slice(..bytes.len() / 2));
+            }
+            Fault::HtmlManifests => {
+                return simple(
+                    200,
+                    &[("content-type", "text/html".to_string())],
+                    "<html><body>Please log in to the proxy</body></html>",
+                );
+            }
+            Fault::Schema1Manifests => {
+                for h in headers.iter_mut().filter(|h| h.0 == "content-type") {
+                    h.1 = "application/vnd.docker.distribution.manifest.v1+prettyjws".into();
+                }
+            }
+            _ => {}
+        }
+    }
     simple(status, &headers, bytes)
 }
 
