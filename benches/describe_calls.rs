@@ -13,6 +13,7 @@
 // Test tooling like tests/: a failed setup step should stop the bench loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
@@ -21,19 +22,10 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use moto::{JOB_DEFINITION, Moto, QUEUE, Recorder};
-use multiarch_operator::api::{MultiArchBuildSpec, Platform};
+use multiarch_operator::api::Platform;
 use multiarch_operator::batch::{BatchExecutor, BuildRef, JobPoller, PollerConfig, submit_request};
 
 const PLATFORMS: [Platform; 2] = [Platform::LinuxAmd64, Platform::LinuxArm64];
-
-fn spec() -> MultiArchBuildSpec {
-    serde_yaml::from_str(&format!(
-        "source: {{git: {{url: 'https://github.com/example/app.git', revision: main}}}}\n\
-         output: {{repository: 123456789012.dkr.ecr.us-east-1.amazonaws.com/app, tag: v1}}\n\
-         platforms: [{{platform: linux/amd64, jobQueue: {QUEUE}}}, {{platform: linux/arm64, jobQueue: {QUEUE}}}]\n"
-    ))
-    .expect("bench spec")
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -42,7 +34,7 @@ async fn main() -> ExitCode {
     let (batch, logs) = moto.clients(&recorder).await;
     moto.create_batch_environment(&batch).await;
     let executor = BatchExecutor::new(batch, logs);
-    let spec = spec();
+    let spec = common::spec(QUEUE);
 
     let full = std::env::args().any(|arg| arg == "--bench");
     let (sizes, prefix): (&[usize], &str) = if full {
@@ -55,15 +47,7 @@ async fn main() -> ExitCode {
     for &builds in sizes {
         let started = Instant::now();
         let poller = JobPoller::new(executor.clone(), PollerConfig::default());
-        let refs: Vec<BuildRef> = (next_build..next_build + builds)
-            .map(|n| {
-                BuildRef::new(
-                    "bench",
-                    format!("build-{n}"),
-                    format!("{n:08x}-0000-4000-8000-000000000000"),
-                )
-            })
-            .collect();
+        let refs = common::build_refs(next_build..next_build + builds);
         next_build += builds;
         let submitted: Vec<(BuildRef, String)> = futures::stream::iter(
             refs.iter()

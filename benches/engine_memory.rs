@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
@@ -20,23 +21,14 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::jiff::Timestamp;
 use moto::{JOB_DEFINITION, Moto, QUEUE, Recorder};
 use multiarch_operator::{
-    api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus},
-    batch::{BatchExecutor, BuildRef, JobPoller, PollerConfig},
-    engine::{Build, Engine},
+    api::{GitSources, MultiArchBuildStatus},
+    batch::{BatchExecutor, JobPoller, PollerConfig},
+    engine::{self, Build, Engine},
     plan::{self, Input, JobObservation, Observations},
     registry::{RegistryClient, RegistryOptions},
 };
 
 const TARGET_MIB: f64 = 64.0;
-
-fn spec() -> MultiArchBuildSpec {
-    serde_yaml::from_str(&format!(
-        "source: {{git: {{url: 'https://github.com/example/app.git', revision: main}}}}\n\
-         output: {{repository: 123456789012.dkr.ecr.us-east-1.amazonaws.com/app, tag: v1, reuseExisting: false}}\n\
-         platforms: [{{platform: linux/amd64, jobQueue: {QUEUE}}}, {{platform: linux/arm64, jobQueue: {QUEUE}}}]\n"
-    ))
-    .expect("bench spec")
-}
 
 /// Peak resident set of this process, in MiB.
 fn peak_rss_mib() -> f64 {
@@ -66,16 +58,8 @@ async fn main() -> ExitCode {
         default_job_definition: JOB_DEFINITION.into(),
     };
     let poller = JobPoller::new(executor, PollerConfig::default());
-    let spec = spec();
-    let refs: Vec<BuildRef> = (0..builds)
-        .map(|n| {
-            BuildRef::new(
-                "bench",
-                format!("build-{n}"),
-                format!("{n:08x}-0000-4000-8000-000000000000"),
-            )
-        })
-        .collect();
+    let spec = common::spec(QUEUE);
+    let refs = common::build_refs(0..builds);
 
     // Every build's first step: plan, then find-or-submit of both platforms.
     let statuses: Vec<MultiArchBuildStatus> = futures::stream::iter(refs.iter())
@@ -106,8 +90,8 @@ async fn main() -> ExitCode {
 
     // One poller sweep over all live jobs, then every build planned again from its snapshots.
     for (reference, status) in refs.iter().zip(&statuses) {
-        for job_id in status.platforms.iter().filter_map(|p| p.job_id.as_ref()) {
-            poller.watch(reference, job_id);
+        for job_id in engine::live_job_ids(status) {
+            poller.watch(reference, &job_id);
         }
     }
     let report = poller.sweep().await;
@@ -115,11 +99,7 @@ async fn main() -> ExitCode {
     let next: Vec<plan::Plan> = statuses
         .iter()
         .map(|status| {
-            let jobs = status
-                .platforms
-                .iter()
-                .filter_map(|p| Some((p.platform, JobObservation::Seen(poller.snapshot(p.job_id.as_ref()?)?))))
-                .collect();
+            let jobs = engine::job_observations(status, |id| poller.snapshot(id).map(JobObservation::Seen));
             let observed = Observations {
                 jobs,
                 ..Default::default()
