@@ -50,6 +50,7 @@ fn client(host: &str) -> RegistryClient {
     RegistryClient::new(RegistryOptions {
         auth: RegistryAuth::Anonymous,
         plain_http_hosts: vec![host.to_string()],
+        ..RegistryOptions::default()
     })
 }
 

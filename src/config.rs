@@ -1,12 +1,14 @@
 //! Wiring from command-line settings to clients: the AWS SDK configuration and the registry client.
 
+use std::sync::Arc;
+
 use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::{
     batch::{BatchExecutor, registry_auth},
     cli::RegistryArgs,
     engine::Engine,
-    registry::{RegistryAuth, RegistryClient, RegistryOptions},
+    registry::{RegistryAuth, RegistryClient, RegistryOptions, RequestObserver},
 };
 
 /// The AWS configuration from the usual chain (env, profile, IRSA web identity, instance role).
@@ -21,14 +23,16 @@ pub async fn aws() -> Result<SdkConfig, String> {
 
 /// The registry client for a repository: ECR's token for ECR hosts, else basic or anonymous.
 pub fn registry(args: &RegistryArgs, repository: &str, aws: &SdkConfig) -> RegistryClient {
-    registry_with(args, repository, || aws_sdk_ecr::Client::new(aws))
+    registry_with(args, repository, || aws_sdk_ecr::Client::new(aws), None)
 }
 
-/// [`registry`] with the ECR client to use for an ECR host (the controller's counts its calls).
+/// [`registry`] with the ECR client to use for an ECR host and an observer of every request (the
+/// controller counts both in its metrics).
 pub fn registry_with(
     args: &RegistryArgs,
     repository: &str,
     ecr: impl FnOnce() -> aws_sdk_ecr::Client,
+    observer: Option<Arc<dyn RequestObserver>>,
 ) -> RegistryClient {
     let auth = if registry_auth(repository) == "ecr" {
         RegistryAuth::Ecr(ecr())
@@ -44,6 +48,7 @@ pub fn registry_with(
     RegistryClient::new(RegistryOptions {
         auth,
         plain_http_hosts: args.registry_plain_http.clone(),
+        observer,
     })
 }
 

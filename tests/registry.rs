@@ -10,12 +10,15 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use multiarch_operator::api::{IndexMediaType, Platform};
 use multiarch_operator::registry::{
-    PushedIndex, RegistryAuth, RegistryClient, RegistryError, RegistryOptions, RetryPolicy, sha256_digest,
+    PushedIndex, RegistryAuth, RegistryClient, RegistryError, RegistryObject, RegistryOptions, RequestObserver,
+    RetryPolicy, sha256_digest,
 };
+use reqwest::{Method, StatusCode};
 use support::{Fault, Front, ImageSpec, Pusher, Registry, sha256, skopeo_raw};
 
 macro_rules! registry {
@@ -42,6 +45,7 @@ fn client_with(auth: RegistryAuth, hosts: &[&str]) -> RegistryClient {
         RegistryOptions {
             auth,
             plain_http_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..RegistryOptions::default()
         },
         fast_retries(),
     )
@@ -49,6 +53,29 @@ fn client_with(auth: RegistryAuth, hosts: &[&str]) -> RegistryClient {
 
 fn client(hosts: &[&str]) -> RegistryClient {
     client_with(RegistryAuth::Anonymous, hosts)
+}
+
+/// Every attempt the client reports, as `METHOD manifests|blobs -> STATUS|none`.
+#[derive(Debug, Default)]
+struct Attempts(Mutex<Vec<String>>);
+
+impl RequestObserver for Attempts {
+    fn attempted(&self, method: &Method, object: RegistryObject, status: Option<StatusCode>) {
+        let status = status.map_or_else(|| "none".to_string(), |s| s.as_u16().to_string());
+        let line = format!("{method} {} -> {status}", object.path_segment());
+        self.0.lock().expect("attempts").push(line);
+    }
+}
+
+fn observed_client(hosts: &[&str], attempts: &Arc<Attempts>) -> RegistryClient {
+    RegistryClient::with_retry_policy(
+        RegistryOptions {
+            plain_http_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            observer: Some(Arc::clone(attempts) as Arc<dyn RequestObserver>),
+            ..RegistryOptions::default()
+        },
+        fast_retries(),
+    )
 }
 
 /// Push `<tag>-amd64` and `<tag>-arm64`.
@@ -399,7 +426,8 @@ async fn registry_5xx_is_retried_then_reported_as_transient() {
     push_pair(&p, "demo", "v1", false).await;
 
     let flaky = Front::start(&reg.host, Fault::Unavailable { first: 2 }).await;
-    let pushed = client(&[&flaky.host])
+    let attempts = Arc::new(Attempts::default());
+    let pushed = observed_client(&[&flaky.host], &attempts)
         .assemble(&flaky.repo("demo"), "v1", &AMD64_ARM64, IndexMediaType::Oci)
         .await
         .expect("two 503s are retried");
@@ -408,6 +436,18 @@ async fn registry_5xx_is_retried_then_reported_as_transient() {
         "{:?}",
         flaky.log()
     );
+    // The observer hears of every attempt the registry saw, retries included, in order.
+    let served: Vec<String> = flaky
+        .log()
+        .iter()
+        .map(|l| {
+            let (method, rest) = l.split_once(' ').expect("METHOD PATH -> STATUS");
+            let (path, status) = rest.split_once(" -> ").expect("PATH -> STATUS");
+            let object = path.split('/').nth(3).expect("/v2/<name>/<object>/<reference>");
+            format!("{method} {object} -> {status}")
+        })
+        .collect();
+    assert_eq!(*attempts.0.lock().expect("attempts"), served);
     assert_skopeo_digest(&format!("{}:v1", reg.repo("demo")), &pushed.digest);
 
     let down = Front::start(&reg.host, Fault::Unavailable { first: usize::MAX }).await;
@@ -426,13 +466,16 @@ async fn registry_5xx_is_retried_then_reported_as_transient() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").to_string()
     };
-    let e = client(&[&closed])
+    let attempts = Arc::new(Attempts::default());
+    let e = observed_client(&[&closed], &attempts)
         .assemble(&format!("{closed}/demo"), "v1", &AMD64_ARM64, IndexMediaType::Oci)
         .await
         .expect_err("connection refused");
     assert_eq!(e.label(), "RegistryUnavailable");
     assert!(e.is_transient());
     assert!(e.to_string().contains("cannot connect"), "{e}");
+    // Both per-platform manifests are read at once, each tried 4 times.
+    assert_eq!(*attempts.0.lock().expect("attempts"), vec!["GET manifests -> none"; 8]);
 }
 
 #[tokio::test]

@@ -6,7 +6,8 @@
 //! | `multiarch_reconcile_errors_total` | counter | `error` (the error label, e.g. `AwsThrottled`) | failed reconciles by cause |
 //! | `multiarch_reconcile_duration_seconds` | histogram | | time per reconcile |
 //! | `multiarch_builds` | gauge | `phase` | builds this replica knows, by phase |
-//! | `multiarch_aws_calls_total` | counter | `operation`, `outcome` (`success`, `throttled`, `error`) | AWS API calls, SDK retries included |
+//! | `multiarch_aws_calls_total` | counter | `service` (`Batch`, `CloudWatch Logs`, `ECR`), `operation`, `outcome` (`success`, `throttled`, `error`) | AWS API calls, SDK retries included |
+//! | `multiarch_registry_requests_total` | counter | `method`, `object` (`manifest`, `blob`), `status` (HTTP status, `none` without an answer) | registry API requests, retries included |
 //! | `multiarch_poller_lag_seconds` | gauge | | time since the job poller's last sweep ended |
 //! | `multiarch_poller_live_jobs` | gauge | | Batch jobs the poller describes each sweep |
 //! | `multiarch_leader` | gauge | | 1 while this replica holds the leader Lease |
@@ -28,7 +29,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{api::Phase, batch::JobPoller};
+use reqwest::{Method, StatusCode};
+
+use crate::{
+    api::Phase,
+    batch::JobPoller,
+    registry::{RegistryObject, RequestObserver},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -47,8 +54,16 @@ struct PhaseLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AwsCallLabels {
+    service: String,
     operation: String,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryRequestLabels {
+    method: String,
+    object: &'static str,
+    status: String,
 }
 
 /// Every metric, and the registry that encodes them.
@@ -59,6 +74,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     builds: Family<PhaseLabels, Gauge>,
     aws_calls: Family<AwsCallLabels, Counter>,
+    registry_requests: Family<RegistryRequestLabels, Counter>,
     poller_lag: Gauge<f64, AtomicU64>,
     poller_live_jobs: Gauge,
     leader: Gauge,
@@ -109,8 +125,14 @@ impl Metrics {
         let aws_calls = Family::<AwsCallLabels, Counter>::default();
         registry.register(
             "aws_calls",
-            "AWS API calls (each attempt), by operation and outcome",
+            "AWS API calls (each attempt), by service, operation and outcome",
             aws_calls.clone(),
+        );
+        let registry_requests = Family::<RegistryRequestLabels, Counter>::default();
+        registry.register(
+            "registry_requests",
+            "Registry API requests (each attempt), by method, object and HTTP status",
+            registry_requests.clone(),
         );
         let poller_lag = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -144,6 +166,7 @@ impl Metrics {
             reconcile_duration,
             builds,
             aws_calls,
+            registry_requests,
             poller_lag,
             poller_live_jobs,
             leader,
@@ -220,13 +243,21 @@ impl Metrics {
         }
     }
 
-    fn aws_call(&self, operation: &str, outcome: &'static str) {
+    fn aws_call(&self, service: &str, operation: &str, outcome: &'static str) {
         self.aws_calls
             .get_or_create(&AwsCallLabels {
+                service: service.into(),
                 operation: operation.into(),
                 outcome,
             })
             .inc();
+    }
+
+    /// A registry observer counting every request into `multiarch_registry_requests_total`.
+    pub fn registry_observer(self: &Arc<Self>) -> Arc<dyn RequestObserver> {
+        Arc::new(RegistryRequestCounter {
+            metrics: Arc::clone(self),
+        })
     }
 }
 
@@ -266,7 +297,9 @@ impl Intercept for AwsCallCounter {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let operation = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
+        let (service, operation) = cfg
+            .load::<Metadata>()
+            .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
         let outcome = match context.response() {
             Some(response) => {
                 let status = response.status().as_u16();
@@ -281,8 +314,32 @@ impl Intercept for AwsCallCounter {
             }
             None => "error",
         };
-        self.metrics.aws_call(operation, outcome);
+        self.metrics.aws_call(service, operation, outcome);
         Ok(())
+    }
+}
+
+/// Counts each attempt of each registry request by method, object and status.
+struct RegistryRequestCounter {
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for RegistryRequestCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryRequestCounter")
+    }
+}
+
+impl RequestObserver for RegistryRequestCounter {
+    fn attempted(&self, method: &Method, object: RegistryObject, status: Option<StatusCode>) {
+        self.metrics
+            .registry_requests
+            .get_or_create(&RegistryRequestLabels {
+                method: method.as_str().into(),
+                object: object.as_str(),
+                status: status.map_or_else(|| "none".into(), |s| s.as_u16().to_string()),
+            })
+            .inc();
     }
 }
 
@@ -308,7 +365,7 @@ mod tests {
 
     #[test]
     fn every_metric_is_exposed_with_its_name() {
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         {
             let _timer = metrics.reconcile_timer();
         }
@@ -317,7 +374,10 @@ mod tests {
         metrics.set_phase("u1", Some(Phase::Building));
         metrics.set_phase("u2", Some(Phase::Building));
         metrics.set_phase("u1", Some(Phase::Succeeded));
-        metrics.aws_call("DescribeJobs", "throttled");
+        metrics.aws_call("Batch", "DescribeJobs", "throttled");
+        let observer = metrics.registry_observer();
+        observer.attempted(&Method::PUT, RegistryObject::Manifest, Some(StatusCode::CREATED));
+        observer.attempted(&Method::GET, RegistryObject::Blob, None);
         let text = metrics.encode().unwrap();
         for line in [
             "multiarch_reconciles_total{result=\"success\"} 1",
@@ -327,7 +387,9 @@ mod tests {
             "multiarch_builds{phase=\"Building\"} 1",
             "multiarch_builds{phase=\"Succeeded\"} 1",
             "multiarch_builds{phase=\"Failed\"} 0",
-            "multiarch_aws_calls_total{operation=\"DescribeJobs\",outcome=\"throttled\"} 1",
+            "multiarch_aws_calls_total{service=\"Batch\",operation=\"DescribeJobs\",outcome=\"throttled\"} 1",
+            "multiarch_registry_requests_total{method=\"PUT\",object=\"manifest\",status=\"201\"} 1",
+            "multiarch_registry_requests_total{method=\"GET\",object=\"blob\",status=\"none\"} 1",
             "multiarch_poller_lag_seconds 0",
             "multiarch_leader 0",
         ] {

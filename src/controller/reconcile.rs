@@ -157,7 +157,14 @@ impl Context {
         let host = repository.split('/').next().unwrap_or_default().to_owned();
         lock(&self.registries)
             .entry(host)
-            .or_insert_with(|| config::registry_with(&self.config.registry, repository, || self.ecr.clone()))
+            .or_insert_with(|| {
+                config::registry_with(
+                    &self.config.registry,
+                    repository,
+                    || self.ecr.clone(),
+                    Some(self.metrics.registry_observer()),
+                )
+            })
             .clone()
     }
 

@@ -6,17 +6,19 @@
 //! repository names.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use tracing::{debug, warn};
 
+use super::RegistryOptions;
 use super::auth::{
     Challenge, EcrToken, RegistryAuth, basic_header, ecr_token, is_ecr_host, parse_challenge, parse_token_response,
 };
 use super::error::RegistryError;
+use super::observe::{RegistryObject, RequestObserver};
 use super::parse::{RegistryErrorBody, parse_error_body};
 use super::retry::RetryPolicy;
 
@@ -84,8 +86,10 @@ impl Repo {
 pub(crate) struct Request<'a> {
     pub method: Method,
     pub repo: &'a Repo,
-    /// After `/v2/<name>/`: `manifests/<ref>` or `blobs/<digest>`.
-    pub path: String,
+    /// `/v2/<name>/manifests/<reference>` or `/v2/<name>/blobs/<reference>`.
+    pub object: RegistryObject,
+    /// A tag or a digest.
+    pub reference: &'a str,
     /// What to call it in messages: an image reference.
     pub image: &'a str,
     /// `reading`, `pushing`, … for messages.
@@ -170,13 +174,14 @@ pub(crate) struct Transport {
     pub auth: RegistryAuth,
     pub plain_http_hosts: Vec<String>,
     pub retry: RetryPolicy,
+    observer: Option<Arc<dyn RequestObserver>>,
     state: Mutex<AuthState>,
     /// ECR tokens by region; the async mutex makes concurrent requests share one refresh.
     ecr: tokio::sync::Mutex<HashMap<String, EcrToken>>,
 }
 
 impl Transport {
-    pub fn new(auth: RegistryAuth, plain_http_hosts: Vec<String>, retry: RetryPolicy) -> Transport {
+    pub fn new(options: RegistryOptions, retry: RetryPolicy) -> Transport {
         let http = reqwest::Client::builder()
             .user_agent(concat!("multiarch-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
@@ -188,9 +193,10 @@ impl Transport {
             });
         Transport {
             http,
-            auth,
-            plain_http_hosts,
+            auth: options.auth,
+            plain_http_hosts: options.plain_http_hosts,
             retry,
+            observer: options.observer,
             state: Mutex::new(AuthState::default()),
             ecr: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -205,7 +211,7 @@ impl Transport {
     /// once), retry 5xx/429/network failures with backoff, and read the body within bounds.
     /// Any status comes back as a [`Response`] except those retried to exhaustion.
     pub async fn send(&self, req: &Request<'_>) -> Result<Response, RegistryError> {
-        let url = format!("{}/{}", req.repo.base, req.path);
+        let url = format!("{}/{}/{}", req.repo.base, req.object.path_segment(), req.reference);
         let mut attempt: u32 = 0;
         let mut answered_challenge = false;
         loop {
@@ -258,7 +264,15 @@ impl Transport {
         if let Some(body) = &req.body {
             builder = builder.body(body.clone());
         }
-        let resp = builder.send().await.map_err(|e| {
+        let sent = builder.send().await;
+        if let Some(observer) = &self.observer {
+            observer.attempted(
+                &req.method,
+                req.object,
+                sent.as_ref().ok().map(reqwest::Response::status),
+            );
+        }
+        let resp = sent.map_err(|e| {
             if e.is_builder() {
                 Fail::Fatal(RegistryError::InvalidReference {
                     repository: req.repo.display.clone(),
@@ -509,7 +523,7 @@ impl Transport {
                     "ECR credentials are only sent to ECR hosts and this is not one"
                 }
                 (RegistryAuth::Ecr(_), _) => {
-                    "check the operator role's ECR permissions (ecr:BatchGetImage, ecr:GetDownloadUrlForLayer, ecr:PutImage, ecr:BatchCheckLayerAvailability) and the repository policy"
+                    "check the operator role's ECR permissions (ecr:BatchGetImage, ecr:GetDownloadUrlForLayer, ecr:PutImage) and the repository policy"
                 }
             },
         }

@@ -18,6 +18,7 @@ mod auth;
 mod client;
 mod error;
 mod index;
+mod observe;
 pub mod parse;
 mod retry;
 
@@ -33,6 +34,7 @@ use crate::api::{IndexMediaType, Platform};
 pub use auth::RegistryAuth;
 pub use error::RegistryError;
 pub use index::{PlatformImage, build_index, index_media_type, pick_platform_entry};
+pub use observe::{RegistryObject, RequestObserver};
 pub use retry::RetryPolicy;
 
 use client::{Repo, Request, Response, Transport};
@@ -54,6 +56,8 @@ pub struct RegistryOptions {
     /// Registries (`host:port` as written in the repository, e.g. `127.0.0.1:5000`) to talk plain
     /// HTTP to instead of HTTPS.
     pub plain_http_hosts: Vec<String>,
+    /// Told about every request (the controller's metrics).
+    pub observer: Option<Arc<dyn RequestObserver>>,
 }
 
 /// An index in the registry: its digest and, per platform, the image manifest it points to.
@@ -110,7 +114,7 @@ impl RegistryClient {
     /// A client with its own retry policy (tests use short ones).
     pub fn with_retry_policy(options: RegistryOptions, retry: RetryPolicy) -> Self {
         RegistryClient {
-            transport: Arc::new(Transport::new(options.auth, options.plain_http_hosts, retry)),
+            transport: Arc::new(Transport::new(options, retry)),
         }
     }
 
@@ -382,7 +386,8 @@ impl RegistryClient {
             .send(&Request {
                 method: Method::GET,
                 repo,
-                path: format!("blobs/{}", config.digest),
+                object: RegistryObject::Blob,
+                reference: &config.digest,
                 image,
                 operation: "reading the config of",
                 push: false,
@@ -439,7 +444,8 @@ impl RegistryClient {
             .send(&Request {
                 method: Method::GET,
                 repo,
-                path: format!("manifests/{reference}"),
+                object: RegistryObject::Manifest,
+                reference,
                 image,
                 operation: "reading",
                 push: false,
@@ -501,7 +507,8 @@ impl RegistryClient {
             .send(&Request {
                 method: Method::PUT,
                 repo,
-                path: format!("manifests/{tag}"),
+                object: RegistryObject::Manifest,
+                reference: tag,
                 image,
                 operation: "pushing",
                 push: true,
