@@ -308,36 +308,6 @@ async fn terminate_sends_the_reason() {
     );
 }
 
-async fn put_lines(logs: &aws_sdk_cloudwatchlogs::Client, stream: &str, lines: &[String]) {
-    let _ = logs.create_log_group().log_group_name("/aws/batch/job").send().await;
-    logs.create_log_stream()
-        .log_group_name("/aws/batch/job")
-        .log_stream_name(stream)
-        .send()
-        .await
-        .unwrap();
-    // CloudWatch Logs (and moto) refuse events older than 14 days: use the current time.
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        - 60_000;
-    let events = lines.iter().enumerate().map(|(i, line)| {
-        aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
-            .timestamp(start + i as i64)
-            .message(line)
-            .build()
-            .unwrap()
-    });
-    logs.put_log_events()
-        .log_group_name("/aws/batch/job")
-        .log_stream_name(stream)
-        .set_log_events(Some(events.collect()))
-        .send()
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn log_tail_reads_the_last_lines() {
     let env = env().await;
@@ -350,7 +320,7 @@ async fn log_tail_reads_the_last_lines() {
             .is_empty()
     );
     let lines: Vec<String> = (1..=30).map(|i| format!("step {i}\n")).collect();
-    put_lines(&env.logs, "mab-builder/default/abc", &lines).await;
+    moto::put_log_lines(&env.logs, "mab-builder/default/abc", &lines).await;
     assert!(
         env.executor
             .log_tail("mab-builder/default/none", 20)
@@ -463,7 +433,7 @@ async fn failed_job_gets_its_log_tail_into_the_message() {
         .map(|i| format!("[mab] step {i}"))
         .chain(["build.sh: docker build failed (exit 1)".to_owned()])
         .collect();
-    put_lines(&env.logs, &stream, &lines).await;
+    moto::put_log_lines(&env.logs, &stream, &lines).await;
     let tail = env.executor.log_tail(&stream, 20).await.unwrap();
     assert_eq!(tail.len(), 20, "{tail:?}");
     assert_eq!(

@@ -2,10 +2,14 @@
 //! a real moto server (non-Docker Batch: jobs succeed as soon as they are submitted) and a real
 //! `docker-registry`.
 //!
-//! One process runs every scenario (concurrently), then checks the Kubernetes permissions all of
-//! them needed against config/rbac/expected-rules.yaml: nothing outside it, and every rule used.
-//! That last check needs all the scenarios, hence `harness = false`: `cargo test --test controller
-//! NAME` runs the scenarios whose name contains NAME and skips the RBAC check.
+//! One process runs every scenario (concurrently), then checks what all of them needed against
+//! what the install grants, both ways (nothing outside it, all of it used):
+//! - the Kubernetes permissions, against config/rbac/expected-rules.yaml;
+//! - the IAM actions behind the AWS calls and registry requests the controller's metrics counted,
+//!   against config/aws/controller-actions.txt.
+//!
+//! Those checks need all the scenarios, hence `harness = false`: `cargo test --test controller
+//! NAME` runs the scenarios whose name contains NAME and skips the checks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "common/fake_kube.rs"]
@@ -15,7 +19,7 @@ mod moto;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -27,8 +31,8 @@ use aws_sdk_batch::config::Credentials;
 use fake_kube::{FakeKube, Key, Permission};
 use kube::core::DeserializeGuard;
 use moto::{JOB_DEFINITION, Moto, QUEUE};
-use multiarch_operator::api::MultiArchBuild;
-use multiarch_operator::batch::{BatchExecutor, BuildRef, JobPoller, PollerConfig, submit_request};
+use multiarch_operator::api::{MultiArchBuild, Platform};
+use multiarch_operator::batch::{BatchExecutor, BuildRef, submit_request};
 use multiarch_operator::cli::RegistryArgs;
 use multiarch_operator::controller::{
     Context, FINALIZER, LeaseSettings, ReconcileConfig, Settings, Shutdown, http::Health, metrics::Metrics, reconcile,
@@ -37,16 +41,26 @@ use multiarch_operator::controller::{
 use serde_json::{Value, json};
 use support::{ImageSpec, Pusher, Registry, sha256};
 
-/// What every scenario shares: one moto, one registry, and the fakes (for the RBAC check).
+/// What every scenario shares: one moto, one registry, and the fakes and metrics (for the RBAC
+/// and IAM checks).
 struct Env {
-    moto: Moto,
+    /// Runs while the scenarios do.
+    _moto: Moto,
     aws: SdkConfig,
     registry: Registry,
     pusher: Pusher,
     fakes: Mutex<Vec<FakeKube>>,
+    metrics: Mutex<Vec<Arc<Metrics>>>,
 }
 
 impl Env {
+    /// New metrics for one context or replica, kept for the IAM check.
+    fn metrics(&self) -> Arc<Metrics> {
+        let metrics = Arc::new(Metrics::new());
+        self.metrics.lock().unwrap().push(Arc::clone(&metrics));
+        metrics
+    }
+
     fn fake(&self) -> FakeKube {
         self.fake_from(FakeKube::new())
     }
@@ -68,14 +82,15 @@ impl Env {
         }
     }
 
-    /// A context on `fake` and moto; its poller sweeps only when the test says so.
-    fn context(&self, fake: &FakeKube, config: ReconcileConfig) -> Arc<Context> {
+    /// A context on `fake` and moto counting into `metrics`; its poller sweeps only when the
+    /// test says so.
+    fn context(&self, fake: &FakeKube, metrics: Arc<Metrics>) -> Arc<Context> {
         Arc::new(Context::from_aws(
             fake.client(),
             &self.aws,
             Duration::from_secs(3600),
-            Arc::new(Metrics::new()),
-            config,
+            metrics,
+            self.config(),
             "test-replica",
         ))
     }
@@ -180,7 +195,7 @@ fn reasons(fake: &FakeKube, kind: &str, name: &str) -> Vec<String> {
 /// The status is written by server-side apply only when it changes, and carries the generation.
 async fn status_is_written_once_per_change_with_observed_generation(env: Arc<Env>) {
     let fake = env.fake();
-    let ctx = env.context(&fake, env.config());
+    let ctx = env.context(&fake, env.metrics());
     env.push_platforms("once", "v1").await;
     let key = create_build(&fake, good_build("sims", "once", &env.registry.repo("once")));
 
@@ -254,19 +269,9 @@ async fn status_is_written_once_per_change_with_observed_generation(env: Arc<Env
 /// (also a job submitted but never recorded); a build that never submitted anything goes at once.
 async fn the_finalizer_terminates_live_jobs_then_lets_the_build_go(env: Arc<Env>) {
     let fake = env.fake();
-    let recorder = moto::Recorder::default();
-    let (batch, logs) = env.moto.clients(&recorder).await;
-    let executor = BatchExecutor::new(batch, logs);
-    let poller = JobPoller::new(executor.clone(), PollerConfig::with_interval(Duration::from_secs(3600)));
-    let ctx = Arc::new(Context::new(
-        fake.client(),
-        executor.clone(),
-        aws_sdk_ecr::Client::new(&env.aws),
-        poller,
-        Arc::new(Metrics::new()),
-        env.config(),
-        "test-replica",
-    ));
+    let metrics = env.metrics();
+    let ctx = env.context(&fake, Arc::clone(&metrics));
+    let calls = |operation| aws_calls(&metrics, operation);
 
     let key = create_build(&fake, good_build("sims", "doomed", "registry.invalid/doomed"));
     reconcile_now(&fake, &ctx, &key).await;
@@ -280,13 +285,13 @@ async fn the_finalizer_terminates_live_jobs_then_lets_the_build_go(env: Arc<Env>
             .all(|p| p["state"] == "SUBMITTED"),
         "{s}"
     );
-    assert_eq!(recorder.count("terminatejob"), 0);
+    assert_eq!(calls("TerminateJob"), 0);
 
     fake.delete(&key);
     assert!(fake.get(&key).is_some(), "the finalizer holds the deletion");
     reconcile_now(&fake, &ctx, &key).await;
     assert!(fake.get(&key).is_none(), "the finalizer was removed");
-    assert_eq!(recorder.count("terminatejob"), 2);
+    assert_eq!(calls("TerminateJob"), 2);
     assert!(reasons(&fake, "MultiArchBuild", "doomed").contains(&"JobsTerminated".to_string()));
 
     // Crashed between SubmitJob and the status write: the job is found by its name.
@@ -294,35 +299,34 @@ async fn the_finalizer_terminates_live_jobs_then_lets_the_build_go(env: Arc<Env>
     reconcile_now(&fake, &ctx, &key).await;
     let object: MultiArchBuild = serde_json::from_value(fake.get(&key).unwrap()).unwrap();
     let reference = BuildRef::of(&object).unwrap();
-    let request = submit_request(
-        &reference,
-        &object.spec,
-        multiarch_operator::api::Platform::LinuxArm64,
-        JOB_DEFINITION,
-    )
-    .unwrap();
-    executor.find_or_submit(&request).await.unwrap();
+    let request = submit_request(&reference, &object.spec, Platform::LinuxArm64, JOB_DEFINITION).unwrap();
+    // Submitted by the process that crashed: not this context's clients.
+    let crashed = BatchExecutor::new(
+        aws_sdk_batch::Client::new(&env.aws),
+        aws_sdk_cloudwatchlogs::Client::new(&env.aws),
+    );
+    crashed.find_or_submit(&request).await.unwrap();
     fake.edit(&key, |o| {
         o["status"] = json!({"phase": "Building", "startTime": "2025-01-01T00:00:00Z",
                              "platforms": [{"platform": "linux/arm64"}, {"platform": "linux/amd64"}]});
     });
-    let lookups = recorder.count("listjobs");
+    let lookups = calls("ListJobs");
     fake.delete(&key);
     reconcile_now(&fake, &ctx, &key).await;
     assert!(fake.get(&key).is_none());
     // One lookup per unrecorded platform; moto's job already finished, so nothing to terminate.
-    assert_eq!(recorder.count("listjobs") - lookups, 2);
-    assert_eq!(recorder.count("terminatejob"), 2);
+    assert_eq!(calls("ListJobs") - lookups, 2);
+    assert_eq!(calls("TerminateJob"), 2);
 
     // Never submitted anything: no AWS call at all.
-    let calls = (recorder.count("listjobs"), recorder.count("terminatejob"));
+    let before = (calls("ListJobs"), calls("TerminateJob"));
     let key = create_build(&fake, good_build("sims", "idle", "registry.invalid/idle"));
     reconcile_now(&fake, &ctx, &key).await;
     assert_eq!(fake.get(&key).unwrap()["metadata"]["finalizers"], json!([FINALIZER]));
     fake.delete(&key);
     reconcile_now(&fake, &ctx, &key).await;
     assert!(fake.get(&key).is_none());
-    assert_eq!((recorder.count("listjobs"), recorder.count("terminatejob")), calls);
+    assert_eq!((calls("ListJobs"), calls("TerminateJob")), before);
 }
 
 /// With AWS unreachable, deletion is retried, then the finalizer is released after the grace
@@ -349,7 +353,7 @@ async fn an_unreachable_aws_never_blocks_deletion_past_the_grace_period(env: Arc
         fake.client(),
         &aws,
         Duration::from_secs(3600),
-        Arc::new(Metrics::new()),
+        env.metrics(),
         config,
         "test-replica",
     ));
@@ -396,7 +400,7 @@ async fn an_unreachable_aws_never_blocks_deletion_past_the_grace_period(env: Arc
 /// writes the image ConfigMap; nothing before success; failure warns each waiting Job once.
 async fn gating_releases_exactly_the_waiting_jobs_and_only_after_success(env: Arc<Env>) {
     let fake = env.fake();
-    let ctx = env.context(&fake, env.config());
+    let ctx = env.context(&fake, env.metrics());
     env.push_platforms("gated", "v1").await;
     let jobs = [
         ("sims", "head", Some("gated"), true),
@@ -508,6 +512,33 @@ fn metric(metrics: &Metrics, line_prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The samples of one labelled counter family: each sample's labels and value.
+fn samples(metrics: &Metrics, family: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let text = metrics.encode().unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let (labels, value) = line.strip_prefix(family)?.strip_prefix('{')?.split_once("} ")?;
+            let labels = labels
+                .split("\",")
+                .map(|pair| {
+                    let (name, value) = pair.split_once("=\"").unwrap();
+                    (name.to_string(), value.trim_end_matches('"').to_string())
+                })
+                .collect();
+            Some((labels, value.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// Calls of one AWS operation the metrics counted, whatever their outcome.
+fn aws_calls(metrics: &Metrics, operation: &str) -> u64 {
+    samples(metrics, "multiarch_aws_calls_total")
+        .iter()
+        .filter(|(labels, _)| labels["operation"] == operation)
+        .map(|(_, value)| *value as u64)
+        .sum()
+}
+
 struct Replica {
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -515,7 +546,7 @@ struct Replica {
 }
 
 fn start_replica(env: &Arc<Env>, fake: &FakeKube, identity: &str) -> (Replica, Arc<Health>) {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = env.metrics();
     let health = Arc::new(Health::default());
     let shutdown = Shutdown::new();
     let (client, aws, settings) = (fake.client(), env.aws.clone(), env.settings(identity));
@@ -609,6 +640,80 @@ async fn jobs_named(env: &Env, name: &str) -> usize {
         .iter()
         .filter(|j| j.job_name() == Some(name))
         .count()
+}
+
+/// A failed job fails the build with its reason and the tail of its CloudWatch log.
+async fn a_failed_job_fails_the_build_with_its_log_tail(env: Arc<Env>) {
+    let failing = Moto::start_with_env(&[("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")]).await;
+    let aws = failing.sdk_config().await;
+    let batch = aws_sdk_batch::Client::new(&aws);
+    failing.create_batch_environment(&batch).await;
+    let fake = env.fake();
+    let metrics = env.metrics();
+    let ctx = Arc::new(Context::from_aws(
+        fake.client(),
+        &aws,
+        Duration::from_secs(3600),
+        Arc::clone(&metrics),
+        env.config(),
+        "test-replica",
+    ));
+    let key = create_build(&fake, good_build("sims", "broken", &env.registry.repo("broken")));
+    reconcile_now(&fake, &ctx, &key).await;
+    reconcile_now(&fake, &ctx, &key).await;
+
+    // The builder's last words, in each job's log stream.
+    let ids: Vec<String> = status(&fake, &key)["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["jobId"].as_str().expect("a job id per platform").to_string())
+        .collect();
+    let jobs = batch.describe_jobs().set_jobs(Some(ids)).send().await.unwrap();
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
+    for job in jobs.jobs() {
+        let stream = job.container().and_then(|c| c.log_stream_name()).expect("a log stream");
+        let lines = [
+            "build.sh: cloning".to_string(),
+            "build.sh: error: no space left on device".to_string(),
+        ];
+        moto::put_log_lines(&logs, stream, &lines).await;
+    }
+
+    ctx.poller().sweep().await;
+    for _ in 0..3 {
+        reconcile_now(&fake, &ctx, &key).await;
+    }
+    let s = status(&fake, &key);
+    assert_eq!(s["phase"], "Failed", "{s}");
+    assert_eq!(ready(&s)["reason"], "BuildFailed", "{s}");
+    let message = ready(&s)["message"].as_str().unwrap();
+    assert!(
+        message.contains("build.sh: error: no space left on device"),
+        "{message}"
+    );
+    assert!(aws_calls(&metrics, "GetLogEvents") >= 1);
+}
+
+/// An ECR repository is reached with the controller's own ECR token, fetched through its counted
+/// client for the repository's region once and then reused. The region is one no DNS knows, so
+/// the registry requests fail without leaving the machine.
+async fn an_ecr_repository_is_reached_with_one_cached_token(env: Arc<Env>) {
+    let fake = env.fake();
+    let metrics = env.metrics();
+    let ctx = env.context(&fake, Arc::clone(&metrics));
+    let repository = "123456789012.dkr.ecr.us-test-1.amazonaws.com/app";
+    let key = create_build(&fake, good_build("sims", "in-ecr", repository));
+    reconcile_now(&fake, &ctx, &key).await;
+    reconcile_now(&fake, &ctx, &key).await;
+    ctx.poller().sweep().await;
+    for _ in 0..2 {
+        let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(fake.get(&key).unwrap()).unwrap();
+        let error = reconcile(Arc::new(guard), Arc::clone(&ctx)).await.unwrap_err();
+        assert_eq!(error.label(), "RegistryUnavailable", "{error}");
+        assert!(error.to_string().contains(repository), "{error}");
+    }
+    assert_eq!(aws_calls(&metrics, "GetAuthorizationToken"), 1, "one token, reused");
 }
 
 /// A controller killed after SubmitJob and before the job id reached the status: the next one
@@ -714,7 +819,7 @@ async fn the_controller_waits_for_the_crd_then_builds_and_releases(env: Arc<Env>
     for line in [
         "multiarch_builds{phase=\"Succeeded\"} 1",
         "multiarch_builds{phase=\"Failed\"} 1",
-        "multiarch_aws_calls_total{operation=\"SubmitJob\",outcome=\"success\"} 2",
+        "multiarch_aws_calls_total{service=\"Batch\",operation=\"SubmitJob\",outcome=\"success\"} 2",
         "multiarch_leader 1",
     ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
@@ -723,7 +828,7 @@ async fn the_controller_waits_for_the_crd_then_builds_and_releases(env: Arc<Env>
         "multiarch_reconciles_total{result=\"success\"}",
         "multiarch_reconcile_duration_seconds_count",
         "multiarch_poller_lag_seconds",
-        "multiarch_aws_calls_total{operation=\"DescribeJobs\",outcome=\"success\"}",
+        "multiarch_aws_calls_total{service=\"Batch\",operation=\"DescribeJobs\",outcome=\"success\"}",
     ] {
         assert!(text.contains(name), "no {name} in\n{text}");
     }
@@ -802,6 +907,73 @@ fn check_rbac(seen: &BTreeSet<Permission>) -> Result<String, String> {
     Ok(format!("{} permissions used, all granted, every rule used", seen.len()))
 }
 
+/// Every action of config/aws/controller-actions.txt.
+fn expected_aws_actions() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/aws/controller-actions.txt"
+    ))
+    .unwrap();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The IAM action each call counted in `metrics` needs: AWS SDK calls by service and operation,
+/// and registry requests as ECR authorizes them (ECR's distribution API is the target registry).
+fn iam_actions(metrics: &Metrics) -> BTreeSet<String> {
+    let mut actions = BTreeSet::new();
+    for (labels, _) in samples(metrics, "multiarch_aws_calls_total") {
+        let prefix = match labels["service"].as_str() {
+            "Batch" => "batch",
+            "CloudWatch Logs" => "logs",
+            "ECR" => "ecr",
+            other => other,
+        };
+        actions.insert(format!("{prefix}:{}", labels["operation"]));
+    }
+    for (labels, _) in samples(metrics, "multiarch_registry_requests_total") {
+        let action = match (labels["method"].as_str(), labels["object"].as_str()) {
+            ("GET" | "HEAD", "manifest") => "ecr:BatchGetImage".to_string(),
+            ("GET", "blob") => "ecr:GetDownloadUrlForLayer".to_string(),
+            ("HEAD", "blob") => "ecr:BatchCheckLayerAvailability".to_string(),
+            ("PUT", "manifest") => "ecr:PutImage".to_string(),
+            (method, object) => format!("(no known ECR action for {method} {object})"),
+        };
+        actions.insert(action);
+    }
+    actions
+}
+
+/// Actions IAM also checks on a call: SubmitJob with `tags` needs batch:TagResource on the new job.
+fn implied_actions(called: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut object = good_build("sims", "tagged", "registry.invalid/tagged");
+    object["metadata"]["uid"] = "00000000-0000-0000-0000-000000000000".into();
+    let build: MultiArchBuild = serde_json::from_value(object).unwrap();
+    let reference = BuildRef::of(&build).unwrap();
+    let request = submit_request(&reference, &build.spec, Platform::LinuxAmd64, JOB_DEFINITION).unwrap();
+    let mut implied = BTreeSet::new();
+    if called.contains("batch:SubmitJob") && !request.tags.is_empty() {
+        implied.insert("batch:TagResource".to_string());
+    }
+    implied
+}
+
+fn check_aws_actions(called: &BTreeSet<String>) -> Result<String, String> {
+    let expected = expected_aws_actions();
+    let needed: BTreeSet<String> = called.union(&implied_actions(called)).cloned().collect();
+    let outside: Vec<_> = needed.difference(&expected).collect();
+    let unused: Vec<_> = expected.difference(&needed).collect();
+    if !outside.is_empty() || !unused.is_empty() {
+        return Err(format!(
+            "actions needed but not in config/aws/controller-actions.txt: {outside:?}; listed but never needed: {unused:?}"
+        ));
+    }
+    Ok(format!("{} actions needed, all listed, every one needed", needed.len()))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let scenarios = scenarios![
@@ -811,6 +983,8 @@ fn main() -> ExitCode {
         gating_releases_exactly_the_waiting_jobs_and_only_after_success,
         a_second_replica_without_the_lease_does_nothing,
         a_restart_between_submit_and_the_status_write_submits_nothing_twice,
+        a_failed_job_fails_the_build_with_its_log_tail,
+        an_ecr_repository_is_reached_with_one_cached_token,
         the_controller_waits_for_the_crd_then_builds_and_releases,
     ];
     if args.iter().any(|a| a == "--list") {
@@ -818,6 +992,7 @@ fn main() -> ExitCode {
             println!("{name}: test");
         }
         println!("rbac_matches_expected_rules: test");
+        println!("aws_actions_match_controller_actions: test");
         return ExitCode::SUCCESS;
     }
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
@@ -853,13 +1028,14 @@ fn main() -> ExitCode {
         moto.create_batch_environment(&aws_sdk_batch::Client::new(&aws)).await;
         let pusher = Pusher::new(&registry.host);
         let env = Arc::new(Env {
-            moto,
+            _moto: moto,
             aws,
             registry,
             pusher,
             fakes: Mutex::default(),
+            metrics: Mutex::default(),
         });
-        println!("\nrunning {} tests", selected.len() + usize::from(whole_suite));
+        println!("\nrunning {} tests", selected.len() + 2 * usize::from(whole_suite));
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for (name, scenario) in selected {
@@ -891,20 +1067,30 @@ fn main() -> ExitCode {
             }
         }
         if whole_suite {
-            if failed.is_empty() {
-                let seen: BTreeSet<Permission> = env.fakes.lock().unwrap().iter().flat_map(FakeKube::seen).collect();
-                match check_rbac(&seen) {
+            let seen: BTreeSet<Permission> = env.fakes.lock().unwrap().iter().flat_map(FakeKube::seen).collect();
+            let called: BTreeSet<String> = env
+                .metrics
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|m| iam_actions(m))
+                .collect();
+            let checks = [
+                ("rbac_matches_expected_rules", check_rbac(&seen)),
+                ("aws_actions_match_controller_actions", check_aws_actions(&called)),
+            ];
+            for (name, result) in checks {
+                match result {
+                    _ if !failed.is_empty() => println!("test {name} ... skipped (a scenario failed)"),
                     Ok(summary) => {
                         passed += 1;
-                        println!("test rbac_matches_expected_rules ... ok ({summary})");
+                        println!("test {name} ... ok ({summary})");
                     }
                     Err(why) => {
-                        println!("test rbac_matches_expected_rules ... FAILED\n  {why}");
-                        failed.push("rbac_matches_expected_rules".into());
+                        println!("test {name} ... FAILED\n  {why}");
+                        failed.push(name.into());
                     }
                 }
-            } else {
-                println!("test rbac_matches_expected_rules ... skipped (a scenario failed)");
             }
         }
         let verdict = if failed.is_empty() { "ok" } else { "FAILED" };

@@ -298,3 +298,34 @@ impl Intercept for Recorder {
         Ok(())
     }
 }
+
+/// Writes `lines` as a new log stream of the Batch log group, as a job's container would have.
+pub async fn put_log_lines(logs: &aws_sdk_cloudwatchlogs::Client, stream: &str, lines: &[String]) {
+    let _ = logs.create_log_group().log_group_name("/aws/batch/job").send().await;
+    logs.create_log_stream()
+        .log_group_name("/aws/batch/job")
+        .log_stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    // CloudWatch Logs (and moto) refuse events older than 14 days: use the current time.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 60_000;
+    let events = lines.iter().enumerate().map(|(i, line)| {
+        aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+            .timestamp(start + i as i64)
+            .message(line)
+            .build()
+            .unwrap()
+    });
+    logs.put_log_events()
+        .log_group_name("/aws/batch/job")
+        .log_stream_name(stream)
+        .set_log_events(Some(events.collect()))
+        .send()
+        .await
+        .unwrap();
+}
