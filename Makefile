@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CRD := crds/multiarch.dev_multiarchbuilds.yaml
 
-.PHONY: help test lint crds demo run bench e2e deps
+.PHONY: help test lint crds demo run bench e2e deps image
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -13,10 +13,11 @@ test: deps ## The whole suite (installs and starts what it needs)
 	e2e/local-stack up
 	MAB_E2E_REQUIRED=1 $(CARGO) test --all-targets --locked
 	shellcheck -s sh builder/build.sh
-	shellcheck e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/controller_e2e.sh
+	shellcheck e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/controller_e2e.sh e2e/image_test.sh
 	e2e/builder_validation_test.sh
 	e2e/builder_secret_test.sh
 	bash e2e/install_test.sh
+	e2e/image_test.sh
 	fuzz/run.sh 30
 
 lint: ## rustfmt check + clippy with -D warnings
@@ -33,6 +34,9 @@ deps: ## Install the Debian and PyPI packages the tests use (idempotent)
 
 demo: ## Run a real two-platform build end to end on the local stack
 	e2e/demo.sh
+
+image: ## Build the controller image (IMAGE=<registry>/multiarch-operator:<tag>; pulls the Rust and distroless bases)
+	docker build -t $(or $(IMAGE),multiarch-operator:dev) .
 
 run: ## Run the controller against the current kubeconfig context and the AWS default credentials (ARGS='--namespaces sims')
 	$(CARGO) run --quiet --locked -- controller $(ARGS)

@@ -138,11 +138,19 @@ fn samples(dir: &str) -> Vec<Sample> {
 }
 
 #[test]
-fn the_good_sample_passes_validate_and_the_cel_rules() {
-    let text = std::fs::read_to_string(repo("config/samples/vecoli.yaml")).unwrap();
-    let build: MultiArchBuild = serde_yaml::from_str(&text).unwrap();
-    api::validate(&build.spec).unwrap();
-    Validator::new().validate(&schema(), &as_object(&build), None).unwrap();
+fn the_good_samples_pass_validate_and_the_cel_rules() {
+    let good: Vec<Sample> = samples("config/samples")
+        .into_iter()
+        .filter(|s| s.text.contains("\nkind: MultiArchBuild\n"))
+        .collect();
+    assert!(good.len() >= 2, "only {} MultiArchBuild samples", good.len());
+    for sample in good {
+        let build: MultiArchBuild = serde_yaml::from_str(&sample.text).unwrap();
+        api::validate(&build.spec).unwrap_or_else(|e| panic!("{}: {e}", sample.path.display()));
+        Validator::new()
+            .validate(&schema(), &as_object(&build), None)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", sample.path.display()));
+    }
 }
 
 #[test]
