@@ -562,6 +562,12 @@ fn start_replica(env: &Arc<Env>, fake: &FakeKube, identity: &str) -> (Replica, A
     )
 }
 
+/// The Lease the replicas elect their leader with (`Env::settings`).
+fn leader_lease(fake: &FakeKube) -> Value {
+    let key = Key::new("coordination.k8s.io", "leases", "mab-system", "multiarch-operator");
+    fake.get(&key).expect("the leader Lease")
+}
+
 fn succeeded(fake: &FakeKube, key: &Key) -> bool {
     fake.get(key).is_some_and(|o| o["status"]["phase"] == "Succeeded")
 }
@@ -582,14 +588,7 @@ async fn a_second_replica_without_the_lease_does_nothing(env: Arc<Env>) {
         succeeded(&fake, &first)
     })
     .await;
-    let lease = fake
-        .get(&Key::new(
-            "coordination.k8s.io",
-            "leases",
-            "mab-system",
-            "multiarch-operator",
-        ))
-        .unwrap();
+    let lease = leader_lease(&fake);
     assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
     assert!(metric(&a.metrics, "multiarch_reconciles_total{result=\"success\"}") > 0.0);
     assert_eq!(metric(&b.metrics, "multiarch_leader "), 0.0);
@@ -840,14 +839,7 @@ async fn the_controller_waits_for_the_crd_then_builds_and_releases(env: Arc<Env>
         .unwrap()
         .unwrap();
     server.await.unwrap().unwrap();
-    let lease = fake
-        .get(&Key::new(
-            "coordination.k8s.io",
-            "leases",
-            "mab-system",
-            "multiarch-operator",
-        ))
-        .unwrap();
+    let lease = leader_lease(&fake);
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
         "the Lease is released: {lease}"
