@@ -142,6 +142,7 @@ pub struct Source {
 /// A git repository and revision.
 #[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecretArn) || self.url.startsWith('https://')").message("spec.source.git.credentialsSecretArn needs an https:// url: the builder sends the token as an HTTP header"))]
 pub struct GitSource {
     /// The repository URL: `https://host/org/repo.git`, `ssh://git@host/org/repo.git` or
     /// `git@host:org/repo.git`. Never put credentials in it: use `credentialsSecretArn`.

@@ -131,12 +131,13 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
         .strip_prefix("https://")
         .and_then(|rest| rest.split('/').next())
         .is_some_and(|host| host.contains('@'));
+    let url_ok = !credentials_in_url && (local || p.git_url.is_match(&git.url));
     if credentials_in_url {
         errors.push(
             "spec.source.git.url",
             "must not contain credentials; store a token in Secrets Manager and set credentialsSecretArn".into(),
         );
-    } else if !local && !p.git_url.is_match(&git.url) {
+    } else if !url_ok {
         errors.bad_value(
             "spec.source.git.url",
             &git.url,
@@ -146,14 +147,19 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
     if !p.git_revision.is_match(&git.revision) || git.revision.contains("..") {
         errors.bad_value("spec.source.git.revision", &git.revision, "a commit SHA, branch or tag: letters, digits, '.', '_', '/', '-', not starting with '-' and without '..', at most 255 characters");
     }
-    if let Some(arn) = &git.credentials_secret_arn
-        && !p.secret_arn.is_match(arn)
-    {
-        errors.bad_value(
-            "spec.source.git.credentialsSecretArn",
-            arn,
-            "a Secrets Manager secret ARN, arn:<partition>:secretsmanager:<region>:<account>:secret:<name>",
-        );
+    if let Some(arn) = &git.credentials_secret_arn {
+        if !p.secret_arn.is_match(arn) {
+            errors.bad_value(
+                "spec.source.git.credentialsSecretArn",
+                arn,
+                "a Secrets Manager secret ARN, arn:<partition>:secretsmanager:<region>:<account>:secret:<name>",
+            );
+        } else if url_ok && !git.url.starts_with("https://") {
+            errors.push(
+                "spec.source.git.credentialsSecretArn",
+                "needs an https:// url: the builder sends the token as an HTTP header".into(),
+            );
+        }
     }
     for (field, value) in [
         ("spec.source.contextDir", &spec.source.context_dir),
@@ -369,6 +375,7 @@ mod tests {
             serde_yaml::from_str(include_str!("../../config/samples/vecoli.yaml")).unwrap();
         let mut spec = build.spec;
         spec.source.git.url = "file:///tmp/mab-local-stack/git/sample.git".into();
+        spec.source.git.credentials_secret_arn = None;
         assert!(validate(&spec).unwrap_err().to_string().contains("spec.source.git.url"));
         validate_with(&spec, GitSources::AllowLocal).unwrap();
         spec.source.git.url = "file:///tmp/../etc".into();
