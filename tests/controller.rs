@@ -85,14 +85,7 @@ impl Env {
     /// A context on `fake` and moto counting into `metrics`; its poller sweeps only when the
     /// test says so.
     fn context(&self, fake: &FakeKube, metrics: Arc<Metrics>) -> Arc<Context> {
-        Arc::new(Context::from_aws(
-            fake.client(),
-            &self.aws,
-            Duration::from_secs(3600),
-            metrics,
-            self.config(),
-            "test-replica",
-        ))
+        context_on(fake, &self.aws, metrics, self.config())
     }
 
     fn settings(&self, identity: &str) -> Settings {
@@ -120,6 +113,19 @@ impl Env {
             .image(repo, &format!("{tag}-arm64"), ImageSpec::oci("arm64"))
             .await;
     }
+}
+
+/// A context on `fake` and the AWS of `aws`, counting into `metrics`; its poller sweeps only when
+/// the test says so.
+fn context_on(fake: &FakeKube, aws: &SdkConfig, metrics: Arc<Metrics>, config: ReconcileConfig) -> Arc<Context> {
+    Arc::new(Context::from_aws(
+        fake.client(),
+        aws,
+        Duration::from_secs(3600),
+        metrics,
+        config,
+        "test-replica",
+    ))
 }
 
 fn build_object(namespace: &str, name: &str, repository: &str, git_url: &str) -> Value {
@@ -349,14 +355,7 @@ async fn an_unreachable_aws_never_blocks_deletion_past_the_grace_period(env: Arc
         cleanup_grace: Duration::from_secs(3),
         ..env.config()
     };
-    let ctx = Arc::new(Context::from_aws(
-        fake.client(),
-        &aws,
-        Duration::from_secs(3600),
-        env.metrics(),
-        config,
-        "test-replica",
-    ));
+    let ctx = context_on(&fake, &aws, env.metrics(), config);
     let mut object = good_build("sims", "stranded", "registry.invalid/stranded");
     object["metadata"]["finalizers"] = json!([FINALIZER]);
     object["status"] = json!({
@@ -649,14 +648,7 @@ async fn a_failed_job_fails_the_build_with_its_log_tail(env: Arc<Env>) {
     failing.create_batch_environment(&batch).await;
     let fake = env.fake();
     let metrics = env.metrics();
-    let ctx = Arc::new(Context::from_aws(
-        fake.client(),
-        &aws,
-        Duration::from_secs(3600),
-        Arc::clone(&metrics),
-        env.config(),
-        "test-replica",
-    ));
+    let ctx = context_on(&fake, &aws, Arc::clone(&metrics), env.config());
     let key = create_build(&fake, good_build("sims", "broken", &env.registry.repo("broken")));
     reconcile_now(&fake, &ctx, &key).await;
     reconcile_now(&fake, &ctx, &key).await;

@@ -40,14 +40,24 @@ fn fast_retries() -> RetryPolicy {
     }
 }
 
-fn client_with(auth: RegistryAuth, hosts: &[&str]) -> RegistryClient {
+/// A client with `options`, plain HTTP to `hosts` and fast retries.
+fn client_from(options: RegistryOptions, hosts: &[&str]) -> RegistryClient {
     RegistryClient::with_retry_policy(
         RegistryOptions {
-            auth,
             plain_http_hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            ..RegistryOptions::default()
+            ..options
         },
         fast_retries(),
+    )
+}
+
+fn client_with(auth: RegistryAuth, hosts: &[&str]) -> RegistryClient {
+    client_from(
+        RegistryOptions {
+            auth,
+            ..RegistryOptions::default()
+        },
+        hosts,
     )
 }
 
@@ -68,13 +78,12 @@ impl RequestObserver for Attempts {
 }
 
 fn observed_client(hosts: &[&str], attempts: &Arc<Attempts>) -> RegistryClient {
-    RegistryClient::with_retry_policy(
+    client_from(
         RegistryOptions {
-            plain_http_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             observer: Some(Arc::clone(attempts) as Arc<dyn RequestObserver>),
             ..RegistryOptions::default()
         },
-        fast_retries(),
+        hosts,
     )
 }
 

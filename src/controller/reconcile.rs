@@ -88,40 +88,8 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context from explicit clients. `identity` names this replica in events.
-    pub fn new(
-        client: Client,
-        batch: BatchExecutor,
-        ecr: aws_sdk_ecr::Client,
-        poller: JobPoller,
-        metrics: Arc<Metrics>,
-        config: ReconcileConfig,
-        identity: &str,
-    ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(identity.into()),
-            },
-        );
-        Context {
-            client,
-            batch,
-            ecr,
-            poller,
-            recorder,
-            metrics,
-            permits: Semaphore::new(usize::from(config.concurrency.max(1))),
-            config,
-            registries: Mutex::default(),
-            failures: Mutex::default(),
-            reported_invalid: Mutex::default(),
-        }
-    }
-
     /// A context whose AWS clients come from `aws`, each call counted in the metrics, with a
-    /// poller sweeping every `poll_interval`.
+    /// poller sweeping every `poll_interval`. `identity` names this replica in events.
     pub fn from_aws(
         client: Client,
         aws: &SdkConfig,
@@ -144,7 +112,26 @@ impl Context {
         let ecr = aws_sdk_ecr::Client::from_conf(aws_sdk_ecr::config::Builder::from(aws).interceptor(counter).build());
         let batch = BatchExecutor::new(batch, logs);
         let poller = JobPoller::new(batch.clone(), crate::batch::PollerConfig::with_interval(poll_interval));
-        Context::new(client, batch, ecr, poller, metrics, config, identity)
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(identity.into()),
+            },
+        );
+        Context {
+            client,
+            batch,
+            ecr,
+            poller,
+            recorder,
+            metrics,
+            permits: Semaphore::new(usize::from(config.concurrency.max(1))),
+            config,
+            registries: Mutex::default(),
+            failures: Mutex::default(),
+            reported_invalid: Mutex::default(),
+        }
     }
 
     /// The shared job poller (the controller runs it and turns its changes into reconciles).
