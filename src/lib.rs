@@ -2,6 +2,7 @@
 //! publish the multi-platform image index, driven by a Kubernetes resource.
 
 pub mod api;
+pub mod backoff;
 pub mod batch;
 pub mod cli;
 pub mod config;

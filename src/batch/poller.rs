@@ -326,15 +326,10 @@ impl<D: JobDescriber> JobPoller<D> {
         }
     }
 
-    /// Exponential backoff with "equal jitter": a random delay in [d/2, d], d = base·2^(n-1) ≤ max.
+    /// The delay before retry `n`: [`equal_jitter`](crate::backoff::equal_jitter) backoff.
     fn backoff(&self, n: u32) -> Duration {
         let config = &self.inner.config;
-        let exp = config
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)));
-        let cap = exp.min(config.backoff_max);
-        let half = cap / 2;
-        half + half.mul_f64(fastrand::f64())
+        crate::backoff::equal_jitter(config.backoff_base, config.backoff_max, n, fastrand::f64())
     }
 
     /// Records one chunk's answer; returns the changes to publish.

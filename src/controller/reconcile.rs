@@ -272,10 +272,7 @@ pub fn backoff(retry: Retry, failures: u32, jitter: f64) -> Option<Duration> {
         Retry::Transient => (Duration::from_secs(1), Duration::from_secs(60)),
         Retry::Rejected => (Duration::from_secs(30), Duration::from_secs(600)),
     };
-    let exponent = failures.saturating_sub(1).min(16);
-    let delay = base.saturating_mul(1 << exponent).min(max);
-    let half = delay / 2;
-    Some(half + half.mul_f64(jitter.clamp(0.0, 1.0)))
+    Some(crate::backoff::equal_jitter(base, max, failures, jitter))
 }
 
 /// kube-runtime's error policy: requeue by error class, backing off per object.

@@ -42,12 +42,7 @@ impl RetryPolicy {
         if attempt >= self.attempts.max(1) {
             return None;
         }
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max_delay);
-        let jitter = jitter.clamp(0.0, 1.0);
-        let jittered = exp.div_f64(2.0) + exp.div_f64(2.0).mul_f64(jitter);
+        let jittered = crate::backoff::equal_jitter(self.base_delay, self.max_delay, attempt, jitter);
         Some(match retry_after {
             Some(after) => after.min(self.max_delay).max(jittered),
             None => jittered,
