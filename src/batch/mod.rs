@@ -21,5 +21,5 @@ pub use executor::{
 pub use poller::{JobChange, JobChanges, JobDescriber, JobPoller, PollerConfig, SweepReport};
 pub use request::{
     BuildRef, MAX_JOB_NAME_LEN, MAX_SUBMIT_REQUEST_BYTES, RETRY_ON_STATUS_REASON, SubmitRequest, TAG_BUILD,
-    TAG_BUILD_UID, TAG_PLATFORM, env, is_ecr_host, is_valid_job_name, job_name, registry_auth, submit_request,
+    TAG_BUILD_UID, TAG_PLATFORM, env, is_valid_job_name, job_name, registry_auth, submit_request,
 };

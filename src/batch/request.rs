@@ -292,35 +292,14 @@ pub fn submit_request(
 }
 
 /// `ecr` when the repository's registry host is an Amazon ECR private registry
-/// (`<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`, GovCloud included), else `none`.
+/// ([`is_ecr_host`](crate::registry::is_ecr_host), GovCloud included), else `none`.
 pub fn registry_auth(repository: &str) -> &'static str {
     let host = repository.split('/').next().unwrap_or_default();
-    if is_ecr_host(host) { "ecr" } else { "none" }
-}
-
-/// Whether `host` is an ECR private registry endpoint.
-pub fn is_ecr_host(host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
-    let rest = host
-        .strip_suffix(".amazonaws.com")
-        .or_else(|| host.strip_suffix(".amazonaws.com.cn"));
-    let Some(rest) = rest else { return false };
-    let mut labels = rest.split('.');
-    let (Some(account), Some("dkr"), Some("ecr" | "ecr-fips"), Some(region), None) = (
-        labels.next(),
-        labels.next(),
-        labels.next(),
-        labels.next(),
-        labels.next(),
-    ) else {
-        return false;
-    };
-    account.len() == 12
-        && account.bytes().all(|b| b.is_ascii_digit())
-        && !region.is_empty()
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    if crate::registry::is_ecr_host(host) {
+        "ecr"
+    } else {
+        "none"
+    }
 }
 
 #[cfg(test)]
@@ -563,6 +542,7 @@ timeoutSeconds: 7200
             "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com/a/b/c",
             "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/app",
             "123456789012.DKR.ECR.us-west-2.amazonaws.com/app",
+            "123456789012.dkr-ecr.us-east-1.on.aws/app",
         ] {
             assert_eq!(registry_auth(host), "ecr", "{host}");
         }

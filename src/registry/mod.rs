@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{IndexMediaType, Platform};
 
-pub use auth::RegistryAuth;
+pub use auth::{RegistryAuth, is_ecr_host};
 pub use error::RegistryError;
 pub use index::{PlatformImage, build_index, index_media_type, pick_platform_entry};
 pub use observe::{RegistryObject, RequestObserver};
