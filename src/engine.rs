@@ -205,13 +205,12 @@ impl Engine {
     }
 }
 
-/// The ids of the jobs of `status` that may still be running (see [`plan::is_live`]).
+/// The ids of the jobs of `status` that may still be running (see [`plan::live_job`]).
 pub fn live_job_ids(status: &MultiArchBuildStatus) -> Vec<String> {
     status
         .platforms
         .iter()
-        .filter(|p| plan::is_live(p))
-        .filter_map(|p| p.job_id.clone())
+        .filter_map(|p| plan::live_job(p).map(str::to_owned))
         .collect()
 }
 
@@ -225,8 +224,7 @@ pub fn job_observations(
     status
         .platforms
         .iter()
-        .filter(|p| plan::is_live(p))
-        .filter_map(|p| Some((p.platform, lookup(p.job_id.as_deref()?)?)))
+        .filter_map(|p| Some((p.platform, lookup(plan::live_job(p)?)?)))
         .collect()
 }
 

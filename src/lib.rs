@@ -11,3 +11,4 @@ pub mod engine;
 pub mod oneshot;
 pub mod plan;
 pub mod registry;
+mod util;

@@ -189,15 +189,23 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
-/// Whether a platform's job may still be running: it has a job id and its last known state is not
+/// The last known Batch state of a platform's job, if it has one.
+pub fn state_of(entry: &PlatformStatus) -> Option<JobState> {
+    entry.state.as_deref().and_then(JobState::parse)
+}
+
+/// The id of a platform's job if that job may still be running: its last known state is not
 /// terminal (a job submitted but not described yet is live).
+pub fn live_job(entry: &PlatformStatus) -> Option<&str> {
+    entry
+        .job_id
+        .as_deref()
+        .filter(|_| !state_of(entry).is_some_and(JobState::is_terminal))
+}
+
+/// Whether a platform's job may still be running (see [`live_job`]).
 pub fn is_live(entry: &PlatformStatus) -> bool {
-    entry.job_id.is_some()
-        && !entry
-            .state
-            .as_deref()
-            .and_then(JobState::parse)
-            .is_some_and(JobState::is_terminal)
+    live_job(entry).is_some()
 }
 
 mod decide;

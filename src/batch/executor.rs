@@ -323,7 +323,7 @@ impl BatchExecutor {
             .events()
             .iter()
             .filter_map(|event| event.message())
-            .map(|message| cut(message.trim_end_matches(['\n', '\r']), MAX_LOG_LINE_BYTES))
+            .map(|message| crate::util::cut(message.trim_end_matches(['\n', '\r']), MAX_LOG_LINE_BYTES, "…"))
             .collect();
         let excess = lines.len().saturating_sub(n);
         lines.drain(..excess);
@@ -405,18 +405,6 @@ fn millis(ms: i64) -> Option<Timestamp> {
         return None;
     }
     Timestamp::from_millisecond(ms).ok()
-}
-
-/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
-fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
@@ -556,13 +544,5 @@ mod tests {
         let snap = snapshot_from_detail(&detail).unwrap();
         assert_eq!(snap.exit_code, Some(2));
         assert_eq!(snap.log_stream_name.as_deref(), Some("ecs/builder/x"));
-    }
-
-    #[test]
-    fn cut_respects_char_boundaries() {
-        assert_eq!(cut("short", 10), "short");
-        let s = "é".repeat(400);
-        let c = cut(&s, 512);
-        assert!(c.len() <= 512 && c.ends_with('…'));
     }
 }

@@ -13,6 +13,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::plan::JobSnapshot;
+use crate::util::lock;
 
 use super::executor::DESCRIBE_JOBS_MAX_IDS;
 use super::{BatchError, BatchExecutor, BuildRef};
@@ -386,11 +387,6 @@ impl<D: JobDescriber> JobPoller<D> {
     fn jobs(&self) -> MutexGuard<'_, BTreeMap<String, Tracked>> {
         lock(&self.inner.jobs)
     }
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the maps stay usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The changes published by a [`JobPoller`], as a [`Stream`]. Unbounded: a slow consumer never

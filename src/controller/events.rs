@@ -4,7 +4,7 @@ use kube::runtime::events::EventType;
 
 use crate::{
     api::{MultiArchBuildSpec, MultiArchBuildStatus, Phase, PlatformStatus},
-    plan::{JobState, READY, reason},
+    plan::{JobState, READY, reason, state_of},
 };
 
 /// Event reasons the controller publishes besides the error labels and the `Ready` reasons.
@@ -44,7 +44,7 @@ impl BuildEvent {
             type_,
             reason: reason.into(),
             action,
-            note: truncate(note.into()),
+            note: crate::util::cut(&note.into(), MAX_NOTE_BYTES, "..."),
         }
     }
 }
@@ -138,23 +138,6 @@ pub fn ready_reason(status: &MultiArchBuildStatus) -> Option<&str> {
         .iter()
         .find(|c| c.type_ == READY)
         .map(|c| c.reason.as_str())
-}
-
-fn state_of(entry: &PlatformStatus) -> Option<JobState> {
-    entry.state.as_deref().and_then(JobState::parse)
-}
-
-/// Cuts a note to what the events API accepts, on a character boundary.
-fn truncate(mut note: String) -> String {
-    if note.len() > MAX_NOTE_BYTES {
-        let mut end = MAX_NOTE_BYTES - 3;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
-    note
 }
 
 #[cfg(test)]

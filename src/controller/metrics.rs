@@ -31,6 +31,7 @@ use prometheus_client::{
 
 use reqwest::{Method, StatusCode};
 
+use crate::util::lock;
 use crate::{
     api::Phase,
     batch::JobPoller,
@@ -352,11 +353,6 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Failed => "Failed",
         Phase::Cancelled => "Cancelled",
     }
-}
-
-/// A poisoned lock only means a panic elsewhere; the maps stay usable.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -36,6 +36,7 @@ use super::{
     events::{self, BuildEvent, reasons},
     metrics::Metrics,
 };
+use crate::util::lock;
 use crate::{
     api::{GitSources, MultiArchBuild, MultiArchBuildStatus, Phase},
     batch::{BatchError, BatchExecutor, BuildRef, JobPoller, job_name},
@@ -600,11 +601,6 @@ async fn unreadable(
     ctx.metrics.set_phase(&uid, Some(Phase::Failed));
     lock(&ctx.reported_invalid).insert(uid, meta.generation);
     Ok(Action::await_change())
-}
-
-/// A poisoned lock only means a panic elsewhere; the maps stay usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use k8s_openapi::{
 
 use super::{
     Action, AssemblyOutcome, IndexRef, Input, JobObservation, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan,
-    READY, is_live, reason,
+    READY, is_live, live_job, reason, state_of,
 };
 use crate::api::{MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, validate_with};
 
@@ -227,19 +227,14 @@ fn apply_snapshot(entry: &mut PlatformStatus, job: &JobSnapshot) {
     entry.stopped_at = job.stopped_at.map(Time);
 }
 
-fn state_of(entry: &PlatformStatus) -> Option<JobState> {
-    entry.state.as_deref().and_then(JobState::parse)
-}
-
 fn terminate_live(status: &MultiArchBuildStatus, why: &str) -> Vec<Action> {
     status
         .platforms
         .iter()
-        .filter(|p| is_live(p))
         .filter_map(|p| {
             Some(Action::Terminate {
                 platform: p.platform,
-                job_id: p.job_id.clone()?,
+                job_id: live_job(p)?.to_owned(),
                 reason: format!("multiarch-operator: {why}"),
             })
         })
@@ -250,10 +245,10 @@ fn terminate_live(status: &MultiArchBuildStatus, why: &str) -> Vec<Action> {
 fn lost_job(input: &Input<'_>, status: &MultiArchBuildStatus) -> Option<(Platform, String)> {
     let start = status.start_time.as_ref()?.0;
     let grace_over = input.now >= start + SignedDuration::from_secs(MISSING_JOB_GRACE_SECONDS);
-    status.platforms.iter().filter(|p| is_live(p)).find_map(|entry| {
+    status.platforms.iter().find_map(|entry| {
+        let id = live_job(entry)?;
         let missing = matches!(input.observed.jobs.get(&entry.platform), Some(JobObservation::Missing));
         (missing && grace_over).then(|| {
-            let id = entry.job_id.clone().unwrap_or_default();
             (
                 entry.platform,
                 format!(
