@@ -41,11 +41,6 @@ impl EngineError {
             EngineError::Persist(_) => "StatusWriteFailed",
         }
     }
-
-    /// AWS asked us to slow down: back off longer, with jitter.
-    pub fn is_throttling(&self) -> bool {
-        matches!(self, EngineError::Batch(e) if e.is_throttling())
-    }
 }
 
 /// The build being stepped.

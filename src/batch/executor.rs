@@ -37,32 +37,14 @@ pub enum AwsOperation {
 }
 
 impl AwsOperation {
-    pub const ALL: [AwsOperation; 5] = [
-        AwsOperation::SubmitJob,
-        AwsOperation::ListJobs,
-        AwsOperation::DescribeJobs,
-        AwsOperation::TerminateJob,
-        AwsOperation::GetLogEvents,
-    ];
-
-    /// The AWS operation name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AwsOperation::SubmitJob => "SubmitJob",
-            AwsOperation::ListJobs => "ListJobs",
-            AwsOperation::DescribeJobs => "DescribeJobs",
-            AwsOperation::TerminateJob => "TerminateJob",
-            AwsOperation::GetLogEvents => "GetLogEvents",
-        }
-    }
-
     fn index(self) -> usize {
         self as usize
     }
 }
 
 /// Calls made by one executor (and its clones), by operation: one per request the executor sends,
-/// whatever the SDK's own retries do underneath. For the metrics endpoint and the bench.
+/// whatever the SDK's own retries do underneath (the tests read them; the controller's metrics
+/// count SDK attempts with their own interceptor).
 #[derive(Debug, Default)]
 pub struct AwsCallCounts {
     calls: [AtomicU64; 5],
@@ -71,14 +53,6 @@ pub struct AwsCallCounts {
 impl AwsCallCounts {
     pub fn get(&self, operation: AwsOperation) -> u64 {
         self.calls[operation.index()].load(Ordering::Relaxed)
-    }
-
-    /// Every operation with its count.
-    pub fn all(&self) -> Vec<(&'static str, u64)> {
-        AwsOperation::ALL
-            .into_iter()
-            .map(|op| (op.as_str(), self.get(op)))
-            .collect()
     }
 
     fn count(&self, operation: AwsOperation) {

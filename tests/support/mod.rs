@@ -511,10 +511,6 @@ impl Front {
         }
     }
 
-    pub fn requests(&self) -> usize {
-        self.state.requests.load(Ordering::SeqCst)
-    }
-
     /// `METHOD path -> status` for every request seen.
     pub fn log(&self) -> Vec<String> {
         self.state.log.lock().expect("log").clone()
