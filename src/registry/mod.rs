@@ -122,6 +122,20 @@ impl RegistryClient {
         Repo::parse(repository, tag, &self.transport.plain_http_hosts)
     }
 
+    /// The repository of an index and `<repository>:<tag>` as messages name it; refuses an empty
+    /// platform list.
+    fn target(&self, repository: &str, tag: &str, platforms: &[Platform]) -> Result<(Repo, String), RegistryError> {
+        let repo = self.repo(repository, tag)?;
+        let image = repo.image(tag);
+        if platforms.is_empty() {
+            return Err(RegistryError::InvalidRequest {
+                image,
+                reason: "no platforms given".into(),
+            });
+        }
+        Ok((repo, image))
+    }
+
     /// The existing `<tag>` if it is an index covering every platform in `platforms`, each entry's
     /// image verified like [`assemble`](Self::assemble) verifies per-platform images. `Ok(None)`
     /// when the tag or repository is absent, the tag is a plain image, an entry is missing, or an
@@ -132,14 +146,7 @@ impl RegistryClient {
         tag: &str,
         platforms: &[Platform],
     ) -> Result<Option<PushedIndex>, RegistryError> {
-        let repo = self.repo(repository, tag)?;
-        let image = repo.image(tag);
-        if platforms.is_empty() {
-            return Err(RegistryError::InvalidRequest {
-                image,
-                reason: "no platforms given".into(),
-            });
-        }
+        let (repo, image) = self.target(repository, tag, platforms)?;
         let fetched = match self.get_manifest(&repo, tag, &image).await {
             Ok(Some(f)) => f,
             Ok(None) | Err(RegistryError::RepositoryMissing { .. }) => return Ok(None),
@@ -201,14 +208,7 @@ impl RegistryClient {
         platforms: &[Platform],
         media_type: IndexMediaType,
     ) -> Result<PushedIndex, RegistryError> {
-        let repo = self.repo(repository, tag)?;
-        let image = repo.image(tag);
-        if platforms.is_empty() {
-            return Err(RegistryError::InvalidRequest {
-                image,
-                reason: "no platforms given".into(),
-            });
-        }
+        let (repo, image) = self.target(repository, tag, platforms)?;
         let mut seen = HashSet::new();
         if let Some(dup) = platforms.iter().find(|p| !seen.insert(**p)) {
             return Err(RegistryError::InvalidRequest {
@@ -264,16 +264,16 @@ impl RegistryClient {
             reason,
         };
         let parsed = parse_manifest(&fetched.bytes, fetched.content_type.as_deref()).map_err(|e| invalid(e.0))?;
-        let (descriptor, manifest, shown) = match parsed {
-            Manifest::Image(manifest) => (
-                Descriptor {
+        let (descriptor, shown, config) = match parsed {
+            Manifest::Image(manifest) => {
+                let config = self.verify_config(repo, &image, &manifest, platform).await?;
+                let descriptor = Descriptor {
                     media_type: manifest.media_type.to_string(),
                     digest: fetched.digest,
                     size: fetched.bytes.len() as u64,
-                },
-                manifest,
-                image.clone(),
-            ),
+                };
+                (descriptor, image.clone(), config)
+            }
             Manifest::Index(index) => {
                 let entry = pick_platform_entry(&index, platform).ok_or_else(|| RegistryError::PlatformMismatch {
                     image: image.clone(),
@@ -282,11 +282,10 @@ impl RegistryClient {
                     hint: "the index pushed for this platform has no image for it".into(),
                 })?;
                 let child = format!("{image} ({})", entry.descriptor.digest);
-                let manifest = self.get_child_manifest(repo, &child, &entry.descriptor).await?;
-                (entry.descriptor.clone(), manifest, child)
+                let config = self.verify_child(repo, &child, &entry.descriptor, platform).await?;
+                (entry.descriptor.clone(), child, config)
             }
         };
-        let config = self.verify_config(repo, &shown, &manifest, platform).await?;
         Ok(PlatformImage {
             platform,
             image: shown,
