@@ -27,6 +27,7 @@ use kube::{
         finalizer::{self, finalizer},
     },
 };
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, warn};
@@ -432,7 +433,11 @@ pub fn requeue_after(
 }
 
 /// Writes the whole status by server-side apply under [`FIELD_MANAGER`], with force.
-async fn write_status(api: &Api<MultiArchBuild>, name: &str, status: &MultiArchBuildStatus) -> Result<(), kube::Error> {
+async fn write_status<K: DeserializeOwned>(
+    api: &Api<K>,
+    name: &str,
+    status: &MultiArchBuildStatus,
+) -> Result<(), kube::Error> {
     let patch = json!({
         "apiVersion": MultiArchBuild::api_version(&()),
         "kind": MultiArchBuild::kind(&()),
@@ -588,12 +593,8 @@ async fn unreadable(
         message: Some(message.clone()),
         ..Default::default()
     };
-    let patch = json!({
-        "apiVersion": MultiArchBuild::api_version(&()),
-        "kind": MultiArchBuild::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    // Through the guarded API: the answer is this unreadable object again.
+    write_status(api, &name, &status)
         .await
         .map_err(Error::kube("write the status"))?;
     let event = BuildEvent::new(EventType::Warning, reason::INVALID_SPEC, "Reconcile", message);
