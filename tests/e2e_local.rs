@@ -5,6 +5,8 @@
 //! unless `MAB_E2E_REQUIRED=1` (set by `make test`), where a missing stack fails them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
@@ -13,8 +15,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aws_config::BehaviorVersion;
-use sha2::{Digest, Sha256};
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_batch::config::Credentials;
+use support::{sha256, skopeo_raw};
 
 fn repo_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -98,24 +101,6 @@ fn run(env: &HashMap<String, String>, file: &Path, args: &[&str]) -> (Output, St
     (out, stdout, stderr)
 }
 
-fn skopeo_raw(reference: &str) -> Vec<u8> {
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "--raw",
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .expect("skopeo is installed by make test");
-    assert!(
-        out.status.success(),
-        "skopeo inspect {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 fn skopeo_config(reference: &str) -> serde_json::Value {
     let out = Command::new("skopeo")
         .args([
@@ -134,26 +119,23 @@ fn skopeo_config(reference: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
-}
-
+/// A Batch client for the stack's moto, from the stack's environment (the process environment is
+/// left alone: tests run on several threads).
 fn batch_client(env: &HashMap<String, String>) -> aws_sdk_batch::Client {
-    for (k, v) in env {
-        if k.starts_with("AWS_") {
-            // SAFETY: set before any other thread of this test reads the environment for AWS.
-            unsafe { std::env::set_var(k, v) };
-        }
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let config = rt.block_on(aws_config::defaults(BehaviorVersion::latest()).load());
-    aws_sdk_batch::Client::new(&config)
+    let credentials = Credentials::new(
+        &env["AWS_ACCESS_KEY_ID"],
+        &env["AWS_SECRET_ACCESS_KEY"],
+        None,
+        None,
+        "local-stack",
+    );
+    let config = aws_sdk_batch::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(&env["AWS_ENDPOINT_URL"])
+        .region(Region::new(env["AWS_REGION"].clone()))
+        .credentials_provider(credentials)
+        .build();
+    aws_sdk_batch::Client::from_conf(config)
 }
 
 /// Every Batch job of this build (matched by the name prefix the executor gives its jobs).
@@ -216,8 +198,8 @@ fn a_two_platform_build_pushes_a_verified_index_and_a_rerun_reuses_it() {
     );
 
     // The digest is the sha256 of the exact index bytes the registry serves for the tag.
-    let raw = skopeo_raw(&format!("{}:{}", build.repository, build.tag));
-    assert_eq!(hex_sha256(&raw), digest);
+    let raw = skopeo_raw(&format!("{}:{}", build.repository, build.tag)).expect("skopeo is installed by make test");
+    assert_eq!(sha256(&raw), digest);
     let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
     let mut seen = Vec::new();

@@ -349,10 +349,7 @@ impl Pusher {
         let resp = self
             .http
             .get(format!("{}/v2/{repo}/manifests/{reference}", self.base))
-            .header(
-                "accept",
-                format!("{OCI_INDEX}, {DOCKER_LIST}, {OCI_MANIFEST}, {DOCKER_MANIFEST}"),
-            )
+            .header("accept", accept_manifests())
             .send()
             .await
             .expect("get manifest");
@@ -542,6 +539,16 @@ async fn front_handler(
     resp
 }
 
+/// Every manifest and index type, as an `Accept` header.
+fn accept_manifests() -> String {
+    format!("{OCI_INDEX}, {DOCKER_LIST}, {OCI_MANIFEST}, {DOCKER_MANIFEST}")
+}
+
+/// The `Authorization` value for HTTP basic auth.
+fn basic_auth(username: &str, password: &str) -> String {
+    format!("Basic {}", base64_encode(&format!("{username}:{password}")))
+}
+
 fn simple(status: u16, headers: &[(&str, String)], body: impl Into<axum::body::Body>) -> axum::response::Response {
     let mut b = axum::http::Response::builder().status(status);
     for (k, v) in headers {
@@ -598,7 +605,7 @@ async fn front(state: &FrontState, req: axum::extract::Request) -> axum::respons
             );
         }
         Fault::Basic { username, password } => {
-            let want = format!("Basic {}", base64_encode(&format!("{username}:{password}")));
+            let want = basic_auth(username, password);
             if auth != want {
                 return simple(
                     401,
@@ -609,7 +616,7 @@ async fn front(state: &FrontState, req: axum::extract::Request) -> axum::respons
         }
         Fault::Bearer { username, password } => {
             if path == "/token" {
-                let want = format!("Basic {}", base64_encode(&format!("{username}:{password}")));
+                let want = basic_auth(username, password);
                 if auth != want {
                     return simple(401, &[json()], r#"{"details":"incorrect username or password"}"#);
                 }
@@ -682,10 +689,7 @@ async fn front(state: &FrontState, req: axum::extract::Request) -> axum::respons
         let head = state
             .http
             .get(format!("{}{path}", state.upstream))
-            .header(
-                "accept",
-                format!("{OCI_INDEX}, {DOCKER_LIST}, {OCI_MANIFEST}, {DOCKER_MANIFEST}"),
-            )
+            .header("accept", accept_manifests())
             .send()
             .await
             .expect("check tag");
