@@ -13,7 +13,7 @@ test: deps ## The whole suite (installs and starts what it needs)
 	e2e/local-stack up
 	MAB_E2E_REQUIRED=1 $(CARGO) test --all-targets --locked
 	shellcheck -s sh builder/build.sh
-	shellcheck e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/controller_e2e.sh e2e/image_test.sh
+	shellcheck e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/controller_e2e.sh e2e/image_test.sh scripts/*.sh
 	e2e/builder_validation_test.sh
 	e2e/builder_secret_test.sh
 	bash e2e/install_test.sh
@@ -29,7 +29,7 @@ crds: ## Regenerate the CRD from the Rust types (and its copies in the chart and
 	cp $(CRD) charts/multiarch-operator/crds/
 	cp $(CRD) config/crd/
 
-deps: ## Install the Debian and PyPI packages the tests use (idempotent)
+deps: ## Install the test tools the local stack does not bring (idempotent; the stack installs its own)
 	scripts/install-deps.sh
 
 demo: ## Run a real two-platform build end to end on the local stack
@@ -42,6 +42,7 @@ run: ## Run the controller against the current kubeconfig context and the AWS de
 	$(CARGO) run --quiet --locked -- controller $(ARGS)
 
 bench: deps ## Benchmarks; each figure prints as `bench <name> <value> <unit>`
+	e2e/local-stack up
 	$(CARGO) bench --locked --profile dev --bench describe_calls
 	$(CARGO) bench --locked --profile dev --bench engine_memory
 	$(CARGO) bench --locked --bench index_assembly

@@ -49,16 +49,7 @@ eval "$(e2e/local-stack env)"
 PY=python3
 [ -x "$MAB_STACK_DIR/venv/bin/python" ] && PY=$MAB_STACK_DIR/venv/bin/python
 
-# The executable cargo reports (target/debug/multiarch-operator may be another checkout's when
-# CARGO_TARGET_DIR is shared).
-bin=$(cargo build --quiet --locked --message-format=json | "$PY" -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "multiarch-operator":
-        print(m["executable"])
-' | tail -n 1)
-[ -x "$bin" ] || die "cargo build did not produce the multiarch-operator binary"
+bin=$(scripts/operator-bin.sh) || die "cannot build the operator"
 
 work=$(mktemp -d)
 ns="mab-e2e-$(date +%s)"

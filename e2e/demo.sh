@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 
 e2e/local-stack up
 eval "$(e2e/local-stack env)"
-cargo build --quiet --locked
-bin=target/debug/multiarch-operator
+bin=$(scripts/operator-bin.sh)
 
 tag="demo-$(date +%Y%m%d-%H%M%S)"
 file="$MAB_STACK_DIR/demo.yaml"

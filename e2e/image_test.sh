@@ -2,7 +2,7 @@
 # image_test.sh - the controller image (./Dockerfile) built and run as the chart runs it.
 #
 #   e2e/image_test.sh [BINARY]     # BINARY: the operator binary to put in the image
-#                                  # (default: target/debug/multiarch-operator, built if missing)
+#                                  # (default: the debug build, built now: scripts/operator-bin.sh)
 #
 # Nothing can be pulled here, so both stages that come from a registry are replaced:
 # - the runtime base (gcr.io/distroless/cc-debian12) by an image made with `docker import` from
@@ -17,8 +17,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-binary=${1:-target/debug/multiarch-operator}
-[ -x "$binary" ] || cargo build --quiet --bin multiarch-operator
+binary=${1:-$(scripts/operator-bin.sh)}
 [ -x "$binary" ] || { echo "image_test: no binary at $binary" >&2; exit 1; }
 
 if docker buildx version >/dev/null 2>&1; then

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the test suite runs against, only what is missing (idempotent):
-#   Debian: docker-registry (CNCF distribution), skopeo, git, shellcheck, strace, openssl, unzip
-#   PyPI:   moto[server] (AWS Batch and CloudWatch Logs)
+# Installs the test tools the local stack does not bring, only what is missing (idempotent):
+#   Debian: shellcheck, strace, openssl, unzip
+# `e2e/local-stack up` installs the rest (docker.io, docker-registry, skopeo, git, moto[server]),
+# with its guard against package scripts starting services and its one moto version range.
 set -euo pipefail
 
-debian_packages=(docker-registry skopeo git shellcheck strace openssl unzip)
+debian_packages=(shellcheck strace openssl unzip)
 missing=()
 for package in "${debian_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -16,9 +17,4 @@ if ((${#missing[@]})); then
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-
-if ! command -v moto_server >/dev/null 2>&1; then
-    echo "install-deps: installing moto[server] from PyPI"
-    python3 -m pip install --quiet 'moto[server]>=5,<6'
-fi
-echo "install-deps: ok (docker-registry, skopeo, git, shellcheck, strace, openssl, unzip, moto_server)"
+echo "install-deps: ok (shellcheck, strace, openssl, unzip)"
