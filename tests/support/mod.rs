@@ -620,16 +620,10 @@ async fn front(state: &FrontState, req: axum::extract::Request) -> axum::respons
                 if auth != want {
                     return simple(401, &[json()], r#"{"details":"incorrect username or password"}"#);
                 }
-                let scope = req
-                    .uri()
-                    .query()
-                    .unwrap_or_default()
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("scope="))
-                    .unwrap_or_default()
-                    .replace("%3A", ":")
-                    .replace("%2C", ",")
-                    .replace("%2F", "/");
+                let scope = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
+                    .ok()
+                    .and_then(|mut q| q.0.remove("scope"))
+                    .unwrap_or_default();
                 return simple(
                     200,
                     &[json()],
