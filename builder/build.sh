@@ -57,26 +57,23 @@ log() {
     printf '[mab] %s\n' "$*"
 }
 
+# redact SECRET: every occurrence of SECRET (when set) in $_t replaced by ***.
+redact() {
+    [ -n "$1" ] || return 0
+    while :; do
+        case $_t in
+            *"$1"*) _t=${_t%%"$1"*}'***'${_t#*"$1"} ;;
+            *) break ;;
+        esac
+    done
+}
+
 # one_line TEXT: newlines/CR/tabs to spaces, ANSI escapes removed, at most 500 chars,
 # and any secret material replaced by ***.
 one_line() {
     _t=$*
-    if [ -n "$secret_value" ]; then
-        while :; do
-            case $_t in
-                *"$secret_value"*) _t=${_t%%"$secret_value"*}'***'${_t#*"$secret_value"} ;;
-                *) break ;;
-            esac
-        done
-    fi
-    if [ -n "$auth_header" ]; then
-        while :; do
-            case $_t in
-                *"$auth_header"*) _t=${_t%%"$auth_header"*}'***'${_t#*"$auth_header"} ;;
-                *) break ;;
-            esac
-        done
-    fi
+    redact "$secret_value"
+    redact "$auth_header"
     printf '%s' "$_t" | tr '\n\r\t' '   ' | sed "s/${esc}\[[0-9;]*[A-Za-z]//g; s/  */ /g; s/^ //; s/ \$//" | cut -c1-500
 }
 
