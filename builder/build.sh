@@ -23,9 +23,24 @@
 #                                   linux/arm/v7
 #   MAB_REGISTRY_AUTH               ecr (aws ecr get-login-password | docker login) or none
 #   MAB_ALLOW_EMULATION             optional; "true" skips the host-architecture check.
+#   MAB_BUILD_UID                   the MultiArchBuild's metadata.uid (a UUID; the CLI without a
+#                                   cluster uses 64 hex): [A-Za-z0-9][A-Za-z0-9-]{0,127}.
+#   MAB_INPUT_HASH                  sha256:<64 lowercase hex>, the controller's hash of the
+#                                   build inputs.
+#
+# The image gets these labels (what the controller checks before it puts the image in the
+# multi-platform index):
+#   org.opencontainers.image.revision=<the resolved commit, 40 lowercase hex>
+#   org.opencontainers.image.source=<MAB_GIT_URL>
+#   dev.multiarch.build-uid=<MAB_BUILD_UID>
+#   dev.multiarch.inputs=<MAB_INPUT_HASH>
+# The resolved commit must be a full 40-hex SHA; when MAB_GIT_REVISION is itself a full
+# 40-hex SHA, the resolved commit must be that SHA (compared in lowercase).
 #
 # Output: progress lines "[mab] ..." and the git/docker output on stdout/stderr; on success
-# the LAST line on stdout is "digest: sha256:<64 hex>" (the pushed manifest digest).
+# the LAST TWO lines on stdout are, in this order, with nothing after them on stdout or stderr:
+#   commit: <40 lowercase hex>        the commit that was built (the revision label)
+#   digest: sha256:<64 hex>           the pushed manifest digest
 # On failure: exactly one line on stderr starting "build.sh: " saying what failed, and
 #   exit 2  invalid configuration (a MAB_* variable or an argument)
 #   exit 3  unusable environment (missing tool, Docker not reachable, wrong host arch)
@@ -186,6 +201,16 @@ case $MAB_GIT_REVISION in
 esac
 [ "$_rev_ok" = yes ] ||
     die_config "MAB_GIT_REVISION must be a commit SHA, branch or tag (letters, digits, . _ / + -; no leading '-', no '..'), got '$MAB_GIT_REVISION'"
+
+# --- MAB_BUILD_UID / MAB_INPUT_HASH (labels the controller checks on the pushed image)
+MAB_BUILD_UID=${MAB_BUILD_UID:-}
+[ -n "$MAB_BUILD_UID" ] || die_config "MAB_BUILD_UID is required (the MultiArchBuild's uid)"
+matches '^[A-Za-z0-9][A-Za-z0-9-]{0,127}$' "$MAB_BUILD_UID" ||
+    die_config "MAB_BUILD_UID must be 1 to 128 letters, digits and '-', starting with a letter or digit, got '$MAB_BUILD_UID'"
+MAB_INPUT_HASH=${MAB_INPUT_HASH:-}
+[ -n "$MAB_INPUT_HASH" ] || die_config "MAB_INPUT_HASH is required (sha256:<64 hex>, the hash of the build inputs)"
+matches '^sha256:[0-9a-f]{64}$' "$MAB_INPUT_HASH" ||
+    die_config "MAB_INPUT_HASH must be sha256:<64 lowercase hex>, got '$MAB_INPUT_HASH'"
 
 # --- MAB_GIT_CREDENTIALS_SECRET_ARN
 MAB_GIT_CREDENTIALS_SECRET_ARN=${MAB_GIT_CREDENTIALS_SECRET_ARN:-}
@@ -432,6 +457,7 @@ fi
 log "platform $MAB_PLATFORM on host $host_arch, Docker engine $server_version, builder $builder"
 log "source $MAB_GIT_URL revision $MAB_GIT_REVISION, context $MAB_CONTEXT_DIR, dockerfile $MAB_DOCKERFILE, $build_arg_count build arg(s)"
 log "target $MAB_IMAGE (registry auth: $MAB_REGISTRY_AUTH)"
+log "build uid $MAB_BUILD_UID, inputs $MAB_INPUT_HASH"
 
 # --- git credentials (never printed, never in argv)
 if [ -n "$MAB_GIT_CREDENTIALS_SECRET_ARN" ]; then
@@ -487,6 +513,13 @@ if [ -z "$commit" ] && matches '^[0-9a-fA-F]{4,40}$' "$rev"; then
     fi
 fi
 [ -n "$commit" ] || die "git revision '$rev' not found in $MAB_GIT_URL (no such branch, tag or commit)"
+matches '^[0-9a-f]{40}$' "$commit" ||
+    die "git revision '$rev' resolved to '$commit', which is not a full 40-hex commit SHA (a SHA-256 repository?)"
+if matches '^[0-9a-fA-F]{40}$' "$rev"; then
+    _want=$(printf '%s\n' "$rev" | tr 'A-F' 'a-f')
+    [ "$commit" = "$_want" ] ||
+        die "MAB_GIT_REVISION is the commit SHA $_want but it resolved to commit $commit (a branch or tag with that name?)"
+fi
 step='checking out the revision'
 if ! run_step "$work/checkout.log" git -c advice.detachedHead=false checkout --quiet --detach "$commit"; then
     die "git checkout of $commit failed: $(last_line "$work/checkout.log")"
@@ -559,7 +592,10 @@ case $builder in
         ;;
 esac
 set -- "$@" --platform "$MAB_PLATFORM" --file "$dockerfile" --tag "$MAB_IMAGE" \
-    --label "org.opencontainers.image.revision=$commit"
+    --label "org.opencontainers.image.revision=$commit" \
+    --label "org.opencontainers.image.source=$MAB_GIT_URL" \
+    --label "dev.multiarch.build-uid=$MAB_BUILD_UID" \
+    --label "dev.multiarch.inputs=$MAB_INPUT_HASH"
 _val=''
 IFS=' '
 for _name in $MAB_BUILD_ARG_NAMES; do
@@ -616,4 +652,5 @@ fi
 # Untag locally (the pushed image is in the registry; keep the Batch host's disk tidy).
 docker image rm "$MAB_IMAGE" >/dev/null 2>&1 || true
 log "pushed $image_repo@$digest"
-printf 'digest: %s\n' "$digest"
+# The last two stdout lines, read by the controller from the job's log: keep them last.
+printf 'commit: %s\ndigest: %s\n' "$commit" "$digest"

@@ -11,6 +11,9 @@
 #     that records the argv of every process build.sh starts.
 # and checks the token is in no stdout/stderr line, no argv, no request path, not in docker's
 # environment, not in any error message - and that the git server did receive the header.
+# It also checks the output contract (the last two stdout lines are "commit: <40 hex>" then
+# "digest: sha256:<64 hex>"), the image labels passed to `docker build` (revision, source,
+# build uid, input hash), and how a full-SHA MAB_GIT_REVISION is resolved.
 # Needs: bash, git, python3, openssl; strace optional. Prints "N passed, M failed".
 set -u
 
@@ -61,9 +64,11 @@ trap cleanup EXIT
 
 # ------------------------------------------------------------------ a repo to serve
 mkdir -p "$T/work" "$T/srv" "$T/bin"
+# the test repositories are made without the user's or the system's git configuration
+# (build.sh runs under env -i: this does not reach it)
+export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 (
     cd "$T/work" &&
-        export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 &&
         git -c init.defaultBranch=main init -q . &&
         printf 'FROM scratch\nCOPY hello.txt /\n' >Dockerfile &&
         echo hello >hello.txt &&
@@ -75,6 +80,44 @@ mkdir -p "$T/work" "$T/srv" "$T/bin"
     echo "builder_secret_test: could not create the test repository" >&2
     exit 2
 }
+# the commit the served repo's main resolves to (the revision label and the commit: line)
+MAIN_SHA=$(git -C "$T/srv/repo.git" rev-parse --verify 'refs/heads/main^{commit}')
+[[ $MAIN_SHA =~ ^[0-9a-f]{40}$ ]] || {
+    echo "builder_secret_test: cannot read the test repository's main ('$MAIN_SHA')" >&2
+    exit 2
+}
+# shabranch.git: like repo.git, plus a branch NAMED $MAIN_SHA that points at another commit
+# (so MAB_GIT_REVISION=$MAIN_SHA resolves, as a branch, to $OTHER_SHA)
+(
+    git clone -q "$T/work" "$T/work2" &&
+        cd "$T/work2" &&
+        git checkout -q -b other &&
+        echo other >hello.txt &&
+        git -c user.name=t -c user.email=t@example.invalid -c commit.gpgsign=false commit -q -a -m other &&
+        git update-ref "refs/heads/$MAIN_SHA" refs/heads/other &&
+        git clone -q --bare . "$T/srv/shabranch.git" &&
+        git -C "$T/srv/shabranch.git" update-server-info
+) || {
+    echo "builder_secret_test: could not create the test repository shabranch.git" >&2
+    exit 2
+}
+OTHER_SHA=$(git -C "$T/srv/shabranch.git" rev-parse --verify "refs/heads/$MAIN_SHA^{commit}")
+# sha256.git: a SHA-256 repository (commit ids of 64 hex), if this git can make one
+SHA256_REPO=no
+if (
+    git -c init.defaultBranch=main init -q --object-format=sha256 "$T/work256" &&
+        cd "$T/work256" &&
+        printf 'FROM scratch\nCOPY hello.txt /\n' >Dockerfile &&
+        echo hello >hello.txt &&
+        git add -A &&
+        git -c user.name=t -c user.email=t@example.invalid -c commit.gpgsign=false commit -q -m init &&
+        git clone -q --bare . "$T/srv/sha256.git" &&
+        git -C "$T/srv/sha256.git" update-server-info
+) >/dev/null 2>&1; then
+    SHA256_REPO=yes
+else
+    echo "# this git cannot make a SHA-256 repository: skipping the SHA-256 case"
+fi
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$T/key.pem" -out "$T/cert.pem" >/dev/null 2>&1 || {
     echo "builder_secret_test: openssl could not make a certificate" >&2
@@ -156,9 +199,12 @@ esac
 EOF
 cat >"$T/bin/docker" <<EOF
 #!/bin/sh
-# fake docker: records argv and environment
+# fake docker: records argv and environment, and the argv of a build one word a line
 printf '%s\n' "\$*" >>"$T/docker-argv.log"
 env >>"$T/docker-env.log"
+case "\$1 \${2:-}" in
+"build "* | "buildx build") printf '%s\n' "\$@" >"$T/docker-build-argv.log" ;;
+esac
 case "\$1" in
 version) echo 20.10.24 ;;
 buildx) exit 1 ;;
@@ -183,12 +229,17 @@ else
     echo "# strace not usable here: checking argv through the git/docker/aws shims only"
 fi
 
-# run_build NAME [VAR=VALUE...]: build.sh with a clean environment; leaves
+BUILD_UID=0f8e2c4a-1b3d-4e5f-8a9b-0c1d2e3f4a5b
+INPUT_HASH=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+DIGEST=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+
+# run_build NAME [VAR=VALUE...]: build.sh with a clean environment (a VAR=VALUE given here
+# overrides the default one: env keeps the last); leaves
 # $T/NAME.out, $T/NAME.err, $T/NAME.rc, $T/NAME.strace
 run_build() {
     local name=$1
     shift
-    rm -f "$T/aws-argv.log" "$T/docker-argv.log" "$T/docker-env.log" "$T/git-argv.log"
+    rm -f "$T/aws-argv.log" "$T/docker-argv.log" "$T/docker-env.log" "$T/git-argv.log" "$T/docker-build-argv.log"
     local envv=(
         "PATH=$T/bin:/usr/local/bin:/usr/bin:/bin"
         "TMPDIR=$T"
@@ -202,6 +253,8 @@ run_build() {
         "MAB_PLATFORM=linux/amd64"
         "MAB_REGISTRY_AUTH=none"
         "MAB_ALLOW_EMULATION=true"
+        "MAB_BUILD_UID=$BUILD_UID"
+        "MAB_INPUT_HASH=$INPUT_HASH"
         "$@"
     )
     local pre=()
@@ -234,6 +287,41 @@ one_stderr_line() { # NAME EXPECTED_SUBSTRING
     fi
 }
 
+# last_two NAME COMMIT: exit 0, and the last two stdout lines are "commit: COMMIT" then the
+# fake push's digest, with nothing on stderr (so nothing after them there either)
+last_two() {
+    local n=$1 want=$2 rc got re
+    re=$'^commit: [0-9a-f]{40}\ndigest: sha256:[0-9a-f]{64}$'
+    rc=$(cat "$T/$n.rc")
+    got=$(tail -n 2 "$T/$n.out")
+    if [ "$rc" -eq 0 ] && [ "$got" = "commit: $want"$'\n'"digest: $DIGEST" ] &&
+        [[ $got =~ $re ]]; then
+        ok "$n: exit 0, the last two stdout lines are 'commit: $want' then 'digest: $DIGEST'"
+    else
+        not_ok "$n: exit 0, the last two stdout lines are 'commit: $want' then 'digest: $DIGEST'" \
+            "exit $rc; last stdout lines:" "$(tail -n 3 "$T/$n.out")" "stderr:" "$(tail -n 3 "$T/$n.err")"
+    fi
+    if [ ! -s "$T/$n.err" ]; then
+        ok "$n: nothing on stderr"
+    else
+        not_ok "$n: nothing on stderr" "$(tail -n 3 "$T/$n.err")"
+    fi
+}
+
+# label NAME KEY VALUE: the recorded `docker build` argv has "--label" "KEY=VALUE" as two
+# words, exactly once for KEY
+label() {
+    local n=$1 key=$2 want=$3 got
+    got=$(awk -v k="$key=" 'prev == "--label" && index($0, k) == 1 { print substr($0, length(k) + 1) } { prev = $0 }' \
+        "$T/docker-build-argv.log" 2>/dev/null)
+    if [ "$got" = "$want" ]; then
+        ok "$n: docker build got --label $key=$want"
+    else
+        not_ok "$n: docker build got --label $key=$want" "got: ${got:-(none)}" \
+            "$(grep -A1 -e '^--label$' "$T/docker-build-argv.log" 2>/dev/null | tr '\n' ' ')"
+    fi
+}
+
 # ================================================================== 0. control
 # the argv check must be able to see a token that IS in an argv
 if [ -n "$STRACE" ]; then
@@ -249,12 +337,11 @@ fi
 # ================================================================== 1. success
 start_server "$PAT"
 run_build good
-rc=$(cat "$T/good.rc")
-if [ "$rc" -eq 0 ] && [ "$(tail -n 1 "$T/good.out")" = "digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" ]; then
-    ok "good: build.sh succeeds and prints the digest last"
-else
-    not_ok "good: build.sh succeeds and prints the digest last" "exit $rc" "$(tail -n 3 "$T/good.err" "$T/good.out")"
-fi
+last_two good "$MAIN_SHA"
+label good org.opencontainers.image.revision "$MAIN_SHA"
+label good org.opencontainers.image.source "https://127.0.0.1:$PORT/repo.git"
+label good dev.multiarch.build-uid "$BUILD_UID"
+label good dev.multiarch.inputs "$INPUT_HASH"
 if grep -q "\"authorization\": \"Basic $PAT_B64\"" "$T/requests.log" 2>/dev/null; then
     ok "good: the git server received 'Authorization: Basic base64(x-access-token:TOKEN)'"
 else
@@ -311,6 +398,33 @@ run_build inurl "MAB_GIT_URL=https://x-access-token:$PAT@127.0.0.1:$PORT/repo.gi
 check "token in URL: exit 2" test "$(cat "$T/inurl.rc")" -eq 2
 one_stderr_line inurl "MAB_GIT_URL must not contain credentials"
 no_secret "token in URL: the error message does not repeat it" "$T/inurl.err" "$T/inurl.out"
+
+# ================================================================== 7. full-SHA revisions
+run_build fullsha "MAB_GIT_REVISION=$MAIN_SHA"
+last_two fullsha "$MAIN_SHA"
+label fullsha org.opencontainers.image.revision "$MAIN_SHA"
+# an uppercase SHA is the same commit: printed and labelled in lowercase
+run_build fullsha_upper "MAB_GIT_REVISION=${MAIN_SHA^^}"
+last_two fullsha_upper "$MAIN_SHA"
+label fullsha_upper org.opencontainers.image.revision "$MAIN_SHA"
+# a full SHA that resolves to another commit (a branch with that name) is refused, naming both
+run_build shabranch "MAB_GIT_URL=https://127.0.0.1:$PORT/shabranch.git" "MAB_GIT_REVISION=$MAIN_SHA"
+check "full SHA resolving to another commit: exit 1" test "$(cat "$T/shabranch.rc")" -eq 1
+one_stderr_line shabranch "MAB_GIT_REVISION is the commit SHA $MAIN_SHA but it resolved to commit $OTHER_SHA"
+check "full SHA resolving to another commit: nothing was built" test ! -e "$T/docker-build-argv.log"
+# the same repository's branch 'other' still builds, labelled with its own commit
+run_build otherbranch "MAB_GIT_URL=https://127.0.0.1:$PORT/shabranch.git" "MAB_GIT_REVISION=other"
+last_two otherbranch "$OTHER_SHA"
+label otherbranch org.opencontainers.image.revision "$OTHER_SHA"
+label otherbranch org.opencontainers.image.source "https://127.0.0.1:$PORT/shabranch.git"
+
+# ================================================================== 8. a SHA-256 repository
+if [ "$SHA256_REPO" = yes ]; then
+    run_build sha256 "MAB_GIT_URL=https://127.0.0.1:$PORT/sha256.git"
+    check "SHA-256 repository: exit 1" test "$(cat "$T/sha256.rc")" -eq 1
+    one_stderr_line sha256 "which is not a full 40-hex commit SHA"
+    check "SHA-256 repository: nothing was built" test ! -e "$T/docker-build-argv.log"
+fi
 
 echo
 echo "$passed passed, $failed failed"

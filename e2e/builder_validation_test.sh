@@ -41,7 +41,11 @@ BASE=(
     "MAB_IMAGE=123456789012.dkr.ecr.us-east-1.amazonaws.com/app:3f2a9c1-arm64"
     "MAB_PLATFORM=linux/arm64"
     "MAB_REGISTRY_AUTH=ecr"
+    "MAB_BUILD_UID=0f8e2c4a-1b3d-4e5f-8a9b-0c1d2e3f4a5b"
+    "MAB_INPUT_HASH=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 )
+# 128 characters: the longest MAB_BUILD_UID
+UID_128=$(printf 'a%.0s' $(seq 1 128))
 
 # run SHELL ARGS-FOR-BUILD.SH -- VAR=VALUE... (a VAR= with no "=" removes VAR from the base)
 run() {
@@ -125,6 +129,11 @@ line2"
     expect "$sh" 3 "required command" "GovCloud secret ARN" \
         "MAB_GIT_CREDENTIALS_SECRET_ARN=arn:aws-us-gov:secretsmanager:us-gov-west-1:123456789012:secret:gh-pat-AbCdEf"
 
+    expect "$sh" 3 "required command" "MAB_BUILD_UID of 64 hex (the CLI without a cluster)" \
+        "MAB_BUILD_UID=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    expect "$sh" 3 "required command" "MAB_BUILD_UID of 128 characters" "MAB_BUILD_UID=$UID_128"
+    expect "$sh" 3 "required command" "MAB_BUILD_UID of one character" "MAB_BUILD_UID=Z"
+
     # --- arguments
     expect "$sh" 2 "takes no arguments" "arguments are refused" --help --
 
@@ -188,6 +197,40 @@ B" "MAB_BUILD_ARG_A=1" "MAB_BUILD_ARG_B=2"
     expect "$sh" 2 "MAB_GIT_REVISION must be" "revision with '..'" "MAB_GIT_REVISION=main..other"
     expect "$sh" 2 "MAB_GIT_REVISION must be" "revision with @{" "MAB_GIT_REVISION=main@{1}"
     expect "$sh" 2 "MAB_GIT_REVISION must be" "revision with a space" "MAB_GIT_REVISION=main other"
+
+    # --- MAB_BUILD_UID
+    expect "$sh" 2 "MAB_BUILD_UID is required" "missing MAB_BUILD_UID" "MAB_BUILD_UID"
+    expect "$sh" 2 "MAB_BUILD_UID is required" "empty MAB_BUILD_UID" "MAB_BUILD_UID="
+    expect "$sh" 2 "MAB_BUILD_UID must be" "MAB_BUILD_UID with a \$()" "MAB_BUILD_UID=\$(touch $MARKER)"
+    expect "$sh" 2 "MAB_BUILD_UID must be" "MAB_BUILD_UID with a ;" "MAB_BUILD_UID=x;touch $MARKER"
+    expect "$sh" 2 "MAB_BUILD_UID must be" "MAB_BUILD_UID with backquotes" "MAB_BUILD_UID=x\`touch $MARKER\`"
+    expect "$sh" 2 "MAB_BUILD_UID must be" "MAB_BUILD_UID like an option" "MAB_BUILD_UID=-x"
+    expect "$sh" 2 "MAB_BUILD_UID must be" "MAB_BUILD_UID with an underscore" "MAB_BUILD_UID=a_b"
+    expect "$sh" 2 "MAB_BUILD_UID must be" "MAB_BUILD_UID of 129 characters" "MAB_BUILD_UID=${UID_128}a"
+    expect "$sh" 2 "MAB_BUILD_UID must be" "MAB_BUILD_UID with a newline" "MAB_BUILD_UID=abc
+def"
+    expect "$sh" 2 "MAB_BUILD_UID must be" "MAB_BUILD_UID with a label separator '='" "MAB_BUILD_UID=a=b"
+
+    # --- MAB_INPUT_HASH
+    expect "$sh" 2 "MAB_INPUT_HASH is required" "missing MAB_INPUT_HASH" "MAB_INPUT_HASH"
+    expect "$sh" 2 "MAB_INPUT_HASH is required" "empty MAB_INPUT_HASH" "MAB_INPUT_HASH="
+    expect "$sh" 2 "MAB_INPUT_HASH must be sha256:" "MAB_INPUT_HASH without the sha256: prefix" \
+        "MAB_INPUT_HASH=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    expect "$sh" 2 "MAB_INPUT_HASH must be sha256:" "MAB_INPUT_HASH in uppercase hex" \
+        "MAB_INPUT_HASH=sha256:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
+    expect "$sh" 2 "MAB_INPUT_HASH must be sha256:" "MAB_INPUT_HASH of 63 hex" \
+        "MAB_INPUT_HASH=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a0"
+    expect "$sh" 2 "MAB_INPUT_HASH must be sha256:" "MAB_INPUT_HASH of 65 hex" \
+        "MAB_INPUT_HASH=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a088"
+    expect "$sh" 2 "MAB_INPUT_HASH must be sha256:" "MAB_INPUT_HASH sha512:" \
+        "MAB_INPUT_HASH=sha512:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    expect "$sh" 2 "MAB_INPUT_HASH must be sha256:" "MAB_INPUT_HASH with a \$()" \
+        "MAB_INPUT_HASH=sha256:\$(touch $MARKER)"
+    expect "$sh" 2 "MAB_INPUT_HASH must be sha256:" "MAB_INPUT_HASH with shell code after a valid hash" \
+        "MAB_INPUT_HASH=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08;touch $MARKER"
+    expect "$sh" 2 "MAB_INPUT_HASH must be sha256:" "MAB_INPUT_HASH with a second line" \
+        "MAB_INPUT_HASH=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
     # --- secret, registry auth, emulation
     expect "$sh" 2 "MAB_GIT_CREDENTIALS_SECRET_ARN must be a Secrets Manager secret ARN" "secret name instead of ARN" \
