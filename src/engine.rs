@@ -11,9 +11,12 @@ use tracing::{info, warn};
 
 use crate::{
     api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Platform},
-    batch::{BatchError, BatchExecutor, BuildRef, MAX_LOG_TAIL_LINES, submit_request},
-    plan::{self, Action, AssemblyOutcome, IndexRef, Input, JobObservation, Observations},
-    registry::{PushedIndex, RegistryClient, RegistryError},
+    batch::{BatchError, BatchExecutor, BuildRef, MAX_LOG_TAIL_LINES, SubmittedJob, submit_request},
+    plan::{self, Action, AssemblyOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult, Observations},
+    provenance::{
+        CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL, inputs_hash, pinned_commit,
+    },
+    registry::{Existing, IndexRequest, PushedIndex, RegistryClient, RegistryError, ReuseExpectation},
 };
 
 /// Plan → apply rounds in one step; a build needs at most four (check, submit, fetch logs,
@@ -30,6 +33,10 @@ pub enum EngineError {
     Registry(#[from] RegistryError),
     #[error("cannot write the status: {0}")]
     Persist(String),
+    /// The status changed since it was read (another writer, or our own view is stale): re-read
+    /// and re-plan, never overwrite.
+    #[error("the status changed since it was read; reading it again: {0}")]
+    StatusConflict(String),
 }
 
 impl EngineError {
@@ -39,6 +46,7 @@ impl EngineError {
             EngineError::Batch(e) => e.label(),
             EngineError::Registry(e) => e.label(),
             EngineError::Persist(_) => "StatusWriteFailed",
+            EngineError::StatusConflict(_) => "StatusConflict",
         }
     }
 }
@@ -49,6 +57,13 @@ pub struct Build<'a> {
     pub spec: &'a MultiArchBuildSpec,
     pub git_sources: GitSources,
     pub generation: Option<i64>,
+}
+
+/// What a step left: the status stored, and when the planner wants to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stepped {
+    pub status: MultiArchBuildStatus,
+    pub wake_at: Option<Timestamp>,
 }
 
 /// Talks to Batch and the registry on the planner's behalf.
@@ -69,7 +84,7 @@ impl Engine {
         jobs: BTreeMap<Platform, JobObservation>,
         now: impl Fn() -> Timestamp,
         mut persist: P,
-    ) -> Result<MultiArchBuildStatus, EngineError>
+    ) -> Result<Stepped, EngineError>
     where
         P: FnMut(MultiArchBuildStatus) -> F,
         F: Future<Output = Result<(), EngineError>>,
@@ -88,14 +103,16 @@ impl Engine {
                 now: now(),
             })
         };
+        let mut wake_at = None;
         for _ in 0..MAX_ROUNDS {
             let plan = decide(&status, &observed);
             if plan.status != status {
                 persist(plan.status.clone()).await?;
                 status = plan.status;
             }
+            wake_at = plan.wake_at;
             if plan.actions.is_empty() {
-                return Ok(status);
+                break;
             }
             // Observations of this round's actions feed the next round; job states carry over.
             let jobs = std::mem::take(&mut observed.jobs);
@@ -112,7 +129,7 @@ impl Engine {
                 return Err(error);
             }
         }
-        Ok(status)
+        Ok(Stepped { status, wake_at })
     }
 
     /// Applies every action, recording what each one observed; stops at the first error.
@@ -126,32 +143,41 @@ impl Engine {
         for action in actions {
             match action {
                 Action::CheckExistingIndex => {
-                    let platforms = platforms(spec);
-                    let found = match self
-                        .registry
-                        .find_existing_index(&spec.output.repository, &spec.output.tag, &platforms)
-                        .await
-                    {
-                        Ok(found) => found.map(index_ref),
-                        Err(e) if !e.is_transient() => {
-                            warn!(error = %e, "cannot check for an existing index; building");
-                            None
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    observed.existing_index = Some(found);
+                    observed.existing_index = Some(self.check_existing(build).await?);
                 }
                 Action::Submit(platform) => {
                     let request = submit_request(build.reference, spec, platform, &self.default_job_definition)?;
-                    let job = self.batch.find_or_submit(&request).await?;
-                    info!(%platform, job_id = %job.job_id, adopted = job.adopted, "job submitted");
-                    observed.jobs.insert(
-                        platform,
-                        JobObservation::Submitted {
-                            job_id: job.job_id,
-                            job_name: job.job_name,
-                        },
-                    );
+                    match self.batch.find_or_submit(&request).await {
+                        Ok(job) => {
+                            info!(%platform, job_id = %job.job_id, adopted = job.adopted, "job submitted");
+                            observed.jobs.insert(platform, submitted(job));
+                        }
+                        Err(e) => {
+                            if e.is_throttling() || matches!(e, BatchError::Rejected { .. }) {
+                                observed.jobs.insert(platform, JobObservation::NotSubmitted);
+                            }
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Action::Adopt(platform) => {
+                    let request = submit_request(build.reference, spec, platform, &self.default_job_definition)?;
+                    let found = self.batch.find_job(&request.job_queue, &request.job_name).await?;
+                    let observation = match found {
+                        Some(job) => {
+                            info!(%platform, job_id = %job.job_id, "found the job of an unrecorded submit");
+                            submitted(job)
+                        }
+                        None => JobObservation::NotListed,
+                    };
+                    observed.jobs.insert(platform, observation);
+                }
+                Action::ReadResult {
+                    platform,
+                    log_stream_name,
+                } => {
+                    let lines = self.batch.log_tail(&log_stream_name, RESULT_LINES).await?;
+                    observed.results.insert(platform, read_result(&lines));
                 }
                 Action::Terminate {
                     platform,
@@ -174,18 +200,36 @@ impl Engine {
                     };
                     observed.failure_logs.insert(platform, lines);
                 }
-                Action::Assemble => {
+                Action::Assemble {
+                    children,
+                    commit,
+                    created,
+                } => {
+                    let expected = Expected {
+                        build_uid: Some(build.reference.uid.clone()),
+                        commit: commit.clone(),
+                        inputs: inputs_hash(spec),
+                    };
+                    let annotations = [
+                        (REVISION_LABEL, commit),
+                        (SOURCE_LABEL, spec.source.git.url.clone()),
+                        (CREATED_ANNOTATION, created.to_string()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                    let request = IndexRequest {
+                        media_type: spec.output.media_type,
+                        children: &children,
+                        expected: Some(&expected),
+                        annotations,
+                    };
                     let outcome = match self
                         .registry
-                        .assemble(
-                            &spec.output.repository,
-                            &spec.output.tag,
-                            &platforms(spec),
-                            spec.output.media_type,
-                        )
+                        .assemble(&spec.output.repository, &spec.output.tag, &request)
                         .await
                     {
-                        Ok(index) => AssemblyOutcome::Pushed(index_ref(index)),
+                        Ok(index) => AssemblyOutcome::Pushed(index_ref(index, Some(expected.commit))),
                         Err(e) if e.is_transient() => return Err(e.into()),
                         Err(e) => AssemblyOutcome::Rejected {
                             reason: e.label().into(),
@@ -223,13 +267,81 @@ pub fn job_observations(
         .collect()
 }
 
-fn platforms(spec: &MultiArchBuildSpec) -> Vec<Platform> {
-    spec.platforms.iter().map(|p| p.platform).collect()
+impl Engine {
+    /// Whether `<tag>` holds an index this input provably built. A registry that refuses the
+    /// question permanently (a missing repository, a bad answer) means building, not failing.
+    async fn check_existing(&self, build: &Build<'_>) -> Result<ExistingIndex, EngineError> {
+        let spec = build.spec;
+        let platforms: Vec<Platform> = spec.platforms.iter().map(|p| p.platform).collect();
+        let pinned = pinned_commit(spec).map(|commit| Expected {
+            build_uid: None,
+            commit,
+            inputs: inputs_hash(spec),
+        });
+        let expectation = match &pinned {
+            Some(expected) => ReuseExpectation::Pinned(expected),
+            None => ReuseExpectation::Unpinned(&spec.source.git.revision),
+        };
+        let found = self
+            .registry
+            .find_existing_index(&spec.output.repository, &spec.output.tag, &platforms, expectation)
+            .await;
+        Ok(match found {
+            Ok(Existing::Absent) => ExistingIndex::Absent,
+            Ok(Existing::Differs(why)) => ExistingIndex::Differs(why),
+            Ok(Existing::Reusable(index)) => ExistingIndex::Reusable(index_ref(index, pinned.map(|e| e.commit))),
+            Err(e) if !e.is_transient() => {
+                warn!(error = %e, "cannot check for an existing index; building");
+                ExistingIndex::Differs(format!("it cannot be read: {e}"))
+            }
+            Err(e) => return Err(e.into()),
+        })
+    }
 }
 
-fn index_ref(index: PushedIndex) -> IndexRef {
+/// The builder ends its log with these two lines (see builder/build.sh).
+const RESULT_LINES: usize = 2;
+
+/// What a succeeded job's log says it pushed: its last two lines must be exactly
+/// `commit: <40 hex>` and `digest: sha256:<64 hex>`. Nothing a build prints earlier can pass for
+/// them, since the builder prints them last.
+pub fn read_result(last_lines: &[String]) -> JobResult {
+    let [commit_line, digest_line] = last_lines else {
+        return JobResult::NotInLog(format!(
+            "its log has {} line(s), not the builder's closing commit and digest lines",
+            last_lines.len()
+        ));
+    };
+    let commit = commit_line
+        .strip_prefix("commit: ")
+        .filter(|c| c.len() == 40 && c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    let digest = digest_line
+        .strip_prefix("digest: ")
+        .filter(|d| crate::registry::parse::is_sha256_digest(d));
+    match (commit, digest) {
+        (Some(commit), Some(digest)) => JobResult::Pushed {
+            commit: commit.to_string(),
+            digest: digest.to_string(),
+        },
+        _ => JobResult::NotInLog(format!(
+            "its log does not end with the builder's `commit: <sha>` and `digest: sha256:<hex>` lines (it ends \
+             with {:?})",
+            crate::util::cut(digest_line, 120, "…")
+        )),
+    }
+}
+
+fn submitted(job: SubmittedJob) -> JobObservation {
+    JobObservation::Submitted {
+        job_id: job.job_id,
+        job_name: job.job_name,
+    }
+}
+
+fn index_ref(index: PushedIndex, commit: Option<String>) -> IndexRef {
     IndexRef {
         digest: index.digest,
         platforms: index.platforms,
+        commit,
     }
 }

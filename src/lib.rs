@@ -10,5 +10,6 @@ pub mod controller;
 pub mod engine;
 pub mod oneshot;
 pub mod plan;
+pub mod provenance;
 pub mod registry;
 mod util;

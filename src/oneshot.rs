@@ -126,6 +126,7 @@ async fn step_once(
             std::future::ready(Ok(()))
         })
         .await
+        .map(|stepped| stepped.status)
 }
 
 /// Describes the live jobs recorded in the status.

@@ -17,6 +17,8 @@ pub enum JobState {
     Running,
     Succeeded,
     Failed,
+    /// Not a Batch status: Batch stopped returning the job, so the planner gave it up.
+    Lost,
 }
 
 impl JobState {
@@ -29,6 +31,7 @@ impl JobState {
             JobState::Running => "RUNNING",
             JobState::Succeeded => "SUCCEEDED",
             JobState::Failed => "FAILED",
+            JobState::Lost => "LOST",
         }
     }
 
@@ -41,13 +44,14 @@ impl JobState {
             JobState::Running,
             JobState::Succeeded,
             JobState::Failed,
+            JobState::Lost,
         ]
         .into_iter()
         .find(|state| state.as_str() == s)
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed)
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Lost)
     }
 }
 
@@ -97,6 +101,30 @@ pub enum JobObservation {
     Seen(JobSnapshot),
     /// The recorded job id was asked for and Batch did not return it.
     Missing,
+    /// ListJobs has no job of this platform's name (yet: it lags SubmitJob).
+    NotListed,
+    /// SubmitJob was refused, so no job was created (throttled or rejected).
+    NotSubmitted,
+}
+
+/// What a succeeded job's log says it pushed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobResult {
+    /// The builder's last lines: the commit it built and the manifest digest it pushed.
+    Pushed { commit: String, digest: String },
+    /// The log does not (yet) end with those lines; why, for the message.
+    NotInLog(String),
+}
+
+/// What `CheckExistingIndex` found at `<tag>`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExistingIndex {
+    /// Nothing there, or not an index of every platform.
+    Absent,
+    /// An index of every platform that this input did not provably build; why not.
+    Differs(String),
+    /// An index every child of which names the pinned commit and the same inputs.
+    Reusable(IndexRef),
 }
 
 /// An index in the registry and the child manifests it lists.
@@ -104,6 +132,8 @@ pub enum JobObservation {
 pub struct IndexRef {
     pub digest: String,
     pub platforms: Vec<(Platform, String)>,
+    /// The commit every child names (a reused index's).
+    pub commit: Option<String>,
 }
 
 /// What came of an `Assemble` action.
@@ -121,8 +151,10 @@ pub enum AssemblyOutcome {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observations {
     pub jobs: BTreeMap<Platform, JobObservation>,
-    /// The result of `CheckExistingIndex`: `Some(None)` means looked up, not usable.
-    pub existing_index: Option<Option<IndexRef>>,
+    /// The result of `CheckExistingIndex`.
+    pub existing_index: Option<ExistingIndex>,
+    /// What succeeded jobs' logs say they pushed (`ReadResult`).
+    pub results: BTreeMap<Platform, JobResult>,
     pub assembly: Option<AssemblyOutcome>,
     /// The last log lines of failed platforms, as fetched by `FetchLogs` (empty when unreadable).
     pub failure_logs: BTreeMap<Platform, Vec<String>>,
@@ -135,6 +167,8 @@ pub enum Action {
     CheckExistingIndex,
     /// Find-or-submit the platform's Batch job.
     Submit(Platform),
+    /// Look for the platform's job by name only (a submit was asked and its answer not recorded).
+    Adopt(Platform),
     /// TerminateJob (safe for every state; Batch never retries a terminated job).
     Terminate {
         platform: Platform,
@@ -146,8 +180,20 @@ pub enum Action {
         platform: Platform,
         log_stream_name: String,
     },
-    /// Verify every platform image and push the index.
-    Assemble,
+    /// Read what a succeeded job pushed from the end of its log.
+    ReadResult {
+        platform: Platform,
+        log_stream_name: String,
+    },
+    /// Verify each platform's manifest, by the digest its job pushed, and push the index.
+    Assemble {
+        /// Each platform and the digest its job pushed, in spec order.
+        children: Vec<(Platform, String)>,
+        /// The commit every child must have been built from.
+        commit: String,
+        /// The index's `org.opencontainers.image.created`: when the last job stopped.
+        created: Timestamp,
+    },
 }
 
 /// The planner's decision.
@@ -155,6 +201,8 @@ pub enum Action {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub status: MultiArchBuildStatus,
+    /// When to look at the build again if nothing happens before (a deadline, a grace period).
+    pub wake_at: Option<Timestamp>,
 }
 
 /// Everything `plan` decides from.
@@ -168,12 +216,24 @@ pub struct Input<'a> {
     pub now: Timestamp,
 }
 
-/// How long a submitted job may be invisible to DescribeJobs before it counts as lost. Batch is
-/// eventually consistent right after SubmitJob; a job that stays invisible was deleted or expired.
+/// How long a submitted job may be invisible to DescribeJobs before it counts as lost, from its
+/// own submission. Batch is eventually consistent right after SubmitJob; a job that stays
+/// invisible was deleted or expired.
 pub const MISSING_JOB_GRACE_SECONDS: i64 = 300;
+
+/// How long after asking for a submit whose answer was not recorded the job is only looked for
+/// (ListJobs lags SubmitJob) before it is submitted again.
+pub const SUBMIT_SETTLE_SECONDS: i64 = 60;
+
+/// How long after a job stopped its log may still lack the builder's result lines (CloudWatch
+/// Logs delivery lags) before the build fails closed.
+pub const RESULT_LOG_GRACE_SECONDS: i64 = 120;
 
 /// The `Ready` condition's type.
 pub const READY: &str = "Ready";
+
+/// The condition saying why an existing index at `<tag>` was not reused.
+pub const INDEX_REUSED: &str = "IndexReused";
 
 /// Condition reasons (also event reasons).
 pub mod reason {
@@ -187,6 +247,9 @@ pub mod reason {
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     pub const CANCELLED: &str = "Cancelled";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const DIGEST_UNKNOWN: &str = "DigestUnknown";
+    pub const SOURCE_MISMATCH: &str = "SourceMismatch";
+    pub const NOT_REUSABLE: &str = "NotReusable";
 }
 
 /// The last known Batch state of a platform's job, if it has one.

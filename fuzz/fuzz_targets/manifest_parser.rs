@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!(!e.0.is_empty()),
     }
     if let Ok(c) = parse::parse_config(body) {
-        assert!(!c.os.is_empty() && !c.architecture.is_empty());
+        assert!(!c.platform.os.is_empty() && !c.platform.architecture.is_empty());
     }
     let _ = parse::parse_error_body(body);
     let _ = parse::base_media_type(&String::from_utf8_lossy(body));

@@ -183,8 +183,10 @@ pub struct Output {
     #[serde(default)]
     pub media_type: IndexMediaType,
 
-    /// When `<tag>` already is an index that covers every requested platform, succeed at once with
-    /// that index (reason `Reused`) instead of building. Default true.
+    /// When `<tag>` already is an index that this very input built, succeed at once with it
+    /// (reason `Reused`) instead of building: every platform is covered and every child's labels
+    /// name the commit `revision` pins and the same inputs (context, Dockerfile, build args,
+    /// platforms). Only a full commit SHA revision can be reused. Default true.
     #[serde(default = "default_true")]
     pub reuse_existing: bool,
 }
@@ -232,9 +234,15 @@ impl Default for Retry {
     }
 }
 
-/// What the controller has seen and done. Written only by the controller.
+/// What the controller has seen and done. Written only by the controller, and only forward: the
+/// API server refuses a write that changes a terminal phase, rewrites `digest` or `image`, or
+/// changes a platform's `jobId`.
 #[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.phase) || !(oldSelf.phase in ['Succeeded', 'Failed', 'Cancelled']) || (has(self.phase) && self.phase == oldSelf.phase)").message("status.phase: a build that ended (Succeeded, Failed, Cancelled) never changes phase"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.digest) || (has(self.digest) && self.digest == oldSelf.digest)").message("status.digest is written once"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.image) || (has(self.image) && self.image == oldSelf.image)").message("status.image is written once"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.platforms) || oldSelf.platforms.all(o, !has(o.jobId) || (has(self.platforms) && self.platforms.exists(n, n.platform == o.platform && has(n.jobId) && n.jobId == o.jobId)))").message("status.platforms[].jobId never changes once set"))]
 pub struct MultiArchBuildStatus {
     /// Where the build is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,8 +260,13 @@ pub struct MultiArchBuildStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
+    /// What was built: the commit the revision resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStatus>,
+
     /// One entry per platform: its Batch job and what it pushed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["platform".into()]))]
     pub platforms: Vec<PlatformStatus>,
 
@@ -282,6 +295,17 @@ pub struct MultiArchBuildStatus {
     /// The last failure or progress line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// What the build's jobs built.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// The full commit SHA `spec.source.git.revision` resolved to, as the jobs reported it. Every
+    /// platform was built from this commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40))]
+    pub commit: Option<String>,
 }
 
 /// The phase of a build. Succeeded, Failed and Cancelled are terminal and never change again.
@@ -318,12 +342,18 @@ pub struct PlatformStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
 
-    /// The Batch job id, recorded as soon as the job was submitted.
+    /// The Batch job id, recorded as soon as the job was submitted. Never changes once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub job_id: Option<String>,
 
+    /// When the controller last asked Batch to submit this platform's job (recorded before the
+    /// request, so a restart knows a job may exist that Batch does not list yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<Time>,
+
     /// The Batch job status, verbatim: SUBMITTED, PENDING, RUNNABLE, STARTING, RUNNING, SUCCEEDED
-    /// or FAILED.
+    /// or FAILED; or LOST when Batch no longer knew the job (it is then never asked about again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
 
@@ -347,9 +377,14 @@ pub struct PlatformStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 
-    /// The per-platform manifest digest, as listed in the index.
+    /// The manifest digest this platform's job pushed, read from the job's own log (never from
+    /// what a tag points to), and listed as such in the index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+
+    /// The full commit SHA this platform's job built, read from its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 
     /// When the job's current attempt started running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,6 +402,7 @@ impl From<Platform> for PlatformStatus {
             platform,
             job_name: None,
             job_id: None,
+            submitted_at: None,
             state: None,
             attempts: None,
             status_reason: None,
@@ -374,6 +410,7 @@ impl From<Platform> for PlatformStatus {
             log_stream_name: None,
             image: None,
             digest: None,
+            commit: None,
             started_at: None,
             stopped_at: None,
         }

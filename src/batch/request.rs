@@ -38,6 +38,10 @@ pub mod env {
     pub const IMAGE: &str = "MAB_IMAGE";
     pub const PLATFORM: &str = "MAB_PLATFORM";
     pub const REGISTRY_AUTH: &str = "MAB_REGISTRY_AUTH";
+    /// The MultiArchBuild's uid, labelled on the image.
+    pub const BUILD_UID: &str = "MAB_BUILD_UID";
+    /// The hash of the build's inputs, labelled on the image (reuse compares it).
+    pub const INPUT_HASH: &str = "MAB_INPUT_HASH";
 }
 
 /// The build a job belongs to. Also the key under which the [`JobPoller`](super::JobPoller)
@@ -267,6 +271,8 @@ pub fn submit_request(
             env::REGISTRY_AUTH.to_owned(),
             registry_auth(&spec.output.repository).to_owned(),
         ),
+        (env::BUILD_UID.to_owned(), build.uid.clone()),
+        (env::INPUT_HASH.to_owned(), crate::provenance::inputs_hash(spec)),
     ]);
 
     let tags = BTreeMap::from([
@@ -440,6 +446,8 @@ timeoutSeconds: 7200
                 ),
                 ("MAB_PLATFORM", "linux/arm64"),
                 ("MAB_REGISTRY_AUTH", "ecr"),
+                ("MAB_BUILD_UID", "3f2a9c1e-7b6d-4e0a-9f1b-2c3d4e5f6a7b"),
+                ("MAB_INPUT_HASH", crate::provenance::inputs_hash(&spec).as_str()),
             ]
         );
         assert!(req.environment.iter().all(|(n, _)| !n.starts_with("AWS_BATCH")));
@@ -502,7 +510,9 @@ timeoutSeconds: 7200
                 "MAB_BUILD_ARG_NAMES",
                 "MAB_IMAGE",
                 "MAB_PLATFORM",
-                "MAB_REGISTRY_AUTH"
+                "MAB_REGISTRY_AUTH",
+                "MAB_BUILD_UID",
+                "MAB_INPUT_HASH"
             ]
         );
         let get = |n: &str| req.environment.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());

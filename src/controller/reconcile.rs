@@ -19,7 +19,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
     core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::{
         controller::Action,
@@ -44,7 +44,7 @@ use crate::{
     cli::RegistryArgs,
     config,
     engine::{Build, Engine, EngineError, job_observations, live_job_ids},
-    plan::{JobObservation, MISSING_JOB_GRACE_SECONDS, READY, reason},
+    plan::{JobObservation, JobState, READY, reason},
     registry::RegistryClient,
 };
 
@@ -354,7 +354,6 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
             .map(JobObservation::Seen)
             .or_else(|| ctx.poller.is_missing(id).then_some(JobObservation::Missing))
     });
-    let any_missing = jobs.values().any(|o| *o == JobObservation::Missing);
     let engine = Engine {
         batch: ctx.batch.clone(),
         registry: ctx.registry(&build.spec.output.repository),
@@ -362,6 +361,8 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
     };
     let api: Api<MultiArchBuild> = Api::namespaced(ctx.client.clone(), &reference.namespace);
     let stored: Arc<Mutex<Option<MultiArchBuildStatus>>> = Arc::default();
+    // Every write names the version it was planned from: a conflict means re-read and re-plan.
+    let version = Arc::new(Mutex::new(build.metadata.resource_version.clone()));
     let step = engine
         .step(
             &Build {
@@ -375,10 +376,16 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
             Timestamp::now,
             |status| {
                 let (api, name, stored) = (api.clone(), reference.name.clone(), Arc::clone(&stored));
+                let version = Arc::clone(&version);
                 async move {
-                    write_status(&api, &name, &status)
+                    let expected = lock(&version).clone();
+                    let written = write_status(&api, &name, &status_patch(&status), expected.as_deref())
                         .await
-                        .map_err(|e| EngineError::Persist(e.to_string()))?;
+                        .map_err(|e| match e {
+                            kube::Error::Api(ref s) if s.code == 409 => EngineError::StatusConflict(e.to_string()),
+                            e => EngineError::Persist(e.to_string()),
+                        })?;
+                    *lock(&version) = written;
                     *lock(&stored) = Some(status);
                     Ok(())
                 }
@@ -396,57 +403,52 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
         ctx.publish(&regarding, &event).await;
     }
     ctx.metrics.set_phase(&reference.uid, current.phase);
-    let status = step?;
+    let stepped = step?;
+    let status = stepped.status;
 
-    let mut stepped = build.clone();
-    stepped.status = Some(status.clone());
-    downstream::release(&stepped, ctx).await?;
+    let mut released = build.clone();
+    released.status = Some(status.clone());
+    downstream::release(&released, ctx).await?;
     if status.phase.is_some_and(Phase::is_terminal) && live_job_ids(&status).is_empty() {
         ctx.poller.forget_build(&reference);
     }
-    Ok(match requeue_after(build, &status, any_missing, Timestamp::now()) {
+    Ok(match requeue_after(stepped.wake_at, Timestamp::now()) {
         Some(delay) => Action::requeue(delay),
         None => Action::await_change(),
     })
 }
 
-/// When to look at a running build again without an event: at its deadline (and, when a job went
-/// missing, when the planner may declare it lost). Job changes and object changes trigger every
-/// other reconcile.
-pub fn requeue_after(
-    build: &MultiArchBuild,
-    status: &MultiArchBuildStatus,
-    any_missing: bool,
-    now: Timestamp,
-) -> Option<Duration> {
-    if status.phase.is_some_and(Phase::is_terminal) {
-        return None;
-    }
-    let start = status.start_time.as_ref()?.0;
-    let mut wake = start + SignedDuration::from_secs(build.spec.timeout_seconds);
-    let lost_at = start + SignedDuration::from_secs(MISSING_JOB_GRACE_SECONDS);
-    if any_missing && lost_at < wake {
-        wake = lost_at;
-    }
-    let wait = now.duration_until(wake).max(SignedDuration::ZERO) + SignedDuration::from_secs(1);
+/// How long until the planner's wake-up (a deadline, a grace period ending), a second late so the
+/// planner sees it passed. Job changes and object changes trigger every other reconcile.
+pub fn requeue_after(wake_at: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+    let wait = now.duration_until(wake_at?).max(SignedDuration::ZERO) + SignedDuration::from_secs(1);
     Duration::try_from(wait).ok()
 }
 
-/// Writes the whole status by server-side apply under [`FIELD_MANAGER`], with force.
-async fn write_status<K: DeserializeOwned>(
+/// The status as a server-side apply body.
+fn status_patch(status: &MultiArchBuildStatus) -> serde_json::Value {
+    serde_json::to_value(status).unwrap_or_default()
+}
+
+/// Writes the whole status by server-side apply under [`FIELD_MANAGER`], with force, only if the
+/// object is still at `resource_version` (409 Conflict otherwise). Returns the new version.
+async fn write_status<K: Resource + DeserializeOwned>(
     api: &Api<K>,
     name: &str,
-    status: &MultiArchBuildStatus,
-) -> Result<(), kube::Error> {
+    status: &serde_json::Value,
+    resource_version: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
     let patch = json!({
         "apiVersion": MultiArchBuild::api_version(&()),
         "kind": MultiArchBuild::kind(&()),
+        "metadata": {"resourceVersion": resource_version},
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let written = api
+        .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
-    debug!(phase = ?status.phase, "status written");
-    Ok(())
+    debug!(phase = ?status.get("phase"), "status written");
+    Ok(written.meta().resource_version.clone())
 }
 
 /// The build was deleted: terminate its live jobs, or give up after the grace period.
@@ -537,9 +539,11 @@ async fn terminate_jobs(
     Ok(ids)
 }
 
-/// A build that cannot be read as a MultiArchBuild (its schema predates this controller, or was
-/// edited around the CRD's validation): it fails with InvalidSpec, once per generation, without
-/// stalling the others. Deleting it releases the finalizer (its jobs cannot be known).
+/// A build that cannot be read as a MultiArchBuild (written by a newer or older version of the
+/// controller, or edited around the CRD's validation). Its record stays whole: the problem is
+/// reported as an event and, while the build has not ended, in its `Ready` condition, with every
+/// other status field written back as it was read. An ended build's status is never touched. On
+/// deletion the jobs its raw status records as live are terminated before the finalizer goes.
 async fn unreadable(
     api: &Api<DeserializeGuard<MultiArchBuild>>,
     invalid: InvalidObject,
@@ -548,6 +552,7 @@ async fn unreadable(
     let meta = &invalid.metadata;
     let name = meta.name.clone().ok_or(Error::Unnamed)?;
     let uid = meta.uid.clone().ok_or(Error::Unnamed)?;
+    let namespace = meta.namespace.clone().unwrap_or_default();
     let regarding = ObjectReference {
         api_version: Some(MultiArchBuild::api_version(&()).into()),
         kind: Some(MultiArchBuild::kind(&()).into()),
@@ -558,15 +563,36 @@ async fn unreadable(
         ..Default::default()
     };
     let message = format!("cannot read the MultiArchBuild: {}", invalid.error);
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &namespace, &ApiResource::erase::<MultiArchBuild>(&()));
+    let Some(object) = raw.get_opt(&name).await.map_err(Error::kube("read the build"))? else {
+        return Ok(Action::await_change());
+    };
+    let mut status = object.data.get("status").cloned().unwrap_or_else(|| json!({}));
     let finalizers = meta.finalizers.clone().unwrap_or_default();
     if meta.deletion_timestamp.is_some() {
         if finalizers.iter().any(|f| f == FINALIZER) {
+            let jobs = raw_live_jobs(&status);
+            let why = match terminate_raw(&jobs, ctx).await {
+                Ok(()) => None,
+                Err(e) if cleanup_grace_left(meta.deletion_timestamp.as_ref(), ctx) => {
+                    return Err(EngineError::from(e).into());
+                }
+                Err(e) => Some(e.to_string()),
+            };
             let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
             let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(Error::kube("remove the finalizer"))?;
-            let note = format!("{message}; deleted: the finalizer is released without terminating its Batch jobs");
+            let note = match why {
+                None if jobs.is_empty() => format!("{message}; deleted: no live Batch job was recorded"),
+                None => format!("{message}; deleted: terminated Batch job(s) {}", jobs.join(", ")),
+                Some(why) => format!(
+                    "{message}; deleted: job(s) {} could not be terminated ({why}) and may still run",
+                    jobs.join(", ")
+                ),
+            };
             let event = BuildEvent::new(EventType::Warning, reason::INVALID_SPEC, "Cleanup", note);
             ctx.publish(&regarding, &event).await;
         }
@@ -576,32 +602,71 @@ async fn unreadable(
     if lock(&ctx.reported_invalid).get(&uid) == Some(&meta.generation) {
         return Ok(Action::await_change());
     }
-    warn!(error = %invalid.error, "unreadable build: failed with InvalidSpec");
-    let now = Time(Timestamp::now());
-    let status = MultiArchBuildStatus {
-        phase: Some(Phase::Failed),
-        observed_generation: meta.generation,
-        completion_time: Some(now.clone()),
-        conditions: vec![Condition {
-            type_: READY.into(),
-            status: "False".into(),
-            reason: reason::INVALID_SPEC.into(),
-            message: message.clone(),
-            observed_generation: meta.generation,
-            last_transition_time: now,
-        }],
-        message: Some(message.clone()),
-        ..Default::default()
-    };
-    // Through the guarded API: the answer is this unreadable object again.
-    write_status(api, &name, &status)
-        .await
-        .map_err(Error::kube("write the status"))?;
+    let ended = status
+        .get("phase")
+        .and_then(|p| p.as_str())
+        .is_some_and(|p| ["Succeeded", "Failed", "Cancelled"].contains(&p));
+    warn!(error = %invalid.error, ended, "unreadable build: reported, its status kept");
+    if !ended {
+        set_raw_ready_false(&mut status, &message, meta.generation);
+        write_status(api, &name, &status, meta.resource_version.as_deref())
+            .await
+            .map_err(Error::kube("write the status"))?;
+    }
     let event = BuildEvent::new(EventType::Warning, reason::INVALID_SPEC, "Reconcile", message);
     ctx.publish(&regarding, &event).await;
-    ctx.metrics.set_phase(&uid, Some(Phase::Failed));
     lock(&ctx.reported_invalid).insert(uid, meta.generation);
     Ok(Action::await_change())
+}
+
+/// Whether a deleted build is still within the cleanup grace period.
+fn cleanup_grace_left(deleted: Option<&Time>, ctx: &Context) -> bool {
+    let grace = SignedDuration::try_from(ctx.config.cleanup_grace).unwrap_or(SignedDuration::MAX);
+    deleted.is_none_or(|t| Timestamp::now() < t.0.checked_add(grace).unwrap_or(Timestamp::MAX))
+}
+
+/// The job ids a raw status records whose last known state is not terminal.
+fn raw_live_jobs(status: &serde_json::Value) -> Vec<String> {
+    let platforms = status.get("platforms").and_then(|p| p.as_array());
+    platforms
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            let state = p.get("state").and_then(|s| s.as_str());
+            !state.and_then(JobState::parse).is_some_and(JobState::is_terminal)
+        })
+        .filter_map(|p| Some(p.get("jobId")?.as_str()?.to_string()))
+        .collect()
+}
+
+async fn terminate_raw(jobs: &[String], ctx: &Context) -> Result<(), BatchError> {
+    for id in jobs {
+        ctx.batch
+            .terminate(id, "multiarch-operator: the MultiArchBuild was deleted")
+            .await?;
+    }
+    Ok(())
+}
+
+/// Sets `Ready` False with reason InvalidSpec in a raw status, every other field left as it is.
+fn set_raw_ready_false(status: &mut serde_json::Value, message: &str, generation: Option<i64>) {
+    let now = Time(Timestamp::now());
+    let condition = Condition {
+        type_: READY.into(),
+        status: "False".into(),
+        reason: reason::INVALID_SPEC.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: now,
+    };
+    let Some(fields) = status.as_object_mut() else {
+        return;
+    };
+    let conditions = fields.entry("conditions").or_insert_with(|| json!([]));
+    if let Some(list) = conditions.as_array_mut() {
+        list.retain(|c| c.get("type").and_then(|t| t.as_str()) != Some(READY));
+        list.push(serde_json::to_value(condition).unwrap_or_default());
+    }
 }
 
 #[cfg(test)]
@@ -669,34 +734,38 @@ mod tests {
     }
 
     #[test]
-    fn a_running_build_is_looked_at_again_at_its_deadline_only() {
-        let build: MultiArchBuild = serde_yaml::from_str(include_str!("../../config/samples/vecoli.yaml")).unwrap();
-        let start: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
-        let mut status = MultiArchBuildStatus {
-            phase: Some(Phase::Building),
-            start_time: Some(Time(start)),
-            ..Default::default()
-        };
-        let now = start + SignedDuration::from_secs(60);
-        // timeoutSeconds 3600: the deadline is 3540 s away (plus a second of slack).
-        assert_eq!(
-            requeue_after(&build, &status, false, now),
-            Some(Duration::from_secs(3541))
-        );
-        // A missing job may be declared lost 300 s after the start.
-        assert_eq!(
-            requeue_after(&build, &status, true, now),
-            Some(Duration::from_secs(241))
-        );
-        let late = start + SignedDuration::from_secs(4000);
-        assert_eq!(
-            requeue_after(&build, &status, false, late),
-            Some(Duration::from_secs(1))
-        );
-        status.phase = Some(Phase::Succeeded);
-        assert_eq!(requeue_after(&build, &status, false, now), None);
-        status.phase = Some(Phase::Pending);
-        status.start_time = None;
-        assert_eq!(requeue_after(&build, &status, false, now), None);
+    fn a_build_is_looked_at_again_a_second_after_the_planners_wake_up() {
+        let now: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let wake = now + SignedDuration::from_secs(240);
+        assert_eq!(requeue_after(Some(wake), now), Some(Duration::from_secs(241)));
+        // A wake-up already passed: at once (plus the second of slack).
+        let late = now + SignedDuration::from_secs(4000);
+        assert_eq!(requeue_after(Some(wake), late), Some(Duration::from_secs(1)));
+        assert_eq!(requeue_after(None, now), None);
+    }
+
+    #[test]
+    fn a_raw_status_keeps_every_field_and_names_its_live_jobs() {
+        let mut status = json!({
+            "phase": "Waiting",
+            "digest": "sha256:abc",
+            "platforms": [
+                {"platform": "linux/amd64", "jobId": "a", "state": "RUNNING"},
+                {"platform": "linux/arm64", "jobId": "b", "state": "SUCCEEDED"},
+                {"platform": "linux/arm64/v9", "jobId": "c", "state": "LOST"},
+                {"platform": "linux/amd64/v2", "jobId": "d", "state": "SOMETHING_NEW"},
+                {"platform": "linux/amd64/v3"}
+            ],
+            "conditions": [{"type": "Ready", "status": "False", "reason": "Building"}, {"type": "Other"}]
+        });
+        assert_eq!(raw_live_jobs(&status), ["a", "d"]);
+        set_raw_ready_false(&mut status, "cannot read", Some(3));
+        assert_eq!(status["phase"], "Waiting");
+        assert_eq!(status["digest"], "sha256:abc");
+        assert_eq!(status["platforms"].as_array().unwrap().len(), 5);
+        let conditions = status["conditions"].as_array().unwrap();
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[1]["reason"], "InvalidSpec");
+        assert_eq!(conditions[1]["observedGeneration"], 3);
     }
 }

@@ -8,16 +8,19 @@ use k8s_openapi::{
 };
 
 use super::{
-    Action, AssemblyOutcome, IndexRef, Input, JobObservation, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan,
-    READY, is_live, live_job, reason, state_of,
+    Action, AssemblyOutcome, ExistingIndex, INDEX_REUSED, IndexRef, Input, JobObservation, JobResult, JobSnapshot,
+    JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY, RESULT_LOG_GRACE_SECONDS, SUBMIT_SETTLE_SECONDS, is_live,
+    live_job, reason, state_of,
 };
-use crate::api::{MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, validate_with};
+use crate::api::{
+    MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, SourceStatus, validate_with,
+};
+use crate::provenance::pinned_commit;
 
 /// Decides the next actions and status. Pure: the same input always gives the same plan.
 pub fn plan(input: &Input<'_>) -> Plan {
     let mut status = merge_observations(input);
     status.observed_generation = input.generation;
-    let mut actions = Vec::new();
     let phase = status.phase.unwrap_or(Phase::Pending);
 
     if phase.is_terminal() {
@@ -26,150 +29,321 @@ pub fn plan(input: &Input<'_>) -> Plan {
         for condition in &mut status.conditions {
             condition.observed_generation = input.generation;
         }
+        let mut actions = Vec::new();
         if phase != Phase::Succeeded {
             actions.extend(terminate_live(&status, "the build already ended"));
         }
-        return Plan { actions, status };
+        return Plan {
+            actions,
+            status,
+            wake_at: None,
+        };
+    }
+    let mut decision = Decision {
+        input,
+        status,
+        actions: Vec::new(),
+        wake_at: None,
+    };
+    decision.decide();
+    let ended = decision.status.phase.is_some_and(Phase::is_terminal);
+    Plan {
+        actions: decision.actions,
+        status: decision.status,
+        wake_at: decision.wake_at.filter(|_| !ended),
+    }
+}
+
+/// One decision in the making: the status so far, the actions, and the earliest wake-up.
+struct Decision<'a, 'b> {
+    input: &'a Input<'b>,
+    status: MultiArchBuildStatus,
+    actions: Vec<Action>,
+    wake_at: Option<Timestamp>,
+}
+
+impl Decision<'_, '_> {
+    fn now(&self) -> Timestamp {
+        self.input.now
     }
 
-    let spec = input.spec;
-    let nothing_submitted = status.platforms.iter().all(|p| p.job_id.is_none());
-    if nothing_submitted && let Err(invalid) = validate_with(spec, input.git_sources) {
-        finish(
-            &mut status,
-            input.now,
-            Phase::Failed,
-            reason::INVALID_SPEC,
-            format!("invalid spec: {invalid}"),
-        );
-        return Plan { actions, status };
+    /// Look again at `at` at the latest.
+    fn wake(&mut self, at: Timestamp) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 
-    if spec.cancel {
-        actions.extend(terminate_live(&status, "cancelled: spec.cancel was set"));
-        let message = format!("cancelled by spec.cancel; {} live job(s) terminated", actions.len());
-        finish(&mut status, input.now, Phase::Cancelled, reason::CANCELLED, message);
-        return Plan { actions, status };
+    /// Ends the build (terminating what still runs) with `why` and `message`.
+    fn end(&mut self, phase: Phase, why: &str, message: String, terminate_because: &str) {
+        self.actions.extend(terminate_live(&self.status, terminate_because));
+        finish(&mut self.status, self.input.now, phase, why, message);
     }
 
-    if let Some(start) = status.start_time.as_ref().map(|t| t.0)
-        && input.now >= start + SignedDuration::from_secs(spec.timeout_seconds)
-    {
-        actions.extend(terminate_live(&status, "deadline exceeded: spec.timeoutSeconds passed"));
-        let message = format!(
-            "deadline exceeded: not finished within spec.timeoutSeconds={}s; {}",
-            spec.timeout_seconds,
-            progress(&status)
-        );
-        finish(
-            &mut status,
-            input.now,
-            Phase::Failed,
-            reason::DEADLINE_EXCEEDED,
-            message,
-        );
-        return Plan { actions, status };
-    }
-
-    if let Some((platform, message)) = lost_job(input, &status) {
-        actions.extend(terminate_live(&status, &format!("fail fast: {platform} was lost")));
-        finish(&mut status, input.now, Phase::Failed, reason::JOB_LOST, message);
-        return Plan { actions, status };
-    }
-
-    if let Some(failed) = status.platforms.iter().find(|p| state_of(p) == Some(JobState::Failed)) {
-        let platform = failed.platform;
-        match (&failed.log_stream_name, input.observed.failure_logs.get(&platform)) {
-            (Some(stream), None) => {
-                actions.push(Action::FetchLogs {
-                    platform,
-                    log_stream_name: stream.clone(),
-                });
-            }
-            (_, logs) => {
-                let message = failure_message(failed, logs.map(Vec::as_slice).unwrap_or_default());
-                actions.extend(terminate_live(&status, &format!("fail fast: {platform} failed")));
-                finish(&mut status, input.now, Phase::Failed, reason::BUILD_FAILED, message);
-            }
+    fn decide(&mut self) {
+        let spec = self.input.spec;
+        let nothing_submitted = self
+            .status
+            .platforms
+            .iter()
+            .all(|p| p.job_id.is_none() && p.submitted_at.is_none());
+        if nothing_submitted && let Err(invalid) = validate_with(spec, self.input.git_sources) {
+            let message = format!("invalid spec: {invalid}");
+            return self.end(Phase::Failed, reason::INVALID_SPEC, message, "invalid spec");
         }
-        return Plan { actions, status };
+
+        if spec.cancel {
+            let live = terminate_live(&self.status, "cancelled: spec.cancel was set").len();
+            let message = format!("cancelled by spec.cancel; {live} live job(s) terminated");
+            return self.end(Phase::Cancelled, reason::CANCELLED, message, "cancelled: spec.cancel was set");
+        }
+
+        if let Some(start) = self.status.start_time.as_ref().map(|t| t.0) {
+            let deadline = start + SignedDuration::from_secs(spec.timeout_seconds);
+            if self.now() >= deadline {
+                let message = format!(
+                    "deadline exceeded: not finished within spec.timeoutSeconds={}s; {}",
+                    spec.timeout_seconds,
+                    progress(&self.status)
+                );
+                let why = "deadline exceeded: spec.timeoutSeconds passed";
+                return self.end(Phase::Failed, reason::DEADLINE_EXCEEDED, message, why);
+            }
+            self.wake(deadline);
+        }
+
+        if self.lost_job() {
+            return;
+        }
+
+        if let Some(failed) = self.status.platforms.iter().find(|p| state_of(p) == Some(JobState::Failed)) {
+            let platform = failed.platform;
+            match (&failed.log_stream_name, self.input.observed.failure_logs.get(&platform)) {
+                (Some(stream), None) => {
+                    self.actions.push(Action::FetchLogs {
+                        platform,
+                        log_stream_name: stream.clone(),
+                    });
+                }
+                (_, logs) => {
+                    let message = failure_message(failed, logs.map(Vec::as_slice).unwrap_or_default());
+                    let why = format!("fail fast: {platform} failed");
+                    self.end(Phase::Failed, reason::BUILD_FAILED, message, &why);
+                }
+            }
+            return;
+        }
+
+        if !self.learn_results() {
+            return;
+        }
+        if let Some(message) = source_mismatch(spec, &self.status) {
+            return self.end(Phase::Failed, reason::SOURCE_MISMATCH, message, "the platforms built different sources");
+        }
+
+        let pushed: Option<Vec<(Platform, String)>> = self
+            .status
+            .platforms
+            .iter()
+            .map(|p| Some((p.platform, p.digest.clone().filter(|_| state_of(p) == Some(JobState::Succeeded))?)))
+            .collect();
+        if let Some(children) = pushed.filter(|c| !c.is_empty()) {
+            return self.assemble(children);
+        }
+
+        if nothing_submitted && spec.output.reuse_existing && !self.consider_reuse() {
+            return;
+        }
+        self.submit();
+        let message = progress(&self.status);
+        set_phase(&mut self.status, Phase::Building, reason::BUILDING, message, self.input.now);
     }
 
-    let all_pushed = status
-        .platforms
-        .iter()
-        .all(|p| state_of(p) == Some(JobState::Succeeded));
-    if all_pushed && !status.platforms.is_empty() {
-        match &input.observed.assembly {
+    /// A live job that Batch has not returned for longer than the grace period after its own
+    /// submission: recorded LOST (never asked about again) and the build fails.
+    fn lost_job(&mut self) -> bool {
+        let now = self.now();
+        let start = self.status.start_time.as_ref().map(|t| t.0);
+        let mut lost = None;
+        for entry in &mut self.status.platforms {
+            let Some(id) = live_job(entry).map(str::to_owned) else {
+                continue;
+            };
+            if !matches!(self.input.observed.jobs.get(&entry.platform), Some(JobObservation::Missing)) {
+                continue;
+            }
+            let Some(since) = entry.submitted_at.as_ref().map(|t| t.0).or(start) else {
+                continue;
+            };
+            let grace_over = since + SignedDuration::from_secs(MISSING_JOB_GRACE_SECONDS);
+            if now < grace_over {
+                self.wake_at = Some(self.wake_at.map_or(grace_over, |w| w.min(grace_over)));
+                continue;
+            }
+            entry.state = Some(JobState::Lost.as_str().into());
+            lost = Some(format!(
+                "{}: Batch no longer knows job {id} (deleted, or its record expired); the build cannot be followed",
+                entry.platform
+            ));
+            break;
+        }
+        let Some(message) = lost else {
+            return false;
+        };
+        self.end(Phase::Failed, reason::JOB_LOST, message, "fail fast: a platform was lost");
+        true
+    }
+
+    /// For each succeeded platform whose digest is not known yet: read it from the job's log, wait
+    /// for the log to catch up, or fail closed. False when the build ended.
+    fn learn_results(&mut self) -> bool {
+        let now = self.now();
+        let mut failure = None;
+        for entry in &self.status.platforms {
+            if state_of(entry) != Some(JobState::Succeeded) || entry.digest.is_some() {
+                continue;
+            }
+            let not_in_log = match (self.input.observed.results.get(&entry.platform), &entry.log_stream_name) {
+                (Some(JobResult::NotInLog(why)), _) => why.clone(),
+                (Some(JobResult::Pushed { .. }), _) => continue,
+                (None, Some(stream)) => {
+                    self.actions.push(Action::ReadResult {
+                        platform: entry.platform,
+                        log_stream_name: stream.clone(),
+                    });
+                    continue;
+                }
+                (None, None) => "Batch reports no log stream for the job".to_string(),
+            };
+            let stopped = [&entry.stopped_at, &entry.started_at, &entry.submitted_at, &self.status.start_time]
+                .into_iter()
+                .find_map(|t| t.as_ref().map(|t| t.0))
+                .unwrap_or(now);
+            let give_up = stopped + SignedDuration::from_secs(RESULT_LOG_GRACE_SECONDS);
+            if now < give_up {
+                self.wake_at = Some(self.wake_at.map_or(give_up, |w| w.min(give_up)));
+                continue;
+            }
+            failure = Some(format!(
+                "{}: the job succeeded but what it pushed cannot be learned: {not_in_log}. The build fails \
+                 closed rather than trust what the tag {} points to now",
+                entry.platform,
+                entry.image.clone().unwrap_or_else(|| self.input.spec.platform_image(entry.platform))
+            ));
+            break;
+        }
+        if let Some(message) = failure {
+            self.end(Phase::Failed, reason::DIGEST_UNKNOWN, message, "what a platform pushed is unknown");
+            return false;
+        }
+        true
+    }
+
+    /// Every platform pushed a known digest: assemble, or record what the assembly did.
+    fn assemble(&mut self, children: Vec<(Platform, String)>) {
+        let spec = self.input.spec;
+        match &self.input.observed.assembly {
             Some(AssemblyOutcome::Pushed(index)) => {
-                record_index(&mut status, spec, index);
+                record_index(&mut self.status, spec, index);
                 let message = format!(
-                    "pushed {} ({} platforms)",
-                    status.image.clone().unwrap_or_default(),
-                    index.platforms.len()
+                    "pushed {} ({} platforms, commit {})",
+                    self.status.image.clone().unwrap_or_default(),
+                    index.platforms.len(),
+                    commit_of(&self.status).unwrap_or("unknown")
                 );
-                finish(&mut status, input.now, Phase::Succeeded, reason::SUCCEEDED, message);
+                finish(&mut self.status, self.input.now, Phase::Succeeded, reason::SUCCEEDED, message);
             }
             Some(AssemblyOutcome::Rejected { reason, message }) => {
-                finish(
-                    &mut status,
-                    input.now,
-                    Phase::Failed,
-                    reason,
-                    format!("cannot publish the index: {message}"),
-                );
+                let message = format!("cannot publish the index: {message}");
+                finish(&mut self.status, self.input.now, Phase::Failed, reason, message);
             }
             None => {
-                actions.push(Action::Assemble);
-                set_phase(
-                    &mut status,
-                    Phase::Assembling,
-                    reason::ASSEMBLING,
-                    format!("every platform pushed; assembling {}", spec.index_image()),
-                    input.now,
-                );
+                // Every child has a commit when it has a digest: both come from the same log lines.
+                let commit = commit_of(&self.status).unwrap_or_default().to_string();
+                let created = self
+                    .status
+                    .platforms
+                    .iter()
+                    .filter_map(|p| p.stopped_at.as_ref().map(|t| t.0))
+                    .max()
+                    .unwrap_or(self.input.now);
+                self.actions.push(Action::Assemble {
+                    children,
+                    commit,
+                    created,
+                });
+                let message = format!("every platform pushed; assembling {}", spec.index_image());
+                set_phase(&mut self.status, Phase::Assembling, reason::ASSEMBLING, message, self.input.now);
             }
         }
-        return Plan { actions, status };
     }
 
-    if nothing_submitted && spec.output.reuse_existing {
-        match &input.observed.existing_index {
+    /// Before anything is submitted: look for an index this input already built. True when the
+    /// build goes on to submit.
+    fn consider_reuse(&mut self) -> bool {
+        let spec = self.input.spec;
+        let now = self.input.now;
+        match &self.input.observed.existing_index {
             None => {
-                actions.push(Action::CheckExistingIndex);
-                set_phase(
-                    &mut status,
-                    Phase::Pending,
-                    reason::PENDING,
-                    format!("checking whether {} already exists", spec.index_image()),
-                    input.now,
-                );
-                return Plan { actions, status };
+                self.actions.push(Action::CheckExistingIndex);
+                let message = format!("checking whether {} already exists", spec.index_image());
+                set_phase(&mut self.status, Phase::Pending, reason::PENDING, message, now);
+                false
             }
-            Some(Some(index)) => {
-                record_index(&mut status, spec, index);
+            Some(ExistingIndex::Reusable(index)) => {
+                record_index(&mut self.status, spec, index);
                 let message = format!(
-                    "{} already is an index covering every platform; nothing built",
-                    spec.index_image()
+                    "{} already is an index built from commit {} with the same inputs; nothing built",
+                    spec.index_image(),
+                    commit_of(&self.status).unwrap_or("unknown")
                 );
-                finish(&mut status, input.now, Phase::Succeeded, reason::REUSED, message);
-                return Plan { actions, status };
+                finish(&mut self.status, now, Phase::Succeeded, reason::REUSED, message);
+                false
             }
-            Some(None) => {}
+            Some(ExistingIndex::Differs(why)) => {
+                let message = format!("{} exists but is not reused: {why}; building", spec.index_image());
+                set_condition(&mut self.status, INDEX_REUSED, false, reason::NOT_REUSABLE, &message, now);
+                true
+            }
+            Some(ExistingIndex::Absent) => true,
         }
     }
 
-    for entry in &status.platforms {
-        if entry.job_id.is_none() {
-            actions.push(Action::Submit(entry.platform));
+    /// Submits every platform without a job, or looks for the job a recorded submit may have made.
+    fn submit(&mut self) {
+        let now = self.now();
+        let mut wakes = Vec::new();
+        let mut any_submitted = false;
+        for entry in &mut self.status.platforms {
+            if entry.job_id.is_some() {
+                continue;
+            }
+            let observed = self.input.observed.jobs.get(&entry.platform);
+            if matches!(observed, Some(JobObservation::NotSubmitted)) {
+                // Refused in this step: the caller retries the whole step.
+                continue;
+            }
+            match entry.submitted_at.as_ref().map(|t| t.0) {
+                Some(asked) if now < asked + SignedDuration::from_secs(SUBMIT_SETTLE_SECONDS) => {
+                    if matches!(observed, Some(JobObservation::NotListed)) {
+                        wakes.push(asked + SignedDuration::from_secs(SUBMIT_SETTLE_SECONDS));
+                    } else {
+                        self.actions.push(Action::Adopt(entry.platform));
+                    }
+                }
+                _ => {
+                    self.actions.push(Action::Submit(entry.platform));
+                    entry.submitted_at = Some(Time(now));
+                    any_submitted = true;
+                }
+            }
+        }
+        for at in wakes {
+            self.wake(at);
+        }
+        if self.status.start_time.is_none() && any_submitted {
+            self.status.start_time = Some(Time(now));
+            self.wake(now + SignedDuration::from_secs(self.input.spec.timeout_seconds));
         }
     }
-    if status.start_time.is_none() && !actions.is_empty() {
-        status.start_time = Some(Time(input.now));
-    }
-    let message = progress(&status);
-    set_phase(&mut status, Phase::Building, reason::BUILDING, message, input.now);
-    Plan { actions, status }
 }
 
 /// The previous status with one entry per requested platform (spec order) and this step's job
@@ -188,6 +362,7 @@ fn merge_observations(input: &Input<'_>) -> MultiArchBuildStatus {
                 .cloned()
                 .unwrap_or_else(|| PlatformStatus::from(target.platform));
             match input.observed.jobs.get(&target.platform) {
+                Some(JobObservation::NotSubmitted) if entry.job_id.is_none() => entry.submitted_at = None,
                 Some(JobObservation::Submitted { job_id, job_name }) if entry.job_id.is_none() => {
                     entry.job_id = Some(job_id.clone());
                     entry.job_name = Some(job_name.clone());
@@ -206,11 +381,52 @@ fn merge_observations(input: &Input<'_>) -> MultiArchBuildStatus {
                 }
                 _ => {}
             }
+            if let Some(JobResult::Pushed { commit, digest }) = input.observed.results.get(&target.platform)
+                && entry.digest.is_none()
+            {
+                entry.digest = Some(digest.clone());
+                entry.commit = Some(commit.clone());
+            }
             entry
         })
         .collect();
     status.platforms = entries;
+    if commit_of(&status).is_none()
+        && let Some(commit) = status.platforms.iter().find_map(|p| p.commit.clone())
+    {
+        status.source = Some(SourceStatus { commit: Some(commit) });
+    }
     status
+}
+
+/// The commit the build's jobs reported (`status.source.commit`).
+fn commit_of(status: &MultiArchBuildStatus) -> Option<&str> {
+    status.source.as_ref()?.commit.as_deref()
+}
+
+/// Why the platforms' commits cannot all be the one the spec asked for: a platform built another
+/// commit than the pinned revision, or two platforms built different commits (a branch moved).
+fn source_mismatch(spec: &MultiArchBuildSpec, status: &MultiArchBuildStatus) -> Option<String> {
+    let revision = &spec.source.git.revision;
+    let built: Vec<(Platform, &str)> = status
+        .platforms
+        .iter()
+        .filter_map(|p| Some((p.platform, p.commit.as_deref()?)))
+        .collect();
+    if let Some(pinned) = pinned_commit(spec)
+        && let Some((platform, commit)) = built.iter().find(|(_, c)| *c != pinned)
+    {
+        return Some(format!(
+            "{platform} built commit {commit}, not {pinned} that spec.source.git.revision names"
+        ));
+    }
+    let (first, rest) = built.split_first()?;
+    let other = rest.iter().find(|(_, c)| *c != first.1)?;
+    Some(format!(
+        "the platforms built different commits: {} built {}, {} built {}; revision {revision:?} moved during \
+         the build. Pin spec.source.git.revision to a full commit SHA",
+        first.0, first.1, other.0, other.1
+    ))
 }
 
 fn apply_snapshot(entry: &mut PlatformStatus, job: &JobSnapshot) {
@@ -241,25 +457,6 @@ fn terminate_live(status: &MultiArchBuildStatus, why: &str) -> Vec<Action> {
         .collect()
 }
 
-/// A live job that Batch has not returned for longer than the grace period.
-fn lost_job(input: &Input<'_>, status: &MultiArchBuildStatus) -> Option<(Platform, String)> {
-    let start = status.start_time.as_ref()?.0;
-    let grace_over = input.now >= start + SignedDuration::from_secs(MISSING_JOB_GRACE_SECONDS);
-    status.platforms.iter().find_map(|entry| {
-        let id = live_job(entry)?;
-        let missing = matches!(input.observed.jobs.get(&entry.platform), Some(JobObservation::Missing));
-        (missing && grace_over).then(|| {
-            (
-                entry.platform,
-                format!(
-                    "{}: Batch no longer knows job {id} (deleted, or its record expired); the build cannot be followed",
-                    entry.platform
-                ),
-            )
-        })
-    })
-}
-
 fn failure_message(failed: &PlatformStatus, log_lines: &[String]) -> String {
     let mut message = format!("{} failed", failed.platform);
     if let Some(reason) = failed.status_reason.as_deref().filter(|r| !r.is_empty()) {
@@ -284,9 +481,12 @@ fn failure_message(failed: &PlatformStatus, log_lines: &[String]) -> String {
 fn record_index(status: &mut MultiArchBuildStatus, spec: &MultiArchBuildSpec, index: &IndexRef) {
     for entry in &mut status.platforms {
         if let Some((_, digest)) = index.platforms.iter().find(|(p, _)| *p == entry.platform) {
-            entry.digest = Some(digest.clone());
+            entry.digest.get_or_insert_with(|| digest.clone());
             entry.image.get_or_insert_with(|| spec.platform_image(entry.platform));
         }
+    }
+    if let Some(commit) = &index.commit {
+        status.source.get_or_insert_with(SourceStatus::default).commit = Some(commit.clone());
     }
     status.digest = Some(index.digest.clone());
     status.short_digest = Some(short_digest(&index.digest));
@@ -338,23 +538,28 @@ fn finish(status: &mut MultiArchBuildStatus, now: Timestamp, phase: Phase, why: 
     status.completion_time = Some(Time(now));
 }
 
-/// Sets the `Ready` condition, keeping `lastTransitionTime` when its status did not change.
+/// Sets the `Ready` condition.
 fn set_ready(status: &mut MultiArchBuildStatus, ready: bool, why: &str, message: &str, now: Timestamp) {
-    let value = if ready { "True" } else { "False" };
+    set_condition(status, READY, ready, why, message, now);
+}
+
+/// Sets a condition, keeping `lastTransitionTime` when its status did not change.
+fn set_condition(status: &mut MultiArchBuildStatus, type_: &str, value: bool, why: &str, message: &str, now: Timestamp) {
+    let value = if value { "True" } else { "False" };
     let observed_generation = status.observed_generation;
-    let previous = status.conditions.iter().find(|c| c.type_ == READY);
+    let previous = status.conditions.iter().find(|c| c.type_ == type_);
     let last_transition_time = match previous {
         Some(c) if c.status == value => c.last_transition_time.clone(),
         _ => Time(now),
     };
     let condition = Condition {
-        type_: READY.into(),
+        type_: type_.into(),
         status: value.into(),
         reason: why.into(),
         message: message.into(),
         observed_generation,
         last_transition_time,
     };
-    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.retain(|c| c.type_ != type_);
     status.conditions.push(condition);
 }

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::api::{GitSources, MultiArchBuild, MultiArchBuildStatus, Phase, Platform};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 fn sample_spec() -> MultiArchBuildSpec {
     let build: MultiArchBuild = serde_yaml::from_str(include_str!("../../config/samples/vecoli.yaml")).unwrap();
@@ -71,6 +72,36 @@ fn ready(status: &MultiArchBuildStatus) -> (&str, &str) {
 }
 
 const ARM: Platform = Platform::LinuxArm64;
+/// The commit the sample's revision pins.
+const COMMIT: &str = "3f2a9c1e0b5d4c3b2a1908f7e6d5c4b3a2918070";
+
+/// A succeeded job with a log stream, stopped at `at(stopped)`.
+fn succeeded(id: &str, stopped: i64) -> JobSnapshot {
+    JobSnapshot {
+        log_stream_name: Some(format!("stream-{id}")),
+        stopped_at: Some(at(stopped)),
+        ..snapshot(id, JobState::Succeeded)
+    }
+}
+
+/// What the logs say each platform pushed (the sample's commit).
+fn results(pushed: &[(Platform, &str)]) -> Observations {
+    Observations {
+        results: pushed
+            .iter()
+            .map(|(p, digest)| {
+                (
+                    *p,
+                    JobResult::Pushed {
+                        commit: COMMIT.into(),
+                        digest: (*digest).into(),
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
 const AMD: Platform = Platform::LinuxAmd64;
 
 /// A build whose two jobs were submitted at t0.
@@ -79,7 +110,7 @@ fn building(spec: &MultiArchBuildSpec) -> MultiArchBuildStatus {
         spec,
         &MultiArchBuildStatus::default(),
         &Observations {
-            existing_index: Some(None),
+            existing_index: Some(ExistingIndex::Absent),
             ..Default::default()
         },
         t0(),
@@ -98,7 +129,7 @@ fn first_step_checks_for_an_existing_index_then_submits_every_platform() {
         &spec,
         &first.status,
         &Observations {
-            existing_index: Some(None),
+            existing_index: Some(ExistingIndex::Absent),
             ..Default::default()
         },
         t0(),
@@ -127,12 +158,13 @@ fn reuse_existing_index_succeeds_without_building() {
     let index = IndexRef {
         digest: format!("sha256:{}", "ab".repeat(32)),
         platforms: vec![(ARM, "sha256:1".into()), (AMD, "sha256:2".into())],
+        commit: Some(COMMIT.into()),
     };
     let plan = step(
         &spec,
         &MultiArchBuildStatus::default(),
         &Observations {
-            existing_index: Some(Some(index)),
+            existing_index: Some(ExistingIndex::Reusable(index)),
             ..Default::default()
         },
         t0(),
@@ -141,6 +173,8 @@ fn reuse_existing_index_succeeds_without_building() {
     assert_eq!(plan.status.phase, Some(Phase::Succeeded));
     assert_eq!(ready(&plan.status), ("True", reason::REUSED));
     assert_eq!(plan.status.short_digest.as_deref(), Some("sha256:abababababab"));
+    assert_eq!(plan.status.source.unwrap().commit.as_deref(), Some(COMMIT));
+    assert_eq!(plan.status.platforms[1].digest.as_deref(), Some("sha256:2"));
     assert!(
         plan.status
             .image
@@ -159,61 +193,198 @@ fn reuse_disabled_submits_without_looking() {
 }
 
 #[test]
-fn all_succeeded_assembles_then_records_the_digest() {
+fn an_index_that_differs_is_not_reused_and_the_condition_says_why() {
+    let spec = sample_spec();
+    let observed = Observations {
+        existing_index: Some(ExistingIndex::Differs("its linux/arm64 image's label x is absent".into())),
+        ..Default::default()
+    };
+    let plan = step(&spec, &MultiArchBuildStatus::default(), &observed, t0());
+    assert_eq!(plan.actions, vec![Action::Submit(ARM), Action::Submit(AMD)]);
+    let condition = plan.status.conditions.iter().find(|c| c.type_ == INDEX_REUSED).unwrap();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reason::NOT_REUSABLE));
+    assert!(condition.message.contains("exists but is not reused: its linux/arm64 image's label x is absent"));
+}
+
+/// The two jobs succeeded; what each pushed is read from its log, then the index is assembled
+/// from exactly those digests.
+#[test]
+fn all_succeeded_reads_what_each_job_pushed_then_assembles_exactly_that() {
     let spec = sample_spec();
     let status = building(&spec);
-    let done = seen(&[
-        (ARM, snapshot("a", JobState::Succeeded)),
-        (AMD, snapshot("b", JobState::Succeeded)),
-    ]);
-    let assembling = step(&spec, &status, &done, at(60));
-    assert_eq!(assembling.actions, vec![Action::Assemble]);
+    let done = seen(&[(ARM, succeeded("a", 50)), (AMD, succeeded("b", 55))]);
+    let reading = step(&spec, &status, &done, at(60));
+    assert_eq!(
+        reading.actions,
+        vec![
+            Action::ReadResult {
+                platform: ARM,
+                log_stream_name: "stream-a".into()
+            },
+            Action::ReadResult {
+                platform: AMD,
+                log_stream_name: "stream-b".into()
+            }
+        ]
+    );
+    assert_eq!(reading.status.phase, Some(Phase::Building));
+
+    let assembling = step(&spec, &reading.status, &results(&[(ARM, "sha256:a1"), (AMD, "sha256:b2")]), at(61));
+    assert_eq!(
+        assembling.actions,
+        vec![Action::Assemble {
+            children: vec![(ARM, "sha256:a1".into()), (AMD, "sha256:b2".into())],
+            commit: COMMIT.into(),
+            created: at(55),
+        }]
+    );
     assert_eq!(assembling.status.phase, Some(Phase::Assembling));
     assert_eq!(assembling.status.platforms_pushed.as_deref(), Some("2/2"));
+    assert_eq!(assembling.status.platforms[0].digest.as_deref(), Some("sha256:a1"));
+    assert_eq!(assembling.status.source.as_ref().unwrap().commit.as_deref(), Some(COMMIT));
 
     let index = IndexRef {
         digest: "sha256:feed".into(),
         platforms: vec![(ARM, "sha256:a1".into()), (AMD, "sha256:b2".into())],
+        commit: Some(COMMIT.into()),
     };
     let observed = Observations {
         assembly: Some(AssemblyOutcome::Pushed(index)),
         ..Default::default()
     };
-    let done = step(&spec, &assembling.status, &observed, at(61));
+    let done = step(&spec, &assembling.status, &observed, at(62));
     assert_eq!(done.status.phase, Some(Phase::Succeeded));
     assert_eq!(ready(&done.status), ("True", reason::SUCCEEDED));
     assert_eq!(done.status.digest.as_deref(), Some("sha256:feed"));
     assert_eq!(done.status.platforms[0].digest.as_deref(), Some("sha256:a1"));
-    assert_eq!(done.status.completion_time.as_ref().map(|t| t.0), Some(at(61)));
+    assert_eq!(done.status.completion_time.as_ref().map(|t| t.0), Some(at(62)));
+    assert_eq!(done.wake_at, None);
 }
 
 #[test]
 fn rejected_assembly_fails_with_the_registry_reason() {
     let spec = sample_spec();
     let status = building(&spec);
-    let done = seen(&[
-        (ARM, snapshot("a", JobState::Succeeded)),
-        (AMD, snapshot("b", JobState::Succeeded)),
-    ]);
-    let assembling = step(&spec, &status, &done, at(60));
+    let done = seen(&[(ARM, succeeded("a", 50)), (AMD, succeeded("b", 50))]);
+    let mut observed = results(&[(ARM, "sha256:a1"), (AMD, "sha256:b2")]);
+    observed.jobs = done.jobs;
+    let assembling = step(&spec, &status, &observed, at(60));
+    assert!(matches!(assembling.actions[..], [Action::Assemble { .. }]), "{:?}", assembling.actions);
     let observed = Observations {
         assembly: Some(AssemblyOutcome::Rejected {
-            reason: "PlatformMismatch".into(),
-            message: "x:3f2a9c1-arm64 is linux/amd64, expected linux/arm64".into(),
+            reason: "ProvenanceMismatch".into(),
+            message: "x@sha256:a1 is not what this build's linux/arm64 job built".into(),
         }),
         ..Default::default()
     };
     let failed = step(&spec, &assembling.status, &observed, at(61));
     assert_eq!(failed.status.phase, Some(Phase::Failed));
-    assert_eq!(ready(&failed.status), ("False", "PlatformMismatch"));
-    assert!(
-        failed
-            .status
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("expected linux/arm64")
+    assert_eq!(ready(&failed.status), ("False", "ProvenanceMismatch"));
+    assert!(failed.status.message.as_deref().unwrap().contains("linux/arm64 job built"));
+    assert!(failed.status.digest.is_none());
+}
+
+#[test]
+fn a_digest_recorded_once_is_never_replaced() {
+    let spec = sample_spec();
+    let status = building(&spec);
+    let first = step(&spec, &status, &results(&[(ARM, "sha256:a1")]), at(10)).status;
+    let again = step(&spec, &first, &results(&[(ARM, "sha256:other")]), at(11)).status;
+    assert_eq!(again.platforms[0].digest.as_deref(), Some("sha256:a1"));
+}
+
+#[test]
+fn a_log_without_the_result_lines_is_waited_for_then_fails_closed() {
+    let spec = sample_spec();
+    let mut status = building(&spec);
+    status = step(&spec, &status, &seen(&[(ARM, succeeded("a", 50)), (AMD, succeeded("b", 50))]), at(51)).status;
+    let mut observed = results(&[(AMD, "sha256:b2")]);
+    observed
+        .results
+        .insert(ARM, JobResult::NotInLog("its log ends with \"pushing\"".into()));
+    let early = step(&spec, &status, &observed, at(60));
+    assert!(early.actions.is_empty(), "{:?}", early.actions);
+    assert_eq!(early.status.phase, Some(Phase::Building));
+    assert_eq!(early.wake_at, Some(at(50 + RESULT_LOG_GRACE_SECONDS)));
+
+    let late = step(&spec, &early.status, &observed, at(50 + RESULT_LOG_GRACE_SECONDS));
+    assert_eq!(late.status.phase, Some(Phase::Failed));
+    assert_eq!(ready(&late.status), ("False", reason::DIGEST_UNKNOWN));
+    let message = late.status.message.unwrap();
+    assert!(message.contains("linux/arm64: the job succeeded but what it pushed cannot be learned"), "{message}");
+    assert!(message.contains("rather than trust what the tag"), "{message}");
+    assert!(late.status.digest.is_none() && late.status.image.is_none());
+}
+
+#[test]
+fn platforms_that_built_different_commits_fail_the_build() {
+    let mut spec = sample_spec();
+    spec.source.git.revision = "main".into();
+    let status = building(&spec);
+    let mut observed = results(&[(ARM, "sha256:a1")]);
+    observed.results.insert(
+        AMD,
+        JobResult::Pushed {
+            commit: "b".repeat(40),
+            digest: "sha256:b2".into(),
+        },
     );
+    let plan = step(&spec, &status, &observed, at(10));
+    assert_eq!(ready(&plan.status), ("False", reason::SOURCE_MISMATCH));
+    assert!(plan.status.message.unwrap().contains("the platforms built different commits"));
+
+    // A pinned revision: the commit built must be that one.
+    let spec = sample_spec();
+    let mut observed = Observations::default();
+    observed.results.insert(
+        ARM,
+        JobResult::Pushed {
+            commit: "c".repeat(40),
+            digest: "sha256:a1".into(),
+        },
+    );
+    let plan = step(&spec, &building(&spec), &observed, at(10));
+    assert_eq!(ready(&plan.status), ("False", reason::SOURCE_MISMATCH));
+    assert!(plan.status.message.unwrap().contains(&format!("not {COMMIT}")));
+}
+
+/// A submit whose answer was not recorded (the status write was lost): the job is looked for by
+/// name until ListJobs has had time to list it, and only then submitted again.
+#[test]
+fn an_unrecorded_submit_is_looked_for_before_it_is_submitted_again() {
+    let spec = sample_spec();
+    let first = step(
+        &spec,
+        &MultiArchBuildStatus::default(),
+        &Observations {
+            existing_index: Some(ExistingIndex::Absent),
+            ..Default::default()
+        },
+        t0(),
+    );
+    assert!(first.status.platforms.iter().all(|p| p.submitted_at.as_ref().map(|t| t.0) == Some(t0())));
+    // The next reconcile has only that status (the job ids never reached it).
+    let again = step(&spec, &first.status, &Observations::default(), at(5));
+    assert_eq!(again.actions, vec![Action::Adopt(ARM), Action::Adopt(AMD)]);
+    let not_listed = Observations {
+        jobs: [(ARM, JobObservation::NotListed), (AMD, JobObservation::NotListed)]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let waiting = step(&spec, &again.status, &not_listed, at(5));
+    assert!(waiting.actions.is_empty());
+    assert_eq!(waiting.wake_at, Some(at(SUBMIT_SETTLE_SECONDS)));
+    let resubmit = step(&spec, &waiting.status, &Observations::default(), at(SUBMIT_SETTLE_SECONDS));
+    assert_eq!(resubmit.actions, vec![Action::Submit(ARM), Action::Submit(AMD)]);
+    // A refused submit created nothing: the intent is cleared, the step is retried by the caller.
+    let refused = Observations {
+        jobs: [(ARM, JobObservation::NotSubmitted)].into_iter().collect(),
+        ..Default::default()
+    };
+    let cleared = step(&spec, &resubmit.status, &refused, at(SUBMIT_SETTLE_SECONDS));
+    assert_eq!(cleared.status.platforms[0].submitted_at, None);
+    assert!(!cleared.actions.contains(&Action::Submit(ARM)));
 }
 
 #[test]
@@ -323,18 +494,40 @@ fn deadline_terminates_and_fails() {
 #[test]
 fn a_missing_job_is_tolerated_briefly_then_fails_the_build_never_succeeds_it() {
     let spec = sample_spec();
-    let status = building(&spec);
+    let mut status = building(&spec);
+    // The arm64 job was submitted again later than the build started: its own grace counts.
+    status.platforms[0].submitted_at = Some(Time(at(100)));
     let missing = Observations {
         jobs: [(ARM, JobObservation::Missing)].into_iter().collect(),
         ..Default::default()
     };
-    let early = step(&spec, &status, &missing, at(MISSING_JOB_GRACE_SECONDS - 1));
+    let early = step(&spec, &status, &missing, at(100 + MISSING_JOB_GRACE_SECONDS - 1));
     assert_eq!(early.status.phase, Some(Phase::Building));
     assert!(early.actions.is_empty());
-    let late = step(&spec, &status, &missing, at(MISSING_JOB_GRACE_SECONDS));
+    assert_eq!(early.wake_at, Some(at(100 + MISSING_JOB_GRACE_SECONDS)));
+    let late = step(&spec, &status, &missing, at(100 + MISSING_JOB_GRACE_SECONDS));
     assert_eq!(late.status.phase, Some(Phase::Failed));
     assert_eq!(ready(&late.status), ("False", reason::JOB_LOST));
-    assert!(late.actions.iter().all(|a| matches!(a, Action::Terminate { .. })));
+    // Lost is recorded and not live: only the other job is terminated, and never the lost one.
+    assert_eq!(late.status.platforms[0].state.as_deref(), Some("LOST"));
+    assert_eq!(
+        late.actions,
+        vec![Action::Terminate {
+            platform: AMD,
+            job_id: "b".into(),
+            reason: "multiarch-operator: fail fast: a platform was lost".into()
+        }]
+    );
+    assert!(crate::engine::live_job_ids(&late.status) == vec!["b".to_string()]);
+    let after = step(&spec, &late.status, &Observations::default(), at(1000));
+    assert!(after.actions.iter().all(|a| !matches!(a, Action::Terminate { job_id, .. } if job_id == "a")));
+}
+
+#[test]
+fn a_building_build_wakes_at_its_deadline() {
+    let spec = sample_spec();
+    let plan = step(&spec, &building(&spec), &Observations::default(), at(10));
+    assert_eq!(plan.wake_at, Some(at(spec.timeout_seconds)));
 }
 
 #[test]
@@ -383,6 +576,8 @@ enum Event {
     Vanish(usize),
     Cancel,
     Wait(i64),
+    /// The next step's status write number n (0-based) fails: nothing after it happens.
+    LoseWrite(usize),
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -392,6 +587,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (0..2usize).prop_map(Event::Vanish),
         1 => Just(Event::Cancel),
         2 => (1..2000i64).prop_map(Event::Wait),
+        2 => (0..4usize).prop_map(Event::LoseWrite),
     ]
 }
 
@@ -400,7 +596,10 @@ fn event() -> impl Strategy<Value = Event> {
 struct SimJob {
     id: String,
     state: JobState,
+    /// DescribeJobs still returns it.
     visible: bool,
+    /// ListJobs returns it from this time on (it lags SubmitJob).
+    listed_from: Timestamp,
 }
 
 #[derive(Debug, Default)]
@@ -414,111 +613,188 @@ impl World {
             .get(&platform)
             .map_or(0, |jobs| jobs.iter().filter(|j| !j.state.is_terminal()).count())
     }
+
+    /// What ListJobs finds by the platform's name at `now`.
+    fn listed(&self, platform: Platform, now: Timestamp) -> Option<&SimJob> {
+        self.jobs.get(&platform)?.iter().rev().find(|j| now >= j.listed_from)
+    }
 }
 
-fn run_engine(
-    spec: &MultiArchBuildSpec,
-    status: &mut MultiArchBuildStatus,
-    world: &mut World,
-    now: Timestamp,
+/// The digest the simulated builder of job `id` pushed.
+fn pushed_digest(id: &str) -> String {
+    format!("sha256:{id}")
+}
+
+/// How the simulated world answers.
+struct Sim {
     existing: bool,
     assembly_ok: bool,
+    /// ListJobs lags SubmitJob by this much.
+    list_lag: i64,
+}
+
+/// One reconcile: observe, then plan → apply rounds like the engine, the status written before
+/// each round's actions. A write that fails ends the step; the store keeps what was written.
+fn run_engine(
+    spec: &MultiArchBuildSpec,
+    stored: &mut MultiArchBuildStatus,
+    world: &mut World,
+    now: Timestamp,
+    sim: &Sim,
+    failing_write: Option<usize>,
 ) -> Vec<Plan> {
     let mut plans = Vec::new();
     let mut observed = Observations::default();
-    for entry in &status.platforms {
-        if let Some(id) = &entry.job_id {
+    for entry in &stored.platforms {
+        if let Some(id) = live_job(entry) {
             let job = world
                 .jobs
                 .get(&entry.platform)
-                .and_then(|jobs| jobs.iter().find(|j| &j.id == id));
+                .and_then(|jobs| jobs.iter().find(|j| j.id == id));
             let observation = match job {
-                Some(job) if job.visible => JobObservation::Seen(snapshot(&job.id, job.state)),
+                Some(job) if job.visible => JobObservation::Seen(JobSnapshot {
+                    log_stream_name: Some(format!("stream-{}", job.id)),
+                    ..snapshot(&job.id, job.state)
+                }),
                 _ => JobObservation::Missing,
             };
             observed.jobs.insert(entry.platform, observation);
         }
     }
+    let mut status = stored.clone();
+    let mut writes = 0;
     for _ in 0..8 {
-        let plan = step(spec, status, &observed, now);
-        *status = plan.status.clone();
+        let plan = step(spec, &status, &observed, now);
+        if plan.status != status {
+            if failing_write == Some(writes) {
+                plans.push(plan);
+                break;
+            }
+            writes += 1;
+            *stored = plan.status.clone();
+        }
+        status = plan.status.clone();
         let actions = plan.actions.clone();
         plans.push(plan);
         if actions.is_empty() {
             break;
         }
-        observed = Observations::default();
+        let jobs = std::mem::take(&mut observed.jobs);
+        observed = Observations { jobs, ..Default::default() };
         for action in actions {
-            match action {
-                Action::CheckExistingIndex => {
-                    let index = IndexRef {
-                        digest: "sha256:old".into(),
-                        platforms: vec![],
-                    };
-                    observed.existing_index = Some(existing.then_some(index));
-                }
-                Action::Submit(platform) => {
+            apply_sim(spec, world, now, sim, action, &mut observed);
+        }
+    }
+    plans
+}
+
+fn apply_sim(
+    spec: &MultiArchBuildSpec,
+    world: &mut World,
+    now: Timestamp,
+    sim: &Sim,
+    action: Action,
+    observed: &mut Observations,
+) {
+    let found = |job: &SimJob| JobObservation::Submitted {
+        job_id: job.id.clone(),
+        job_name: job.id.clone(),
+    };
+    match action {
+        Action::CheckExistingIndex => {
+            observed.existing_index = Some(if sim.existing {
+                ExistingIndex::Reusable(IndexRef {
+                    digest: "sha256:old".into(),
+                    platforms: vec![],
+                    commit: Some(COMMIT.into()),
+                })
+            } else {
+                ExistingIndex::Absent
+            });
+        }
+        Action::Adopt(platform) => {
+            let observation = world.listed(platform, now).map_or(JobObservation::NotListed, found);
+            observed.jobs.insert(platform, observation);
+        }
+        Action::Submit(platform) => {
+            let observation = match world.listed(platform, now) {
+                Some(job) => found(job),
+                None => {
                     let jobs = world.jobs.entry(platform).or_default();
                     let id = format!("{platform}-{}", jobs.len());
                     jobs.push(SimJob {
                         id: id.clone(),
                         state: JobState::Submitted,
                         visible: true,
+                        listed_from: now + SignedDuration::from_secs(sim.list_lag),
                     });
-                    observed.jobs.insert(
-                        platform,
-                        JobObservation::Submitted {
-                            job_id: id.clone(),
-                            job_name: id,
-                        },
-                    );
+                    found(jobs.last().unwrap())
                 }
-                Action::Terminate { platform, job_id, .. } => {
-                    for job in world
-                        .jobs
-                        .entry(platform)
-                        .or_default()
-                        .iter_mut()
-                        .filter(|j| j.id == job_id)
-                    {
-                        job.state = JobState::Failed;
-                    }
-                }
-                Action::FetchLogs { platform, .. } => {
-                    observed.failure_logs.insert(platform, vec!["boom".into()]);
-                }
-                Action::Assemble => {
-                    let index = IndexRef {
-                        digest: "sha256:new".into(),
-                        platforms: vec![],
-                    };
-                    observed.assembly = Some(if assembly_ok {
-                        AssemblyOutcome::Pushed(index)
-                    } else {
-                        AssemblyOutcome::Rejected {
-                            reason: "PlatformMismatch".into(),
-                            message: "wrong arch".into(),
-                        }
-                    });
-                }
+            };
+            observed.jobs.insert(platform, observation);
+        }
+        Action::Terminate { platform, job_id, .. } => {
+            for job in world
+                .jobs
+                .entry(platform)
+                .or_default()
+                .iter_mut()
+                .filter(|j| j.id == job_id)
+            {
+                job.state = JobState::Failed;
             }
         }
+        Action::FetchLogs { platform, .. } => {
+            observed.failure_logs.insert(platform, vec!["boom".into()]);
+        }
+        Action::ReadResult { platform, log_stream_name } => {
+            let id = log_stream_name.trim_start_matches("stream-");
+            let result = JobResult::Pushed {
+                commit: COMMIT.into(),
+                digest: pushed_digest(id),
+            };
+            observed.results.insert(platform, result);
+        }
+        Action::Assemble { children, commit, .. } => {
+            assert_eq!(commit, COMMIT);
+            assert_eq!(children.len(), spec.platforms.len());
+            let index = IndexRef {
+                digest: "sha256:new".into(),
+                platforms: children,
+                commit: Some(commit),
+            };
+            observed.assembly = Some(if sim.assembly_ok {
+                AssemblyOutcome::Pushed(index)
+            } else {
+                AssemblyOutcome::Rejected {
+                    reason: "PlatformMismatch".into(),
+                    message: "wrong arch".into(),
+                }
+            });
+        }
     }
-    plans
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 600, .. ProptestConfig::default() })]
 
     #[test]
-    fn invariants_hold_over_any_history(events in prop::collection::vec(event(), 1..40), existing in any::<bool>(), assembly_ok in any::<bool>(), reuse in any::<bool>()) {
+    fn invariants_hold_over_any_history(
+        events in prop::collection::vec(event(), 1..40),
+        existing in any::<bool>(),
+        assembly_ok in any::<bool>(),
+        reuse in any::<bool>(),
+        list_lag in 0..SUBMIT_SETTLE_SECONDS,
+    ) {
         let mut spec = sample_spec();
         spec.output.reuse_existing = reuse;
+        let sim = Sim { existing, assembly_ok, list_lag };
         let platforms = [ARM, AMD];
         let mut status = MultiArchBuildStatus::default();
         let mut world = World::default();
         let mut now = t0();
         let mut terminal: Option<(Phase, String)> = None;
+        let mut failing_write = None;
 
         for event in events {
             match event {
@@ -539,22 +815,35 @@ proptest! {
                 }
                 Event::Cancel => spec.cancel = true,
                 Event::Wait(s) => now += SignedDuration::from_secs(s),
+                Event::LoseWrite(n) => {
+                    failing_write = Some(n);
+                    continue;
+                }
             }
-            let live_before: Vec<String> = status.platforms.iter().filter(|p| p.job_id.is_some() && !p.state.as_deref().and_then(JobState::parse).is_some_and(JobState::is_terminal)).filter_map(|p| p.job_id.clone()).collect();
+            // Recorded jobs that really still run (a lost write may leave an older state recorded).
+            let running = |id: &String| world.jobs.values().flatten().any(|j| &j.id == id && !j.state.is_terminal());
+            let live_before: Vec<String> = crate::engine::live_job_ids(&status).into_iter().filter(running).collect();
             let was_terminal = status.phase.is_some_and(Phase::is_terminal);
-            let plans = run_engine(&spec, &mut status, &mut world, now, existing, assembly_ok);
+            let before = status.clone();
+            let plans = run_engine(&spec, &mut status, &mut world, now, &sim, failing_write.take());
 
-            // Never two jobs for one platform: a build submits each platform at most once.
+            // Never two jobs for one platform, whatever writes were lost and however ListJobs lags.
             for platform in platforms {
                 prop_assert!(world.jobs.get(&platform).map_or(0, Vec::len) <= 1, "{platform} submitted twice");
                 prop_assert!(world.live_jobs(platform) <= 1);
             }
             let phase = status.phase.unwrap_or(Phase::Pending);
-            // Never Succeeded without every platform SUCCEEDED and an index digest (or a reused index).
+            // Never Succeeded without an index digest; a built index lists exactly what the jobs pushed.
             if phase == Phase::Succeeded {
                 prop_assert!(status.digest.is_some() && status.image.is_some());
                 let reused = ready(&status).1 == reason::REUSED;
-                prop_assert!(reused || status.platforms.iter().all(|p| p.state.as_deref() == Some("SUCCEEDED")));
+                if !reused {
+                    for entry in &status.platforms {
+                        prop_assert_eq!(entry.state.as_deref(), Some("SUCCEEDED"));
+                        let id = entry.job_id.as_deref().unwrap();
+                        prop_assert_eq!(entry.digest.clone(), Some(pushed_digest(id)));
+                    }
+                }
             }
             // Terminal phases are absorbing, reason and all.
             if let Some((phase_then, reason_then)) = &terminal {
@@ -562,6 +851,14 @@ proptest! {
                 prop_assert_eq!(ready(&status).1, reason_then.as_str());
             } else if phase.is_terminal() {
                 terminal = Some((phase, ready(&status).1.to_string()));
+            }
+            // Write-once fields and job ids never change (what the CRD's CEL rules enforce).
+            for (old, new) in [(&before.digest, &status.digest), (&before.image, &status.image)] {
+                prop_assert!(old.is_none() || old == new);
+            }
+            for old in &before.platforms {
+                let new = status.platforms.iter().find(|p| p.platform == old.platform).unwrap();
+                prop_assert!(old.job_id.is_none() || old.job_id == new.job_id);
             }
             // Cancel and the deadline always terminate every job that was live.
             let first = &plans[0];
@@ -571,6 +868,10 @@ proptest! {
                     prop_assert!(first.actions.iter().any(|a| matches!(a, Action::Terminate { job_id, .. } if job_id == id)), "live job {id} not terminated");
                 }
             }
+            // A job recorded lost is never terminated again (nor described: it is not live).
+            let lost_before: Vec<&str> = before.platforms.iter().filter(|p| p.state.as_deref() == Some("LOST")).filter_map(|p| p.job_id.as_deref()).collect();
+            let terminated: Vec<&str> = plans.iter().flat_map(|p| &p.actions).filter_map(|a| match a { Action::Terminate { job_id, .. } => Some(job_id.as_str()), _ => None }).collect();
+            prop_assert!(lost_before.iter().all(|id| !terminated.contains(id)), "a lost job was terminated again");
         }
     }
 }

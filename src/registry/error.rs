@@ -37,9 +37,17 @@ pub enum RegistryError {
     )]
     RepositoryMissing { repository: String, detail: String },
 
-    /// `<tag>-<suffix>` is not in the repository.
-    #[error("{image} does not exist: expected the {platform} build to have pushed it before the index is assembled")]
+    /// The manifest a platform's job pushed is not in the repository.
+    #[error("{image} does not exist: the {platform} job reported pushing it, but the registry does not have it")]
     PlatformTagMissing { image: String, platform: String },
+
+    /// The manifest a platform's job pushed does not carry this build's labels.
+    #[error("{image} is not what this build's {platform} job built: {mismatch}")]
+    ProvenanceMismatch {
+        image: String,
+        platform: String,
+        mismatch: String,
+    },
 
     /// The per-platform image is not the platform it was pushed for.
     #[error("{image} is {found}, expected {expected}: {hint}")]
@@ -114,6 +122,7 @@ impl RegistryError {
             RegistryError::RepositoryMissing { .. } => "RepositoryMissing",
             RegistryError::PlatformTagMissing { .. } => "PlatformImageMissing",
             RegistryError::PlatformMismatch { .. } => "PlatformMismatch",
+            RegistryError::ProvenanceMismatch { .. } => "ProvenanceMismatch",
             RegistryError::ImmutableTag { .. } => "ImmutableTagConflict",
             RegistryError::DigestMismatch { .. } => "DigestMismatch",
             RegistryError::InvalidManifest { .. } => "InvalidManifest",

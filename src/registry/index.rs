@@ -1,6 +1,8 @@
 //! Pure index logic: pick a platform's entry from an index, check coverage, and serialise the
 //! index we push.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::api::{IndexMediaType, Platform};
@@ -76,6 +78,8 @@ struct IndexOut<'a> {
     schema_version: u32,
     media_type: &'static str,
     manifests: Vec<DescriptorOut<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: &'a BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -98,7 +102,11 @@ struct PlatformOut<'a> {
 /// Serialise the index (compact JSON, no trailing newline), entries in the order given. These bytes
 /// are hashed and sent as they are. The variant is the platform's descriptor variant (arm64 → `v8`),
 /// else the one the image config names, else none.
-pub fn build_index(media_type: IndexMediaType, images: &[PlatformImage]) -> Result<Vec<u8>, serde_json::Error> {
+pub fn build_index(
+    media_type: IndexMediaType,
+    images: &[PlatformImage],
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, serde_json::Error> {
     let index = IndexOut {
         schema_version: 2,
         media_type: index_media_type(media_type),
@@ -115,6 +123,7 @@ pub fn build_index(media_type: IndexMediaType, images: &[PlatformImage]) -> Resu
                 },
             })
             .collect(),
+        annotations,
     };
     serde_json::to_vec(&index)
 }
@@ -151,7 +160,7 @@ mod tests {
             image(Platform::LinuxAmd64, 'a', None),
             image(Platform::LinuxArm64, 'b', None),
         ];
-        let bytes = build_index(IndexMediaType::Oci, &images).unwrap();
+        let bytes = build_index(IndexMediaType::Oci, &images, &BTreeMap::new()).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert_eq!(
             text,
@@ -174,13 +183,13 @@ mod tests {
         assert!(pick_platform_entry(&parsed, Platform::LinuxArm64V9).is_none());
         assert_eq!(offered_platforms(&parsed), "linux/amd64, linux/arm64/v8");
 
-        let docker = build_index(IndexMediaType::Docker, &images[..1]).unwrap();
+        let docker = build_index(IndexMediaType::Docker, &images[..1], &BTreeMap::new()).unwrap();
         assert!(String::from_utf8(docker).unwrap().contains(DOCKER_LIST));
     }
 
     #[test]
     fn variant_comes_from_the_config_when_the_platform_has_none() {
-        let bytes = build_index(IndexMediaType::Oci, &[image(Platform::LinuxAmd64, 'a', Some("v3"))]).unwrap();
+        let bytes = build_index(IndexMediaType::Oci, &[image(Platform::LinuxAmd64, 'a', Some("v3"))], &BTreeMap::new()).unwrap();
         assert!(String::from_utf8(bytes).unwrap().contains(r#""variant":"v3""#));
     }
 

@@ -22,7 +22,7 @@ mod observe;
 pub mod parse;
 mod retry;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
@@ -30,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::api::{IndexMediaType, Platform};
+use crate::provenance::Expected;
 
 pub use auth::{RegistryAuth, is_ecr_host};
 pub use error::RegistryError;
@@ -40,8 +41,8 @@ pub use retry::RetryPolicy;
 use client::{Repo, Request, Response, Transport};
 use index::offered_platforms;
 use parse::{
-    ACCEPT_MANIFESTS, DOCKER_CONFIG, Descriptor, ImageManifest, Manifest, OCI_CONFIG, is_sha256_digest, parse_config,
-    parse_manifest,
+    ACCEPT_MANIFESTS, DOCKER_CONFIG, Descriptor, ImageConfig, ImageManifest, Manifest, OCI_CONFIG, is_sha256_digest,
+    parse_config, parse_manifest,
 };
 
 /// Manifests and indexes larger than this are refused (the limit distribution and ECR apply too).
@@ -58,6 +59,37 @@ pub struct RegistryOptions {
     pub plain_http_hosts: Vec<String>,
     /// Told about every request (the controller's metrics).
     pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+/// What a reuse check may accept.
+#[derive(Clone, Copy, Debug)]
+pub enum ReuseExpectation<'a> {
+    /// The revision is a full commit SHA: children must carry these labels.
+    Pinned(&'a Expected),
+    /// The revision (named here) is a branch or tag: nothing can be proven reusable.
+    Unpinned(&'a str),
+}
+
+/// What `<tag>` holds, for reuse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// No such tag or repository.
+    Absent,
+    /// Something this build cannot reuse; why.
+    Differs(String),
+    /// An index this input provably built.
+    Reusable(PushedIndex),
+}
+
+/// What to assemble: each platform with the digest its job pushed.
+#[derive(Clone, Debug)]
+pub struct IndexRequest<'a> {
+    pub media_type: IndexMediaType,
+    pub children: &'a [(Platform, String)],
+    /// The labels each child must carry; `None` checks none.
+    pub expected: Option<&'a Expected>,
+    /// The index's annotations (OCI indexes only).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// An index in the registry: its digest and, per platform, the image manifest it points to.
@@ -136,20 +168,22 @@ impl RegistryClient {
         Ok((repo, image))
     }
 
-    /// The existing `<tag>` if it is an index covering every platform in `platforms`, each entry's
-    /// image verified like [`assemble`](Self::assemble) verifies per-platform images. `Ok(None)`
-    /// when the tag or repository is absent, the tag is a plain image, an entry is missing, or an
-    /// entry is not what it claims (logged). The index's media type is not compared.
+    /// What `<tag>` holds, judged for reuse: [`Existing::Reusable`] only when it is an index
+    /// covering every platform in `platforms` whose every child verifies like an assembled one and
+    /// carries the labels `expected` names (the commit and input hash; any build uid). With no
+    /// `commit` pinned nothing is reusable: what a branch or tag names now is not known. The
+    /// index's media type is not compared.
     pub async fn find_existing_index(
         &self,
         repository: &str,
         tag: &str,
         platforms: &[Platform],
-    ) -> Result<Option<PushedIndex>, RegistryError> {
+        expected: ReuseExpectation<'_>,
+    ) -> Result<Existing, RegistryError> {
         let (repo, image) = self.target(repository, tag, platforms)?;
         let fetched = match self.get_manifest(&repo, tag, &image).await {
             Ok(Some(f)) => f,
-            Ok(None) | Err(RegistryError::RepositoryMissing { .. }) => return Ok(None),
+            Ok(None) | Err(RegistryError::RepositoryMissing { .. }) => return Ok(Existing::Absent),
             Err(e) => return Err(e),
         };
         let parsed = parse_manifest(&fetched.bytes, fetched.content_type.as_deref()).map_err(|e| {
@@ -160,26 +194,40 @@ impl RegistryClient {
         })?;
         let Manifest::Index(index) = parsed else {
             debug!(%image, "existing tag is an image, not an index");
-            return Ok(None);
+            return Ok(Existing::Differs("it is a single image, not an index".into()));
         };
         let mut entries = Vec::with_capacity(platforms.len());
         for &platform in platforms {
             match pick_platform_entry(&index, platform) {
                 Some(entry) => entries.push((platform, entry.descriptor.clone())),
                 None => {
-                    info!(%image, %platform, offered = %offered_platforms(&index), "existing index does not cover the platform");
-                    return Ok(None);
+                    let offered = offered_platforms(&index);
+                    info!(%image, %platform, %offered, "existing index does not cover the platform");
+                    return Ok(Existing::Differs(format!("it has no {platform} image (it has {offered})")));
                 }
             }
         }
+        let expected = match expected {
+            ReuseExpectation::Pinned(expected) => expected,
+            ReuseExpectation::Unpinned(revision) => {
+                return Ok(Existing::Differs(format!(
+                    "revision {revision:?} is not a full commit SHA, so whether the index was built from what it \
+                     names now cannot be proven"
+                )));
+            }
+        };
         let repo = &repo;
         let checks = entries.iter().map(|(platform, descriptor)| {
             let child = repo.image_at(&descriptor.digest);
-            async move { self.verify_child(repo, &child, descriptor, *platform).await }
+            async move {
+                let config = self.verify_child(repo, &child, descriptor, *platform).await?;
+                Ok::<_, RegistryError>(expected.mismatch(&config.labels).map(|m| format!("its {platform} image's {m}")))
+            }
         });
         for result in futures::future::join_all(checks).await {
             match result {
-                Ok(_) => {}
+                Ok(None) => {}
+                Ok(Some(mismatch)) => return Ok(Existing::Differs(mismatch)),
                 Err(e)
                     if e.is_transient()
                         || matches!(e, RegistryError::AuthFailed { .. } | RegistryError::EcrToken { .. }) =>
@@ -188,27 +236,29 @@ impl RegistryClient {
                 }
                 Err(e) => {
                     warn!(%image, error = %e, "existing index has an entry that does not verify; not reusing it");
-                    return Ok(None);
+                    return Ok(Existing::Differs(format!("an entry does not verify: {e}")));
                 }
             }
         }
-        Ok(Some(PushedIndex {
+        Ok(Existing::Reusable(PushedIndex {
             digest: fetched.digest,
             platforms: entries.into_iter().map(|(p, d)| (p, d.digest)).collect(),
         }))
     }
 
-    /// Read and verify `<tag>-<suffix>` for each platform, assemble the index in `media_type`, push
-    /// it as `<tag>`, and check the registry stored exactly our bytes. Pushing the same index again
-    /// succeeds with the same digest.
+    /// Read and verify each platform's manifest by the digest its job pushed (never by a tag),
+    /// assemble the index in `media_type` with `annotations` (OCI only: a Docker manifest list has
+    /// none), push it as `<tag>`, and check the registry stored exactly our bytes. Each child must
+    /// be an image for its platform whose labels match `expected` (`None` skips the label check).
+    /// Pushing the same index again succeeds with the same digest.
     pub async fn assemble(
         &self,
         repository: &str,
         tag: &str,
-        platforms: &[Platform],
-        media_type: IndexMediaType,
+        request: &IndexRequest<'_>,
     ) -> Result<PushedIndex, RegistryError> {
-        let (repo, image) = self.target(repository, tag, platforms)?;
+        let platforms: Vec<Platform> = request.children.iter().map(|(p, _)| *p).collect();
+        let (repo, image) = self.target(repository, tag, &platforms)?;
         let mut seen = HashSet::new();
         if let Some(dup) = platforms.iter().find(|p| !seen.insert(**p)) {
             return Err(RegistryError::InvalidRequest {
@@ -217,18 +267,25 @@ impl RegistryClient {
             });
         }
 
-        let reads = platforms.iter().map(|&p| self.read_platform(&repo, tag, p));
+        let reads = request
+            .children
+            .iter()
+            .map(|(platform, digest)| self.read_child(&repo, *platform, digest, request.expected));
         let images = futures::future::join_all(reads)
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
 
-        let bytes = build_index(media_type, &images).map_err(|e| RegistryError::InvalidRequest {
+        let annotations = match request.media_type {
+            IndexMediaType::Oci => &request.annotations,
+            IndexMediaType::Docker => &BTreeMap::new(),
+        };
+        let bytes = build_index(request.media_type, &images, annotations).map_err(|e| RegistryError::InvalidRequest {
             image: image.clone(),
             reason: format!("cannot serialise the index: {e}"),
         })?;
         let digest = sha256_digest(&bytes);
-        self.put_manifest(&repo, tag, &image, index_media_type(media_type), bytes, &digest)
+        self.put_manifest(&repo, tag, &image, index_media_type(request.media_type), bytes, &digest)
             .await?;
         info!(%image, %digest, platforms = images.len(), "index pushed and verified");
         Ok(PushedIndex {
@@ -237,28 +294,30 @@ impl RegistryClient {
         })
     }
 
-    /// Read `<tag>-<suffix>` for `platform` and verify it: when the tag is an index, its entry for
-    /// the platform (attestations skipped); then the config's os/architecture/variant.
-    pub async fn read_platform_image(
+    /// Read the manifest `digest` that `platform`'s job pushed and verify it: when it is an index
+    /// (buildx provenance), its entry for the platform (attestations skipped); then the config's
+    /// os/architecture/variant and, with `expected`, its labels.
+    async fn read_child(
         &self,
-        repository: &str,
-        tag: &str,
+        repo: &Repo,
         platform: Platform,
+        digest: &str,
+        expected: Option<&Expected>,
     ) -> Result<PlatformImage, RegistryError> {
-        let repo = self.repo(repository, tag)?;
-        self.read_platform(&repo, tag, platform).await
-    }
-
-    async fn read_platform(&self, repo: &Repo, tag: &str, platform: Platform) -> Result<PlatformImage, RegistryError> {
-        let platform_tag = format!("{tag}-{}", platform.tag_suffix());
-        let image = repo.image(&platform_tag);
-        let fetched =
-            self.get_manifest(repo, &platform_tag, &image)
-                .await?
-                .ok_or_else(|| RegistryError::PlatformTagMissing {
-                    image: image.clone(),
-                    platform: platform.to_string(),
-                })?;
+        let image = repo.image_at(digest);
+        if !is_sha256_digest(digest) {
+            return Err(RegistryError::InvalidRequest {
+                image,
+                reason: format!("{platform}: {digest:?} is not a sha256 digest"),
+            });
+        }
+        let fetched = self
+            .get_manifest(repo, digest, &image)
+            .await?
+            .ok_or_else(|| RegistryError::PlatformTagMissing {
+                image: image.clone(),
+                platform: platform.to_string(),
+            })?;
         let invalid = |reason: String| RegistryError::InvalidManifest {
             image: image.clone(),
             reason,
@@ -286,11 +345,18 @@ impl RegistryClient {
                 (entry.descriptor.clone(), child, config)
             }
         };
+        if let Some(mismatch) = expected.and_then(|e| e.mismatch(&config.labels)) {
+            return Err(RegistryError::ProvenanceMismatch {
+                image: shown,
+                platform: platform.to_string(),
+                mismatch,
+            });
+        }
         Ok(PlatformImage {
             platform,
             image: shown,
             descriptor,
-            config,
+            config: config.platform,
         })
     }
 
@@ -302,7 +368,7 @@ impl RegistryClient {
         image: &str,
         descriptor: &Descriptor,
         platform: Platform,
-    ) -> Result<parse::PlatformFields, RegistryError> {
+    ) -> Result<ImageConfig, RegistryError> {
         let manifest = self.get_child_manifest(repo, image, descriptor).await?;
         self.verify_config(repo, image, &manifest, platform).await
     }
@@ -361,7 +427,7 @@ impl RegistryClient {
         image: &str,
         manifest: &ImageManifest,
         platform: Platform,
-    ) -> Result<parse::PlatformFields, RegistryError> {
+    ) -> Result<ImageConfig, RegistryError> {
         let config = &manifest.config;
         if config.media_type != OCI_CONFIG && config.media_type != DOCKER_CONFIG {
             return Err(RegistryError::InvalidManifest {
@@ -419,15 +485,16 @@ impl RegistryClient {
             image: image.to_string(),
             reason: e.0,
         })?;
-        if !platform.matches_config(&parsed.os, &parsed.architecture, parsed.variant.as_deref()) {
-            let hint = if parsed.os == platform.os() && parsed.architecture == platform.architecture() {
+        let fields = &parsed.platform;
+        if !platform.matches_config(&fields.os, &fields.architecture, fields.variant.as_deref()) {
+            let hint = if fields.os == platform.os() && fields.architecture == platform.architecture() {
                 "the image was built for another variant"
             } else {
                 "the build ran on the wrong architecture"
             };
             return Err(RegistryError::PlatformMismatch {
                 image: image.to_string(),
-                found: parsed.to_string(),
+                found: fields.to_string(),
                 expected: platform.to_string(),
                 hint: hint.into(),
             });

@@ -432,10 +432,19 @@ struct RawConfig {
     os: Option<serde_json::Value>,
     architecture: Option<serde_json::Value>,
     variant: Option<serde_json::Value>,
+    config: Option<serde_json::Value>,
 }
 
-/// Parse the platform fields (`os`, `architecture`, `variant`) of an image config blob.
-pub fn parse_config(body: &[u8]) -> Result<PlatformFields, ParseError> {
+/// What an image config says: its platform and its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub platform: PlatformFields,
+    /// `config.Labels`; values that are not strings are left out.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Parse the platform fields (`os`, `architecture`, `variant`) and labels of an image config blob.
+pub fn parse_config(body: &[u8]) -> Result<ImageConfig, ParseError> {
     let raw: RawConfig = serde_json::from_slice(body)
         .map_err(|e| ParseError(format!("image config is not a valid JSON object: {e}")))?;
     let os = string_field(raw.os, "image config os")?
@@ -445,10 +454,20 @@ pub fn parse_config(body: &[u8]) -> Result<PlatformFields, ParseError> {
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ParseError("image config has no architecture".into()))?;
     let variant = string_field(raw.variant, "image config variant")?.filter(|v| !v.is_empty());
-    Ok(PlatformFields {
-        os,
-        architecture,
-        variant,
+    let labels = match raw.config.as_ref().and_then(|c| c.get("Labels")) {
+        Some(serde_json::Value::Object(labels)) => labels
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    Ok(ImageConfig {
+        platform: PlatformFields {
+            os,
+            architecture,
+            variant,
+        },
+        labels,
     })
 }
 
@@ -622,7 +641,16 @@ mod tests {
     #[test]
     fn parses_configs_and_error_bodies() {
         let c = parse_config(br#"{"architecture":"arm64","os":"linux","variant":"v8","rootfs":{}}"#).unwrap();
-        assert_eq!(c.to_string(), "linux/arm64/v8");
+        assert_eq!(c.platform.to_string(), "linux/arm64/v8");
+        assert!(c.labels.is_empty());
+        let labelled = parse_config(
+            br#"{"architecture":"amd64","os":"linux","config":{"Labels":{"a":"1","n":2,"org.opencontainers.image.revision":"abc"}}}"#,
+        )
+        .unwrap();
+        let labels: Vec<(&str, &str)> = labelled.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(labels, [("a", "1"), ("org.opencontainers.image.revision", "abc")], "non-strings left out");
+        let null_labels = parse_config(br#"{"architecture":"amd64","os":"linux","config":{"Labels":null}}"#).unwrap();
+        assert!(null_labels.labels.is_empty());
         assert!(
             parse_config(br#"{"os":"linux"}"#)
                 .unwrap_err()

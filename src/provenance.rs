@@ -1,0 +1,190 @@
+//! What a build's images say about where they came from, and how that is checked.
+//!
+//! The builder labels every per-platform image with the commit it built, the git URL, the build's
+//! uid and a hash of the build's inputs. The assembler accepts a child into the index only when
+//! its labels name this build and this commit; reuse of an existing index needs the same commit
+//! and the same input hash on every child.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::api::MultiArchBuildSpec;
+
+/// The commit the image was built from (OCI annotation key, used as a label).
+pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+/// The git URL the image was built from.
+pub const SOURCE_LABEL: &str = "org.opencontainers.image.source";
+/// When the index was assembled (index annotation only).
+pub const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
+/// The uid of the MultiArchBuild whose job built the image.
+pub const BUILD_UID_LABEL: &str = "dev.multiarch.build-uid";
+/// The hash of the build's inputs ([`inputs_hash`]).
+pub const INPUTS_LABEL: &str = "dev.multiarch.inputs";
+
+/// What every child of an index must say about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// The build that must have built it; `None` when any build may have (reuse).
+    pub build_uid: Option<String>,
+    /// The full commit SHA it must have been built from.
+    pub commit: String,
+    /// [`inputs_hash`] of the spec.
+    pub inputs: String,
+}
+
+impl Expected {
+    /// The first label that differs from what is expected, as `label: found X, expected Y`.
+    pub fn mismatch(&self, labels: &BTreeMap<String, String>) -> Option<String> {
+        let mut wanted = vec![(REVISION_LABEL, self.commit.as_str()), (INPUTS_LABEL, self.inputs.as_str())];
+        if let Some(uid) = &self.build_uid {
+            wanted.push((BUILD_UID_LABEL, uid));
+        }
+        wanted.into_iter().find_map(|(label, expected)| {
+            let found = labels.get(label).map(String::as_str);
+            (found != Some(expected)).then(|| {
+                format!(
+                    "label {label} is {}, expected {expected}",
+                    found.map_or_else(|| "absent".to_string(), |f| format!("{f:?}"))
+                )
+            })
+        })
+    }
+}
+
+/// Whether `revision` is a full commit SHA (40 hex digits): only then is what it names known
+/// before building.
+pub fn is_full_commit(revision: &str) -> bool {
+    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The commit a spec pins, lowercase, when its revision is a full SHA.
+pub fn pinned_commit(spec: &MultiArchBuildSpec) -> Option<String> {
+    let revision = &spec.source.git.revision;
+    is_full_commit(revision).then(|| revision.to_ascii_lowercase())
+}
+
+/// The inputs that decide what a build produces from a given commit, in a fixed order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Inputs<'a> {
+    git_url: &'a str,
+    context_dir: &'a str,
+    dockerfile: &'a str,
+    /// By name: the order in the spec does not change the build.
+    build_args: BTreeMap<&'a str, &'a str>,
+    /// Sorted: the order in the spec does not change the index's content.
+    platforms: Vec<String>,
+}
+
+/// `sha256:<hex>` of the build's inputs (git URL, context, Dockerfile, build args, platforms).
+/// The commit is not in it: it is compared on its own label.
+pub fn inputs_hash(spec: &MultiArchBuildSpec) -> String {
+    let mut platforms: Vec<String> = spec.platforms.iter().map(|p| p.platform.to_string()).collect();
+    platforms.sort();
+    let inputs = Inputs {
+        git_url: &spec.source.git.url,
+        context_dir: &spec.source.context_dir,
+        dockerfile: &spec.source.dockerfile,
+        build_args: spec
+            .build_args
+            .iter()
+            .flatten()
+            .map(|a| (a.name.as_str(), a.value.as_str()))
+            .collect(),
+        platforms,
+    };
+    // Serialising plain strings and maps cannot fail; an empty input would still hash.
+    let bytes = serde_json::to_vec(&inputs).unwrap_or_default();
+    crate::registry::sha256_digest(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BuildArg, MultiArchBuild};
+
+    fn spec() -> MultiArchBuildSpec {
+        let build: MultiArchBuild = serde_yaml::from_str(include_str!("../config/samples/vecoli.yaml")).unwrap();
+        build.spec
+    }
+
+    #[test]
+    fn the_inputs_hash_changes_with_each_input_and_not_with_order() {
+        let base = spec();
+        let hash = inputs_hash(&base);
+        assert!(hash.starts_with("sha256:") && hash.len() == 71, "{hash}");
+        assert_eq!(inputs_hash(&base), hash, "deterministic");
+
+        let mut other = base.clone();
+        other.build_args = Some(vec![BuildArg {
+            name: "PYTHON_VERSION".into(),
+            value: "3.13".into(),
+        }]);
+        assert_ne!(inputs_hash(&other), hash, "build args");
+        let mut other = base.clone();
+        other.source.dockerfile = "Dockerfile.other".into();
+        assert_ne!(inputs_hash(&other), hash, "dockerfile");
+        let mut other = base.clone();
+        other.source.context_dir = "sub".into();
+        assert_ne!(inputs_hash(&other), hash, "context");
+        let mut other = base.clone();
+        other.platforms.pop();
+        assert_ne!(inputs_hash(&other), hash, "platforms");
+
+        let mut reordered = base.clone();
+        reordered.platforms.reverse();
+        assert_eq!(inputs_hash(&reordered), hash, "platform order");
+        let mut retagged = base.clone();
+        retagged.output.tag = "other".into();
+        retagged.source.git.revision = "main".into();
+        assert_eq!(inputs_hash(&retagged), hash, "tag and revision are not inputs");
+    }
+
+    #[test]
+    fn only_a_full_sha_pins_the_commit() {
+        let mut s = spec();
+        s.source.git.revision = "3F2A9C1E0B5D4C3B2A1908F7E6D5C4B3A2918070".into();
+        assert_eq!(
+            pinned_commit(&s).as_deref(),
+            Some("3f2a9c1e0b5d4c3b2a1908f7e6d5c4b3a2918070")
+        );
+        s.source.git.revision = "3f2a9c1".into();
+        assert_eq!(pinned_commit(&s), None);
+        s.source.git.revision = "main".into();
+        assert_eq!(pinned_commit(&s), None);
+    }
+
+    #[test]
+    fn mismatch_names_the_first_label_that_differs() {
+        let expected = Expected {
+            build_uid: Some("uid-1".into()),
+            commit: "a".repeat(40),
+            inputs: "sha256:x".into(),
+        };
+        let mut labels: BTreeMap<String, String> = [
+            (REVISION_LABEL, "a".repeat(40)),
+            (INPUTS_LABEL, "sha256:x".into()),
+            (BUILD_UID_LABEL, "uid-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(expected.mismatch(&labels), None);
+        labels.insert(BUILD_UID_LABEL.into(), "uid-2".into());
+        assert_eq!(
+            expected.mismatch(&labels).unwrap(),
+            "label dev.multiarch.build-uid is \"uid-2\", expected uid-1"
+        );
+        let any_build = Expected {
+            build_uid: None,
+            ..expected.clone()
+        };
+        assert_eq!(any_build.mismatch(&labels), None, "reuse accepts any build");
+        labels.remove(REVISION_LABEL);
+        assert_eq!(
+            expected.mismatch(&labels).unwrap(),
+            format!("label {REVISION_LABEL} is absent, expected {}", "a".repeat(40))
+        );
+    }
+}
