@@ -13,9 +13,7 @@ use crate::{
     api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Platform},
     batch::{BatchError, BatchExecutor, BuildRef, MAX_LOG_TAIL_LINES, SubmittedJob, submit_request},
     plan::{self, Action, AssemblyOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult, Observations},
-    provenance::{
-        CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL, inputs_hash, pinned_commit,
-    },
+    provenance::{CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL, inputs_hash, pinned_commit},
     registry::{Existing, IndexRequest, PushedIndex, RegistryClient, RegistryError, ReuseExpectation},
 };
 

@@ -229,6 +229,9 @@ pub const SUBMIT_SETTLE_SECONDS: i64 = 60;
 /// Logs delivery lags) before the build fails closed.
 pub const RESULT_LOG_GRACE_SECONDS: i64 = 120;
 
+/// How often the log is read again meanwhile.
+pub const RESULT_LOG_RETRY_SECONDS: i64 = 5;
+
 /// The `Ready` condition's type.
 pub const READY: &str = "Ready";
 

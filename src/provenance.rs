@@ -36,7 +36,10 @@ pub struct Expected {
 impl Expected {
     /// The first label that differs from what is expected, as `label: found X, expected Y`.
     pub fn mismatch(&self, labels: &BTreeMap<String, String>) -> Option<String> {
-        let mut wanted = vec![(REVISION_LABEL, self.commit.as_str()), (INPUTS_LABEL, self.inputs.as_str())];
+        let mut wanted = vec![
+            (REVISION_LABEL, self.commit.as_str()),
+            (INPUTS_LABEL, self.inputs.as_str()),
+        ];
         if let Some(uid) = &self.build_uid {
             wanted.push((BUILD_UID_LABEL, uid));
         }

@@ -249,3 +249,94 @@ fn the_spec_is_immutable_except_a_one_way_cancel() {
             .any(|m| m.contains("spec.source is immutable"))
     );
 }
+
+/// A build with the status the controller writes, phase by phase.
+fn with_status(status: serde_json::Value) -> MultiArchBuild {
+    let mut build = vecoli();
+    build.status = Some(serde_json::from_value(status).unwrap());
+    build
+}
+
+fn status_update_errors(old: serde_json::Value, new: serde_json::Value) -> Vec<String> {
+    update_errors(&with_status(old), &with_status(new))
+}
+
+fn platform(job_id: Option<&str>, state: &str) -> serde_json::Value {
+    let mut entry = serde_json::json!({"platform": "linux/arm64", "state": state});
+    if let Some(id) = job_id {
+        entry["jobId"] = id.into();
+    }
+    entry
+}
+
+/// The status only moves forward, and the API server says so: CEL transition rules on the status
+/// schema refuse a terminal phase changing, a digest or image rewritten or removed, and a job id
+/// changed; the writes a build makes on its way are accepted.
+#[test]
+fn the_status_only_moves_forward() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let image = format!("r.example/app@{digest}");
+    // Normal progress: nothing, Pending, Building with a job, Assembling, Succeeded.
+    let steps = [
+        serde_json::json!({}),
+        serde_json::json!({"phase": "Pending"}),
+        serde_json::json!({"phase": "Building", "platforms": [platform(None, "SUBMITTED")]}),
+        serde_json::json!({"phase": "Building", "platforms": [platform(Some("job-1"), "RUNNING")]}),
+        serde_json::json!({"phase": "Assembling", "platforms": [platform(Some("job-1"), "SUCCEEDED")]}),
+        serde_json::json!({"phase": "Succeeded", "digest": digest, "image": image,
+                           "platforms": [platform(Some("job-1"), "SUCCEEDED")]}),
+    ];
+    for pair in steps.windows(2) {
+        assert_eq!(
+            status_update_errors(pair[0].clone(), pair[1].clone()),
+            Vec::<String>::new(),
+            "{} -> {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let succeeded = steps[5].clone();
+    // Rewriting the same succeeded status (e.g. observedGeneration) is accepted.
+    let mut observed = succeeded.clone();
+    observed["observedGeneration"] = 2.into();
+    assert_eq!(status_update_errors(succeeded.clone(), observed), Vec::<String>::new());
+
+    let refused = |new: serde_json::Value, message: &str| {
+        let errors = status_update_errors(succeeded.clone(), new.clone());
+        assert!(
+            errors.iter().any(|m| m.contains(message)),
+            "{new} was not refused with {message:?}: {errors:?}"
+        );
+    };
+    let mut regressed = succeeded.clone();
+    regressed["phase"] = "Assembling".into();
+    refused(regressed, "never changes phase");
+    let mut failed = succeeded.clone();
+    failed["phase"] = "Failed".into();
+    refused(failed, "never changes phase");
+    let mut no_phase = succeeded.clone();
+    no_phase.as_object_mut().unwrap().remove("phase");
+    refused(no_phase, "never changes phase");
+    let mut other_digest = succeeded.clone();
+    other_digest["digest"] = format!("sha256:{}", "b".repeat(64)).into();
+    refused(other_digest, "status.digest is written once");
+    let mut no_digest = succeeded.clone();
+    no_digest.as_object_mut().unwrap().remove("digest");
+    refused(no_digest, "status.digest is written once");
+    let mut other_image = succeeded.clone();
+    other_image["image"] = "r.example/other@sha256:0".into();
+    refused(other_image, "status.image is written once");
+    let mut other_job = succeeded.clone();
+    other_job["platforms"] = serde_json::json!([platform(Some("job-2"), "SUCCEEDED")]);
+    refused(other_job, "jobId never changes once set");
+    let mut lost_job = succeeded.clone();
+    lost_job["platforms"] = serde_json::json!([platform(None, "SUCCEEDED")]);
+    refused(lost_job, "jobId never changes once set");
+    let mut no_platforms = succeeded.clone();
+    no_platforms.as_object_mut().unwrap().remove("platforms");
+    refused(no_platforms, "an entry is never removed");
+
+    // Also while building: a job id, once recorded, stays.
+    let errors = status_update_errors(steps[3].clone(), steps[2].clone());
+    assert!(errors.iter().any(|m| m.contains("jobId never changes")), "{errors:?}");
+}

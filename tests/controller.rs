@@ -51,6 +51,7 @@ struct Env {
     pusher: Pusher,
     fakes: Mutex<Vec<FakeKube>>,
     metrics: Mutex<Vec<Arc<Metrics>>>,
+    builder: Builder,
 }
 
 impl Env {
@@ -103,15 +104,73 @@ impl Env {
             crd_retry: Duration::from_millis(100),
         }
     }
+}
 
-    /// Pushes `<tag>-amd64` and `<tag>-arm64` to `repo`, as the two Batch jobs would have.
-    async fn push_platforms(&self, repo: &str, tag: &str) {
-        self.pusher
-            .image(repo, &format!("{tag}-amd64"), ImageSpec::oci("amd64"))
-            .await;
-        self.pusher
-            .image(repo, &format!("{tag}-arm64"), ImageSpec::oci("arm64"))
-            .await;
+/// The commit the played builder reports for a revision that is not a full SHA.
+const BUILT_COMMIT: &str = "c0ffee0000000000000000000000000000c0ffee";
+
+/// Plays builder/build.sh for moto's jobs, which non-Docker Batch never runs: for every SUCCEEDED
+/// job of the test queue not played yet, pushes the image the builder would (its labels included)
+/// to the tag the job was given, and ends the job's log with the builder's `commit:` and
+/// `digest:` lines. Uses its own AWS clients, so the controller's IAM check does not count it.
+struct Builder {
+    aws: SdkConfig,
+    pusher: Pusher,
+    registry_host: String,
+    played: tokio::sync::Mutex<BTreeSet<String>>,
+}
+
+impl Builder {
+    /// Plays every job that succeeded so far; returns once they all are.
+    async fn play(&self) {
+        let mut played = self.played.lock().await;
+        let batch = aws_sdk_batch::Client::new(&self.aws);
+        let listed = batch
+            .list_jobs()
+            .job_queue(QUEUE)
+            .job_status(aws_sdk_batch::types::JobStatus::Succeeded)
+            .send()
+            .await
+            .unwrap();
+        let ids: Vec<String> = listed
+            .job_summary_list()
+            .iter()
+            .filter_map(|j| j.job_id())
+            .filter(|id| !played.contains(*id))
+            .map(str::to_string)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let jobs = batch.describe_jobs().set_jobs(Some(ids)).send().await.unwrap();
+        let logs = aws_sdk_cloudwatchlogs::Client::new(&self.aws);
+        for job in jobs.jobs() {
+            let container = job.container().expect("a container job");
+            let env: BTreeMap<&str, &str> = container
+                .environment()
+                .iter()
+                .filter_map(|kv| Some((kv.name()?, kv.value()?)))
+                .collect();
+            let revision = env["MAB_GIT_REVISION"];
+            let commit = if revision.len() == 40 { revision } else { BUILT_COMMIT };
+            let (host, rest) = env["MAB_IMAGE"].split_once('/').unwrap();
+            let (repo, tag) = rest.rsplit_once(':').unwrap();
+            let arch = env["MAB_PLATFORM"].split('/').nth(1).unwrap();
+            let digest = if host == self.registry_host {
+                let spec = ImageSpec::oci(arch).built_by(env["MAB_BUILD_UID"], commit, env["MAB_INPUT_HASH"]);
+                self.pusher.image(repo, tag, spec).await.digest
+            } else {
+                format!("sha256:{}", "0".repeat(64))
+            };
+            let stream = container.log_stream_name().expect("a log stream");
+            let lines = [
+                format!("[mab] pushed {host}/{repo}@{digest}"),
+                format!("commit: {commit}"),
+                format!("digest: {digest}"),
+            ];
+            moto::put_log_lines(&logs, stream, &lines).await;
+            played.insert(job.job_id().unwrap().to_string());
+        }
     }
 }
 
@@ -202,7 +261,6 @@ fn reasons(fake: &FakeKube, kind: &str, name: &str) -> Vec<String> {
 async fn status_is_written_once_per_change_with_observed_generation(env: Arc<Env>) {
     let fake = env.fake();
     let ctx = env.context(&fake, env.metrics());
-    env.push_platforms("once", "v1").await;
     let key = create_build(&fake, good_build("sims", "once", &env.registry.repo("once")));
 
     // First the finalizer, and nothing else.
@@ -231,7 +289,9 @@ async fn status_is_written_once_per_change_with_observed_generation(env: Arc<Env
     reconcile_now(&fake, &ctx, &key).await;
     assert_eq!(fake.status_writes("sims", "once"), after_submit);
 
-    // The poller sees both jobs SUCCEEDED: the index is assembled, the build succeeds.
+    // The poller sees both jobs SUCCEEDED: what they pushed is read from their logs, the index
+    // is assembled, the build succeeds.
+    env.builder.play().await;
     ctx.poller().sweep().await;
     reconcile_now(&fake, &ctx, &key).await;
     let s = status(&fake, &key);
@@ -400,7 +460,6 @@ async fn an_unreachable_aws_never_blocks_deletion_past_the_grace_period(env: Arc
 async fn gating_releases_exactly_the_waiting_jobs_and_only_after_success(env: Arc<Env>) {
     let fake = env.fake();
     let ctx = env.context(&fake, env.metrics());
-    env.push_platforms("gated", "v1").await;
     let jobs = [
         ("sims", "head", Some("gated"), true),
         ("sims", "other-build", Some("another"), true),
@@ -426,6 +485,7 @@ async fn gating_releases_exactly_the_waiting_jobs_and_only_after_success(env: Ar
     assert_eq!(versions(), untouched, "nothing is released before success");
     assert!(fake.get(&Key::new("", "configmaps", "sims", "gated-image")).is_none());
 
+    env.builder.play().await;
     ctx.poller().sweep().await;
     reconcile_now(&fake, &ctx, &key).await;
     let s = status(&fake, &key);
@@ -581,7 +641,6 @@ async fn a_second_replica_without_the_lease_does_nothing(env: Arc<Env>) {
     .await;
     let (b, _) = start_replica(&env, &fake, "replica-b");
 
-    env.push_platforms("leased", "v1").await;
     let first = create_build(&fake, good_build("sims", "leased", &env.registry.repo("leased")));
     eventually("the first build succeeds", Duration::from_secs(30), || {
         succeeded(&fake, &first)
@@ -610,7 +669,6 @@ async fn a_second_replica_without_the_lease_does_nothing(env: Arc<Env>) {
         metric(&b.metrics, "multiarch_leader ") == 1.0
     })
     .await;
-    env.push_platforms("leased-2", "v1").await;
     let second = create_build(&fake, good_build("sims", "leased-2", &env.registry.repo("leased-2")));
     eventually("the second build succeeds", Duration::from_secs(30), || {
         succeeded(&fake, &second)
@@ -697,6 +755,7 @@ async fn an_ecr_repository_is_reached_with_one_cached_token(env: Arc<Env>) {
     let key = create_build(&fake, good_build("sims", "in-ecr", repository));
     reconcile_now(&fake, &ctx, &key).await;
     reconcile_now(&fake, &ctx, &key).await;
+    env.builder.play().await;
     ctx.poller().sweep().await;
     for _ in 0..2 {
         let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(fake.get(&key).unwrap()).unwrap();
@@ -713,7 +772,6 @@ async fn a_restart_between_submit_and_the_status_write_submits_nothing_twice(env
     let fake = env.fake();
     fake.refuse_job_ids();
     let (first, _) = start_replica(&env, &fake, "replica-killed");
-    env.push_platforms("restarted", "v1").await;
     let key = create_build(&fake, good_build("sims", "restarted", &env.registry.repo("restarted")));
     eventually(
         "SubmitJob happened and its status write failed",
@@ -742,6 +800,134 @@ async fn a_restart_between_submit_and_the_status_write_submits_nothing_twice(env
     }
     second.shutdown.trigger();
     second.task.await.unwrap().unwrap();
+}
+
+/// Runs a build to success with `ctx`, driving it by hand.
+async fn build_to_success(env: &Env, fake: &FakeKube, ctx: &Arc<Context>, key: &Key) {
+    reconcile_now(fake, ctx, key).await;
+    reconcile_now(fake, ctx, key).await;
+    env.builder.play().await;
+    ctx.poller().sweep().await;
+    reconcile_now(fake, ctx, key).await;
+    assert!(succeeded(fake, key), "{}", status(fake, key));
+}
+
+/// A build this controller cannot read any more (here: a newer version wrote a media type this
+/// one does not know) keeps its whole record: a Succeeded build's status is not touched at all
+/// (digest, image, job ids survive), a running one only gets a Ready condition saying why; and
+/// deleting an unreadable running build still terminates the jobs its raw status records.
+async fn an_unreadable_build_keeps_its_record(env: Arc<Env>) {
+    let fake = env.fake();
+    let ctx = env.context(&fake, env.metrics());
+    let done = create_build(&fake, good_build("sims", "done", &env.registry.repo("done")));
+    build_to_success(&env, &fake, &ctx, &done).await;
+    let before = status(&fake, &done);
+    assert!(before["digest"].is_string() && before["image"].is_string());
+    let writes = fake.status_writes("sims", "done");
+    fake.edit(&done, |o| o["spec"]["output"]["mediaType"] = "zstd-index".into());
+    let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(fake.get(&done).unwrap()).unwrap();
+    assert!(guard.0.is_err(), "the edit makes the build unreadable");
+    reconcile(Arc::new(guard), Arc::clone(&ctx)).await.expect("reconcile");
+    assert_eq!(status(&fake, &done), before, "an ended build's status is never touched");
+    assert_eq!(fake.status_writes("sims", "done"), writes);
+    assert!(reasons(&fake, "MultiArchBuild", "done").contains(&"InvalidSpec".to_string()));
+
+    // A running build: every field stays, Ready says why.
+    let running = create_build(&fake, good_build("sims", "running", &env.registry.repo("running")));
+    reconcile_now(&fake, &ctx, &running).await;
+    reconcile_now(&fake, &ctx, &running).await;
+    let building = status(&fake, &running);
+    let ids: Vec<Value> = building["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["jobId"].clone())
+        .collect();
+    assert!(ids.iter().all(Value::is_string), "{building}");
+    fake.edit(&running, |o| o["spec"]["output"]["mediaType"] = "zstd-index".into());
+    let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(fake.get(&running).unwrap()).unwrap();
+    reconcile(Arc::new(guard), Arc::clone(&ctx)).await.expect("reconcile");
+    let after = status(&fake, &running);
+    assert_eq!(ready(&after)["reason"], "InvalidSpec");
+    assert!(
+        ready(&after)["message"].as_str().unwrap().contains("zstd-index"),
+        "{after}"
+    );
+    let mut without_conditions = after.clone();
+    let mut expected = building.clone();
+    without_conditions.as_object_mut().unwrap().remove("conditions");
+    expected.as_object_mut().unwrap().remove("conditions");
+    assert_eq!(without_conditions, expected, "every other field as it was");
+
+    // Deleted while unreadable: the recorded live jobs are terminated, then the finalizer goes.
+    fake.edit(&running, |o| {
+        o["status"]["platforms"][0]["state"] = "RUNNING".into();
+        o["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+    });
+    let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(fake.get(&running).unwrap()).unwrap();
+    reconcile(Arc::new(guard), Arc::clone(&ctx)).await.expect("reconcile");
+    assert!(fake.get(&running).is_none(), "the finalizer was released");
+    let notes: Vec<String> = fake
+        .events_about("MultiArchBuild", "running")
+        .into_iter()
+        .map(|(_, _, n)| n)
+        .collect();
+    let id = ids[0].as_str().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("terminated Batch job(s)") && n.contains(id)),
+        "{notes:?}"
+    );
+}
+
+/// A status write planned from an older resourceVersion loses to the newer write made meanwhile
+/// (409 Conflict, never forced over it); the next reconcile reads the newer status and goes on
+/// from it, and nothing is submitted twice.
+async fn a_stale_status_write_loses_to_the_newer_one(env: Arc<Env>) {
+    let fake = env.fake();
+    let ctx = env.context(&fake, env.metrics());
+    let key = create_build(&fake, good_build("sims", "raced", &env.registry.repo("raced")));
+    reconcile_now(&fake, &ctx, &key).await;
+    reconcile_now(&fake, &ctx, &key).await;
+    let building = status(&fake, &key);
+    env.builder.play().await;
+    ctx.poller().sweep().await;
+    // Another writer (a replica that still thinks it leads) cancels the build just before our
+    // write of the next step arrives.
+    fake.race_next_status_write(&key, |o| {
+        o["status"]["phase"] = "Cancelled".into();
+        o["status"]["message"] = "written by the newer writer".into();
+    });
+    let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(fake.get(&key).unwrap()).unwrap();
+    let error = reconcile(Arc::new(guard), Arc::clone(&ctx)).await.unwrap_err();
+    assert_eq!(error.label(), "StatusConflict", "{error}");
+    let s = status(&fake, &key);
+    assert_eq!(
+        (s["phase"].as_str(), s["message"].as_str()),
+        (Some("Cancelled"), Some("written by the newer writer"))
+    );
+    assert!(s["digest"].is_null(), "{s}");
+
+    // Re-read, re-planned: the newer (terminal) status stands.
+    reconcile_now(&fake, &ctx, &key).await;
+    let s = status(&fake, &key);
+    assert_eq!(s["phase"], "Cancelled", "{s}");
+    assert!(s["digest"].is_null(), "{s}");
+    for (platform, before) in s["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(building["platforms"].as_array().unwrap())
+    {
+        assert_eq!(platform["jobId"], before["jobId"]);
+        let name = platform["jobName"].as_str().unwrap();
+        assert_eq!(jobs_named(&env, name).await, 1, "{name}");
+    }
+    assert!(
+        !reasons(&fake, "MultiArchBuild", "raced").contains(&"StatusConflict".to_string()),
+        "a conflict is not worth a Warning event"
+    );
 }
 
 async fn http_get(base: &str, path: &str) -> (u16, String) {
@@ -777,7 +963,6 @@ async fn the_controller_waits_for_the_crd_then_builds_and_releases(env: Arc<Env>
     let mut malformed = good_build("sims", "malformed", "registry.invalid/malformed");
     malformed["spec"]["platforms"][0]["platform"] = "linux/s390x".into();
     let malformed = create_build(&fake, malformed);
-    env.push_platforms("whole", "v1").await;
     fake.create(
         "batch",
         "jobs",
@@ -796,20 +981,23 @@ async fn the_controller_waits_for_the_crd_then_builds_and_releases(env: Arc<Env>
         fake.get(&Key::job("sims", "late-head")).unwrap()["spec"]["suspend"] == json!(false)
     })
     .await;
-    eventually("the malformed build is failed", Duration::from_secs(10), || {
-        fake.get(&malformed).is_some_and(|o| o["status"]["phase"] == "Failed")
+    eventually("the malformed build is reported", Duration::from_secs(10), || {
+        fake.get(&malformed)
+            .is_some_and(|o| o["status"]["conditions"].is_array())
     })
     .await;
     let s = status(&fake, &malformed);
     assert_eq!(ready(&s)["reason"], "InvalidSpec");
-    assert!(s["message"].as_str().unwrap().contains("s390x"), "{s}");
+    assert_eq!(ready(&s)["status"], "False");
+    assert!(ready(&s)["message"].as_str().unwrap().contains("s390x"), "{s}");
     assert!(reasons(&fake, "MultiArchBuild", "malformed").contains(&"InvalidSpec".to_string()));
 
     let (code, text) = http_get(&base, "/metrics").await;
     assert_eq!(code, 200);
     for line in [
         "multiarch_builds{phase=\"Succeeded\"} 1",
-        "multiarch_builds{phase=\"Failed\"} 1",
+        // The unreadable build did not fail: it is reported, not counted in a phase.
+        "multiarch_builds{phase=\"Failed\"} 0",
         "multiarch_aws_calls_total{service=\"Batch\",operation=\"SubmitJob\",outcome=\"success\"} 2",
         "multiarch_leader 1",
     ] {
@@ -970,6 +1158,8 @@ fn main() -> ExitCode {
         a_failed_job_fails_the_build_with_its_log_tail,
         an_ecr_repository_is_reached_with_one_cached_token,
         the_controller_waits_for_the_crd_then_builds_and_releases,
+        an_unreadable_build_keeps_its_record,
+        a_stale_status_write_loses_to_the_newer_one,
     ];
     if args.iter().any(|a| a == "--list") {
         for (name, _) in &scenarios {
@@ -1011,6 +1201,12 @@ fn main() -> ExitCode {
         let aws = moto.sdk_config().await;
         moto.create_batch_environment(&aws_sdk_batch::Client::new(&aws)).await;
         let pusher = Pusher::new(&registry.host);
+        let builder = Builder {
+            aws: aws.clone(),
+            pusher: pusher.clone(),
+            registry_host: registry.host.clone(),
+            played: tokio::sync::Mutex::default(),
+        };
         let env = Arc::new(Env {
             _moto: moto,
             aws,
@@ -1018,6 +1214,14 @@ fn main() -> ExitCode {
             pusher,
             fakes: Mutex::default(),
             metrics: Mutex::default(),
+            builder,
+        });
+        let playing = Arc::clone(&env);
+        tokio::spawn(async move {
+            loop {
+                playing.builder.play().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         });
         println!("\nrunning {} tests", selected.len() + 2 * usize::from(whole_suite));
         let started = Instant::now();

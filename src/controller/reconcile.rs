@@ -306,6 +306,11 @@ pub async fn reconcile(object: Arc<DeserializeGuard<MultiArchBuild>>, ctx: Arc<C
                 lock(&ctx.failures).remove(&format!("{namespace}/{name}"));
                 debug!(?action, "reconciled");
             }
+            Err(error @ Error::Engine(EngineError::StatusConflict(_))) => {
+                // Not a failure anyone needs to see: the next reconcile reads the newer status.
+                ctx.metrics.reconciled(Some(error.label()));
+                debug!(%error, "status conflict; reading the build again");
+            }
             Err(error) => {
                 ctx.metrics.reconciled(Some(error.label()));
                 warn!(%error, label = error.label(), "reconcile failed");
@@ -563,8 +568,11 @@ async fn unreadable(
         ..Default::default()
     };
     let message = format!("cannot read the MultiArchBuild: {}", invalid.error);
-    let raw: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &ApiResource::erase::<MultiArchBuild>(&()));
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &namespace,
+        &ApiResource::erase::<MultiArchBuild>(&()),
+    );
     let Some(object) = raw.get_opt(&name).await.map_err(Error::kube("read the build"))? else {
         return Ok(Action::await_change());
     };

@@ -9,8 +9,8 @@ use k8s_openapi::{
 
 use super::{
     Action, AssemblyOutcome, ExistingIndex, INDEX_REUSED, IndexRef, Input, JobObservation, JobResult, JobSnapshot,
-    JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY, RESULT_LOG_GRACE_SECONDS, SUBMIT_SETTLE_SECONDS, is_live,
-    live_job, reason, state_of,
+    JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY, RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS,
+    SUBMIT_SETTLE_SECONDS, is_live, live_job, reason, state_of,
 };
 use crate::api::{
     MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, SourceStatus, validate_with,
@@ -93,7 +93,12 @@ impl Decision<'_, '_> {
         if spec.cancel {
             let live = terminate_live(&self.status, "cancelled: spec.cancel was set").len();
             let message = format!("cancelled by spec.cancel; {live} live job(s) terminated");
-            return self.end(Phase::Cancelled, reason::CANCELLED, message, "cancelled: spec.cancel was set");
+            return self.end(
+                Phase::Cancelled,
+                reason::CANCELLED,
+                message,
+                "cancelled: spec.cancel was set",
+            );
         }
 
         if let Some(start) = self.status.start_time.as_ref().map(|t| t.0) {
@@ -114,7 +119,12 @@ impl Decision<'_, '_> {
             return;
         }
 
-        if let Some(failed) = self.status.platforms.iter().find(|p| state_of(p) == Some(JobState::Failed)) {
+        if let Some(failed) = self
+            .status
+            .platforms
+            .iter()
+            .find(|p| state_of(p) == Some(JobState::Failed))
+        {
             let platform = failed.platform;
             match (&failed.log_stream_name, self.input.observed.failure_logs.get(&platform)) {
                 (Some(stream), None) => {
@@ -136,14 +146,24 @@ impl Decision<'_, '_> {
             return;
         }
         if let Some(message) = source_mismatch(spec, &self.status) {
-            return self.end(Phase::Failed, reason::SOURCE_MISMATCH, message, "the platforms built different sources");
+            return self.end(
+                Phase::Failed,
+                reason::SOURCE_MISMATCH,
+                message,
+                "the platforms built different sources",
+            );
         }
 
         let pushed: Option<Vec<(Platform, String)>> = self
             .status
             .platforms
             .iter()
-            .map(|p| Some((p.platform, p.digest.clone().filter(|_| state_of(p) == Some(JobState::Succeeded))?)))
+            .map(|p| {
+                Some((
+                    p.platform,
+                    p.digest.clone().filter(|_| state_of(p) == Some(JobState::Succeeded))?,
+                ))
+            })
             .collect();
         if let Some(children) = pushed.filter(|c| !c.is_empty()) {
             return self.assemble(children);
@@ -154,7 +174,13 @@ impl Decision<'_, '_> {
         }
         self.submit();
         let message = progress(&self.status);
-        set_phase(&mut self.status, Phase::Building, reason::BUILDING, message, self.input.now);
+        set_phase(
+            &mut self.status,
+            Phase::Building,
+            reason::BUILDING,
+            message,
+            self.input.now,
+        );
     }
 
     /// A live job that Batch has not returned for longer than the grace period after its own
@@ -167,7 +193,10 @@ impl Decision<'_, '_> {
             let Some(id) = live_job(entry).map(str::to_owned) else {
                 continue;
             };
-            if !matches!(self.input.observed.jobs.get(&entry.platform), Some(JobObservation::Missing)) {
+            if !matches!(
+                self.input.observed.jobs.get(&entry.platform),
+                Some(JobObservation::Missing)
+            ) {
                 continue;
             }
             let Some(since) = entry.submitted_at.as_ref().map(|t| t.0).or(start) else {
@@ -188,7 +217,12 @@ impl Decision<'_, '_> {
         let Some(message) = lost else {
             return false;
         };
-        self.end(Phase::Failed, reason::JOB_LOST, message, "fail fast: a platform was lost");
+        self.end(
+            Phase::Failed,
+            reason::JOB_LOST,
+            message,
+            "fail fast: a platform was lost",
+        );
         true
     }
 
@@ -213,25 +247,39 @@ impl Decision<'_, '_> {
                 }
                 (None, None) => "Batch reports no log stream for the job".to_string(),
             };
-            let stopped = [&entry.stopped_at, &entry.started_at, &entry.submitted_at, &self.status.start_time]
-                .into_iter()
-                .find_map(|t| t.as_ref().map(|t| t.0))
-                .unwrap_or(now);
+            let stopped = [
+                &entry.stopped_at,
+                &entry.started_at,
+                &entry.submitted_at,
+                &self.status.start_time,
+            ]
+            .into_iter()
+            .find_map(|t| t.as_ref().map(|t| t.0))
+            .unwrap_or(now);
             let give_up = stopped + SignedDuration::from_secs(RESULT_LOG_GRACE_SECONDS);
             if now < give_up {
-                self.wake_at = Some(self.wake_at.map_or(give_up, |w| w.min(give_up)));
+                let again = give_up.min(now + SignedDuration::from_secs(RESULT_LOG_RETRY_SECONDS));
+                self.wake_at = Some(self.wake_at.map_or(again, |w| w.min(again)));
                 continue;
             }
             failure = Some(format!(
                 "{}: the job succeeded but what it pushed cannot be learned: {not_in_log}. The build fails \
                  closed rather than trust what the tag {} points to now",
                 entry.platform,
-                entry.image.clone().unwrap_or_else(|| self.input.spec.platform_image(entry.platform))
+                entry
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| self.input.spec.platform_image(entry.platform))
             ));
             break;
         }
         if let Some(message) = failure {
-            self.end(Phase::Failed, reason::DIGEST_UNKNOWN, message, "what a platform pushed is unknown");
+            self.end(
+                Phase::Failed,
+                reason::DIGEST_UNKNOWN,
+                message,
+                "what a platform pushed is unknown",
+            );
             return false;
         }
         true
@@ -249,7 +297,13 @@ impl Decision<'_, '_> {
                     index.platforms.len(),
                     commit_of(&self.status).unwrap_or("unknown")
                 );
-                finish(&mut self.status, self.input.now, Phase::Succeeded, reason::SUCCEEDED, message);
+                finish(
+                    &mut self.status,
+                    self.input.now,
+                    Phase::Succeeded,
+                    reason::SUCCEEDED,
+                    message,
+                );
             }
             Some(AssemblyOutcome::Rejected { reason, message }) => {
                 let message = format!("cannot publish the index: {message}");
@@ -271,7 +325,13 @@ impl Decision<'_, '_> {
                     created,
                 });
                 let message = format!("every platform pushed; assembling {}", spec.index_image());
-                set_phase(&mut self.status, Phase::Assembling, reason::ASSEMBLING, message, self.input.now);
+                set_phase(
+                    &mut self.status,
+                    Phase::Assembling,
+                    reason::ASSEMBLING,
+                    message,
+                    self.input.now,
+                );
             }
         }
     }
@@ -300,7 +360,14 @@ impl Decision<'_, '_> {
             }
             Some(ExistingIndex::Differs(why)) => {
                 let message = format!("{} exists but is not reused: {why}; building", spec.index_image());
-                set_condition(&mut self.status, INDEX_REUSED, false, reason::NOT_REUSABLE, &message, now);
+                set_condition(
+                    &mut self.status,
+                    INDEX_REUSED,
+                    false,
+                    reason::NOT_REUSABLE,
+                    &message,
+                    now,
+                );
                 true
             }
             Some(ExistingIndex::Absent) => true,
@@ -544,7 +611,14 @@ fn set_ready(status: &mut MultiArchBuildStatus, ready: bool, why: &str, message:
 }
 
 /// Sets a condition, keeping `lastTransitionTime` when its status did not change.
-fn set_condition(status: &mut MultiArchBuildStatus, type_: &str, value: bool, why: &str, message: &str, now: Timestamp) {
+fn set_condition(
+    status: &mut MultiArchBuildStatus,
+    type_: &str,
+    value: bool,
+    why: &str,
+    message: &str,
+    now: Timestamp,
+) {
     let value = if value { "True" } else { "False" };
     let observed_generation = status.observed_generation;
     let previous = status.conditions.iter().find(|c| c.type_ == type_);

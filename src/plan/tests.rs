@@ -196,14 +196,23 @@ fn reuse_disabled_submits_without_looking() {
 fn an_index_that_differs_is_not_reused_and_the_condition_says_why() {
     let spec = sample_spec();
     let observed = Observations {
-        existing_index: Some(ExistingIndex::Differs("its linux/arm64 image's label x is absent".into())),
+        existing_index: Some(ExistingIndex::Differs(
+            "its linux/arm64 image's label x is absent".into(),
+        )),
         ..Default::default()
     };
     let plan = step(&spec, &MultiArchBuildStatus::default(), &observed, t0());
     assert_eq!(plan.actions, vec![Action::Submit(ARM), Action::Submit(AMD)]);
     let condition = plan.status.conditions.iter().find(|c| c.type_ == INDEX_REUSED).unwrap();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", reason::NOT_REUSABLE));
-    assert!(condition.message.contains("exists but is not reused: its linux/arm64 image's label x is absent"));
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", reason::NOT_REUSABLE)
+    );
+    assert!(
+        condition
+            .message
+            .contains("exists but is not reused: its linux/arm64 image's label x is absent")
+    );
 }
 
 /// The two jobs succeeded; what each pushed is read from its log, then the index is assembled
@@ -229,7 +238,12 @@ fn all_succeeded_reads_what_each_job_pushed_then_assembles_exactly_that() {
     );
     assert_eq!(reading.status.phase, Some(Phase::Building));
 
-    let assembling = step(&spec, &reading.status, &results(&[(ARM, "sha256:a1"), (AMD, "sha256:b2")]), at(61));
+    let assembling = step(
+        &spec,
+        &reading.status,
+        &results(&[(ARM, "sha256:a1"), (AMD, "sha256:b2")]),
+        at(61),
+    );
     assert_eq!(
         assembling.actions,
         vec![Action::Assemble {
@@ -241,7 +255,10 @@ fn all_succeeded_reads_what_each_job_pushed_then_assembles_exactly_that() {
     assert_eq!(assembling.status.phase, Some(Phase::Assembling));
     assert_eq!(assembling.status.platforms_pushed.as_deref(), Some("2/2"));
     assert_eq!(assembling.status.platforms[0].digest.as_deref(), Some("sha256:a1"));
-    assert_eq!(assembling.status.source.as_ref().unwrap().commit.as_deref(), Some(COMMIT));
+    assert_eq!(
+        assembling.status.source.as_ref().unwrap().commit.as_deref(),
+        Some(COMMIT)
+    );
 
     let index = IndexRef {
         digest: "sha256:feed".into(),
@@ -269,7 +286,11 @@ fn rejected_assembly_fails_with_the_registry_reason() {
     let mut observed = results(&[(ARM, "sha256:a1"), (AMD, "sha256:b2")]);
     observed.jobs = done.jobs;
     let assembling = step(&spec, &status, &observed, at(60));
-    assert!(matches!(assembling.actions[..], [Action::Assemble { .. }]), "{:?}", assembling.actions);
+    assert!(
+        matches!(assembling.actions[..], [Action::Assemble { .. }]),
+        "{:?}",
+        assembling.actions
+    );
     let observed = Observations {
         assembly: Some(AssemblyOutcome::Rejected {
             reason: "ProvenanceMismatch".into(),
@@ -280,7 +301,14 @@ fn rejected_assembly_fails_with_the_registry_reason() {
     let failed = step(&spec, &assembling.status, &observed, at(61));
     assert_eq!(failed.status.phase, Some(Phase::Failed));
     assert_eq!(ready(&failed.status), ("False", "ProvenanceMismatch"));
-    assert!(failed.status.message.as_deref().unwrap().contains("linux/arm64 job built"));
+    assert!(
+        failed
+            .status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("linux/arm64 job built")
+    );
     assert!(failed.status.digest.is_none());
 }
 
@@ -297,7 +325,13 @@ fn a_digest_recorded_once_is_never_replaced() {
 fn a_log_without_the_result_lines_is_waited_for_then_fails_closed() {
     let spec = sample_spec();
     let mut status = building(&spec);
-    status = step(&spec, &status, &seen(&[(ARM, succeeded("a", 50)), (AMD, succeeded("b", 50))]), at(51)).status;
+    status = step(
+        &spec,
+        &status,
+        &seen(&[(ARM, succeeded("a", 50)), (AMD, succeeded("b", 50))]),
+        at(51),
+    )
+    .status;
     let mut observed = results(&[(AMD, "sha256:b2")]);
     observed
         .results
@@ -305,13 +339,26 @@ fn a_log_without_the_result_lines_is_waited_for_then_fails_closed() {
     let early = step(&spec, &status, &observed, at(60));
     assert!(early.actions.is_empty(), "{:?}", early.actions);
     assert_eq!(early.status.phase, Some(Phase::Building));
-    assert_eq!(early.wake_at, Some(at(50 + RESULT_LOG_GRACE_SECONDS)));
+    assert_eq!(
+        early.wake_at,
+        Some(at(60 + RESULT_LOG_RETRY_SECONDS)),
+        "read again soon"
+    );
+    let almost = step(&spec, &status, &observed, at(50 + RESULT_LOG_GRACE_SECONDS - 1));
+    assert_eq!(
+        almost.wake_at,
+        Some(at(50 + RESULT_LOG_GRACE_SECONDS)),
+        "then give up at the end"
+    );
 
     let late = step(&spec, &early.status, &observed, at(50 + RESULT_LOG_GRACE_SECONDS));
     assert_eq!(late.status.phase, Some(Phase::Failed));
     assert_eq!(ready(&late.status), ("False", reason::DIGEST_UNKNOWN));
     let message = late.status.message.unwrap();
-    assert!(message.contains("linux/arm64: the job succeeded but what it pushed cannot be learned"), "{message}");
+    assert!(
+        message.contains("linux/arm64: the job succeeded but what it pushed cannot be learned"),
+        "{message}"
+    );
     assert!(message.contains("rather than trust what the tag"), "{message}");
     assert!(late.status.digest.is_none() && late.status.image.is_none());
 }
@@ -331,7 +378,12 @@ fn platforms_that_built_different_commits_fail_the_build() {
     );
     let plan = step(&spec, &status, &observed, at(10));
     assert_eq!(ready(&plan.status), ("False", reason::SOURCE_MISMATCH));
-    assert!(plan.status.message.unwrap().contains("the platforms built different commits"));
+    assert!(
+        plan.status
+            .message
+            .unwrap()
+            .contains("the platforms built different commits")
+    );
 
     // A pinned revision: the commit built must be that one.
     let spec = sample_spec();
@@ -362,7 +414,13 @@ fn an_unrecorded_submit_is_looked_for_before_it_is_submitted_again() {
         },
         t0(),
     );
-    assert!(first.status.platforms.iter().all(|p| p.submitted_at.as_ref().map(|t| t.0) == Some(t0())));
+    assert!(
+        first
+            .status
+            .platforms
+            .iter()
+            .all(|p| p.submitted_at.as_ref().map(|t| t.0) == Some(t0()))
+    );
     // The next reconcile has only that status (the job ids never reached it).
     let again = step(&spec, &first.status, &Observations::default(), at(5));
     assert_eq!(again.actions, vec![Action::Adopt(ARM), Action::Adopt(AMD)]);
@@ -375,7 +433,12 @@ fn an_unrecorded_submit_is_looked_for_before_it_is_submitted_again() {
     let waiting = step(&spec, &again.status, &not_listed, at(5));
     assert!(waiting.actions.is_empty());
     assert_eq!(waiting.wake_at, Some(at(SUBMIT_SETTLE_SECONDS)));
-    let resubmit = step(&spec, &waiting.status, &Observations::default(), at(SUBMIT_SETTLE_SECONDS));
+    let resubmit = step(
+        &spec,
+        &waiting.status,
+        &Observations::default(),
+        at(SUBMIT_SETTLE_SECONDS),
+    );
     assert_eq!(resubmit.actions, vec![Action::Submit(ARM), Action::Submit(AMD)]);
     // A refused submit created nothing: the intent is cleared, the step is retried by the caller.
     let refused = Observations {
@@ -520,7 +583,12 @@ fn a_missing_job_is_tolerated_briefly_then_fails_the_build_never_succeeds_it() {
     );
     assert!(crate::engine::live_job_ids(&late.status) == vec!["b".to_string()]);
     let after = step(&spec, &late.status, &Observations::default(), at(1000));
-    assert!(after.actions.iter().all(|a| !matches!(a, Action::Terminate { job_id, .. } if job_id == "a")));
+    assert!(
+        after
+            .actions
+            .iter()
+            .all(|a| !matches!(a, Action::Terminate { job_id, .. } if job_id == "a"))
+    );
 }
 
 #[test]
@@ -680,7 +748,10 @@ fn run_engine(
             break;
         }
         let jobs = std::mem::take(&mut observed.jobs);
-        observed = Observations { jobs, ..Default::default() };
+        observed = Observations {
+            jobs,
+            ..Default::default()
+        };
         for action in actions {
             apply_sim(spec, world, now, sim, action, &mut observed);
         }
@@ -747,7 +818,10 @@ fn apply_sim(
         Action::FetchLogs { platform, .. } => {
             observed.failure_logs.insert(platform, vec!["boom".into()]);
         }
-        Action::ReadResult { platform, log_stream_name } => {
+        Action::ReadResult {
+            platform,
+            log_stream_name,
+        } => {
             let id = log_stream_name.trim_start_matches("stream-");
             let result = JobResult::Pushed {
                 commit: COMMIT.into(),

@@ -189,7 +189,12 @@ mod tests {
 
     #[test]
     fn variant_comes_from_the_config_when_the_platform_has_none() {
-        let bytes = build_index(IndexMediaType::Oci, &[image(Platform::LinuxAmd64, 'a', Some("v3"))], &BTreeMap::new()).unwrap();
+        let bytes = build_index(
+            IndexMediaType::Oci,
+            &[image(Platform::LinuxAmd64, 'a', Some("v3"))],
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert!(String::from_utf8(bytes).unwrap().contains(r#""variant":"v3""#));
     }
 

@@ -203,7 +203,9 @@ impl RegistryClient {
                 None => {
                     let offered = offered_platforms(&index);
                     info!(%image, %platform, %offered, "existing index does not cover the platform");
-                    return Ok(Existing::Differs(format!("it has no {platform} image (it has {offered})")));
+                    return Ok(Existing::Differs(format!(
+                        "it has no {platform} image (it has {offered})"
+                    )));
                 }
             }
         }
@@ -221,7 +223,11 @@ impl RegistryClient {
             let child = repo.image_at(&descriptor.digest);
             async move {
                 let config = self.verify_child(repo, &child, descriptor, *platform).await?;
-                Ok::<_, RegistryError>(expected.mismatch(&config.labels).map(|m| format!("its {platform} image's {m}")))
+                Ok::<_, RegistryError>(
+                    expected
+                        .mismatch(&config.labels)
+                        .map(|m| format!("its {platform} image's {m}")),
+                )
             }
         });
         for result in futures::future::join_all(checks).await {
@@ -280,10 +286,11 @@ impl RegistryClient {
             IndexMediaType::Oci => &request.annotations,
             IndexMediaType::Docker => &BTreeMap::new(),
         };
-        let bytes = build_index(request.media_type, &images, annotations).map_err(|e| RegistryError::InvalidRequest {
-            image: image.clone(),
-            reason: format!("cannot serialise the index: {e}"),
-        })?;
+        let bytes =
+            build_index(request.media_type, &images, annotations).map_err(|e| RegistryError::InvalidRequest {
+                image: image.clone(),
+                reason: format!("cannot serialise the index: {e}"),
+            })?;
         let digest = sha256_digest(&bytes);
         self.put_manifest(&repo, tag, &image, index_media_type(request.media_type), bytes, &digest)
             .await?;
@@ -311,13 +318,13 @@ impl RegistryClient {
                 reason: format!("{platform}: {digest:?} is not a sha256 digest"),
             });
         }
-        let fetched = self
-            .get_manifest(repo, digest, &image)
-            .await?
-            .ok_or_else(|| RegistryError::PlatformTagMissing {
-                image: image.clone(),
-                platform: platform.to_string(),
-            })?;
+        let fetched =
+            self.get_manifest(repo, digest, &image)
+                .await?
+                .ok_or_else(|| RegistryError::PlatformTagMissing {
+                    image: image.clone(),
+                    platform: platform.to_string(),
+                })?;
         let invalid = |reason: String| RegistryError::InvalidManifest {
             image: image.clone(),
             reason,

@@ -648,7 +648,11 @@ mod tests {
         )
         .unwrap();
         let labels: Vec<(&str, &str)> = labelled.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(labels, [("a", "1"), ("org.opencontainers.image.revision", "abc")], "non-strings left out");
+        assert_eq!(
+            labels,
+            [("a", "1"), ("org.opencontainers.image.revision", "abc")],
+            "non-strings left out"
+        );
         let null_labels = parse_config(br#"{"architecture":"amd64","os":"linux","config":{"Labels":null}}"#).unwrap();
         assert!(null_labels.labels.is_empty());
         assert!(

@@ -77,7 +77,12 @@ struct Inner {
     refuse_job_ids: bool,
     /// Status writes refused so.
     refused: usize,
+    /// Writes another writer makes just before the next status write to a key arrives.
+    races: HashMap<Key, Race>,
 }
+
+/// A change to a stored object, made by "another writer".
+type Race = Box<dyn FnOnce(&mut Value) + Send>;
 
 struct Shared {
     inner: Mutex<Inner>,
@@ -221,6 +226,12 @@ impl FakeKube {
 
     pub fn heal(&self) {
         self.lock().refuse_job_ids = false;
+    }
+
+    /// Makes `change` to the stored object (another writer) right before the next status write to
+    /// `key` is handled, so that write was planned from an older resourceVersion.
+    pub fn race_next_status_write(&self, key: &Key, change: impl FnOnce(&mut Value) + Send + 'static) {
+        self.lock().races.insert(key.clone(), Box::new(change));
     }
 
     /// Status writes refused by [`Self::refuse_job_ids`].
@@ -611,6 +622,12 @@ fn patch(fake: &FakeKube, route: &Route, query: &HashMap<String, String>, conten
             inner.refused += 1;
             return failure(500, "InternalError", "the status write was refused by the test");
         }
+        if let Some(race) = inner.races.remove(&key)
+            && let Some(mut other) = inner.objects.get(&key).cloned()
+        {
+            race(&mut other);
+            store(&mut inner, &key, other);
+        }
     }
     let Some(current) = inner.objects.get(&key).cloned() else {
         if apply && route.subresource.is_none() {
@@ -635,6 +652,20 @@ fn patch(fake: &FakeKube, route: &Route, query: &HashMap<String, String>, conten
             &format!("{} {:?} not found", route.resource, route.name),
         );
     };
+    // A write that names a resourceVersion is a precondition, as on the API server.
+    if let Some(expected) = patch["metadata"]["resourceVersion"].as_str()
+        && current["metadata"]["resourceVersion"].as_str() != Some(expected)
+    {
+        return failure(
+            409,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your \
+                 changes to the latest version and try again",
+                route.resource, route.name
+            ),
+        );
+    }
     let mut next = current.clone();
     if route.subresource.as_deref() == Some("status") {
         if apply {

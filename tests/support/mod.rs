@@ -147,6 +147,29 @@ pub struct ImageSpec<'a> {
     pub variant: Option<&'a str>,
     /// Docker v2 media types instead of OCI.
     pub docker: bool,
+    /// The labels builder/build.sh sets, when set ([`ImageSpec::built_by`]).
+    pub built_by: Option<BuiltBy<'a>>,
+}
+
+/// What builder/build.sh labels an image with.
+#[derive(Clone, Copy, Debug)]
+pub struct BuiltBy<'a> {
+    pub uid: &'a str,
+    pub commit: &'a str,
+    pub inputs: &'a str,
+}
+
+impl BuiltBy<'_> {
+    /// `config.Labels`.
+    pub fn labels(&self) -> serde_json::Value {
+        use multiarch_operator::provenance::{BUILD_UID_LABEL, INPUTS_LABEL, REVISION_LABEL, SOURCE_LABEL};
+        serde_json::json!({
+            REVISION_LABEL: self.commit,
+            SOURCE_LABEL: "https://github.com/example/app.git",
+            BUILD_UID_LABEL: self.uid,
+            INPUTS_LABEL: self.inputs,
+        })
+    }
 }
 
 impl<'a> ImageSpec<'a> {
@@ -156,6 +179,7 @@ impl<'a> ImageSpec<'a> {
             architecture,
             variant: None,
             docker: false,
+            built_by: None,
         }
     }
 
@@ -163,6 +187,14 @@ impl<'a> ImageSpec<'a> {
         ImageSpec {
             docker: true,
             ..Self::oci(architecture)
+        }
+    }
+
+    /// With the labels the builder sets for a build of `uid` from `commit` with `inputs`.
+    pub fn built_by(self, uid: &'a str, commit: &'a str, inputs: &'a str) -> Self {
+        ImageSpec {
+            built_by: Some(BuiltBy { uid, commit, inputs }),
+            ..self
         }
     }
 }
@@ -258,7 +290,7 @@ impl Pusher {
         let mut config = serde_json::json!({
             "architecture": spec.architecture,
             "os": spec.os,
-            "config": {"Cmd": ["/bin/true"]},
+            "config": {"Cmd": ["/bin/true"], "Labels": spec.built_by.map(|b| b.labels())},
             "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
             "history": [{"created_by": "multiarch-operator test"}],
         });
