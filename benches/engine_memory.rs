@@ -81,6 +81,7 @@ async fn main() -> ExitCode {
                         |_| std::future::ready(Ok(())),
                     )
                     .await
+                    .map(|stepped| stepped.status)
             }
         })
         .buffered(8)
@@ -114,11 +115,17 @@ async fn main() -> ExitCode {
             })
         })
         .collect();
-    let assembling = next
+    let reading = next
         .iter()
-        .filter(|p| p.actions.contains(&plan::Action::Assemble))
+        .filter(|p| {
+            let reads = p
+                .actions
+                .iter()
+                .filter(|a| matches!(a, plan::Action::ReadResult { .. }));
+            reads.count() == 2
+        })
         .count();
-    assert_eq!(assembling, builds, "every build saw both of its jobs succeed");
+    assert_eq!(reading, builds, "every build saw both of its jobs succeed");
 
     let peak = peak_rss_mib();
     println!("{prefix} engine_peak_rss_{builds}_builds {peak:.1} MiB");

@@ -683,6 +683,78 @@ async fn a_second_replica_without_the_lease_does_nothing(env: Arc<Env>) {
     b.task.await.unwrap().unwrap();
 }
 
+/// Every reconcile a replica's metrics counted, whatever its result.
+fn reconciles(metrics: &Metrics) -> f64 {
+    samples(metrics, "multiarch_reconciles_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// A leader whose Lease writes fail — refused (500), then never answered — stops reconciling
+/// within the lease duration of its last renewal, although the Lease still names it; once the API
+/// server takes writes again it takes the Lease back and reconciles what was made meanwhile.
+async fn a_leader_that_cannot_renew_its_lease_stops_within_the_lease_duration(env: Arc<Env>) {
+    // Timers fire on time, but the test looks every 50 ms on a busy 2-core machine.
+    const SLACK: Duration = Duration::from_millis(500);
+    let fake = env.fake();
+    let identity = "replica-cut-off";
+    let (replica, _) = start_replica(&env, &fake, identity);
+    let leading = || metric(&replica.metrics, "multiarch_leader ") == 1.0;
+    eventually("the replica leads", Duration::from_secs(10), leading).await;
+    let duration = Duration::from_secs(env.settings(identity).lease.duration_seconds);
+    let outages = [
+        ("refused", FakeKube::refuse_lease_writes as fn(&FakeKube)),
+        ("unanswered", FakeKube::hang_lease_writes),
+    ];
+    for (outage, cut_off) in outages {
+        let failed = fake.lease_writes_failed();
+        cut_off(&fake);
+        // The last renewal was sent before this: the Lease is ours until this + duration at most.
+        eventually(
+            &format!("the leader stops within the lease duration ({outage} renewals)"),
+            duration + SLACK,
+            || !leading(),
+        )
+        .await;
+        assert!(fake.lease_writes_failed() > failed, "it tried to renew ({outage})");
+        assert_eq!(
+            leader_lease(&fake)["spec"]["holderIdentity"],
+            identity,
+            "the Lease still names it ({outage})"
+        );
+
+        // A build made now is not touched: no finalizer, no status, no reconcile.
+        let before = reconciles(&replica.metrics);
+        let name = format!("cut-off-{outage}");
+        let key = create_build(&fake, good_build("sims", &name, &env.registry.repo(&name)));
+        // A leader puts its finalizer on within milliseconds.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!leading(), "{outage}");
+        assert_eq!(fake.status_writes("sims", &name), 0, "{outage}");
+        assert!(fake.get(&key).unwrap()["metadata"]["finalizers"].is_null(), "{outage}");
+        assert_eq!(reconciles(&replica.metrics), before, "{outage}");
+
+        fake.heal_leases();
+        eventually(
+            &format!("the replica leads again after {outage} renewals"),
+            Duration::from_secs(5),
+            leading,
+        )
+        .await;
+        eventually(
+            &format!("the build made while {outage} succeeds"),
+            Duration::from_secs(30),
+            || succeeded(&fake, &key),
+        )
+        .await;
+    }
+    replica.shutdown.trigger();
+    replica.task.await.unwrap().unwrap();
+    let lease = leader_lease(&fake);
+    assert!(lease["spec"]["holderIdentity"].is_null(), "released: {lease}");
+}
+
 /// Batch jobs named exactly `name` in the test queue.
 async fn jobs_named(env: &Env, name: &str) -> usize {
     let batch = aws_sdk_batch::Client::new(&env.aws);
@@ -1154,6 +1226,7 @@ fn main() -> ExitCode {
         an_unreachable_aws_never_blocks_deletion_past_the_grace_period,
         gating_releases_exactly_the_waiting_jobs_and_only_after_success,
         a_second_replica_without_the_lease_does_nothing,
+        a_leader_that_cannot_renew_its_lease_stops_within_the_lease_duration,
         a_restart_between_submit_and_the_status_write_submits_nothing_twice,
         a_failed_job_fails_the_build_with_its_log_tail,
         an_ecr_repository_is_reached_with_one_cached_token,

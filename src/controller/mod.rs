@@ -5,13 +5,16 @@
 //! the AWS configuration, `/metrics` `/healthz` `/readyz`, and SIGTERM. [`run_with`] is the rest,
 //! and what the tests drive: wait for the CRD, stand by until this replica holds the leader Lease,
 //! then lead — the poller and one kube-runtime `Controller` per scope — until the Lease is lost
-//! (stop at once, stand by again) or shutdown is asked (finish the reconciles in flight, release
-//! the Lease).
+//! (taken, or not renewed within its duration, whether the API server refuses or does not answer:
+//! stop at once, stand by again) or shutdown is asked (finish the reconciles in flight, release
+//! the Lease). The election is ours (`lease.rs`): kube-lease-manager never reported a failed
+//! renewal, so a cut-off leader kept reconciling.
 
 mod downstream;
 pub mod events;
 pub mod gating;
 pub mod http;
+mod lease;
 pub mod metrics;
 mod reconcile;
 
@@ -26,9 +29,8 @@ use kube::{
     core::DeserializeGuard,
     runtime::{Controller, controller, reflector::ObjectRef, watcher},
 };
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use reconcile::{
     Context, Error, FIELD_MANAGER, FINALIZER, ReconcileConfig, Retry, backoff, error_policy, reconcile, requeue_after,
@@ -61,7 +63,8 @@ pub struct LeaseSettings {
     pub identity: String,
     /// How long a holder keeps the Lease without renewing it.
     pub duration_seconds: u64,
-    /// How long before expiry the holder renews.
+    /// How long before expiry the holder renews (it then retries until the Lease expires, and
+    /// stops leading when it does).
     pub grace_seconds: u64,
 }
 
@@ -207,20 +210,14 @@ pub async fn run_with(
         return Ok(());
     }
     health.set_crd_ready();
-    let Some(lease) = lease_manager(&client, &settings.lease, &shutdown).await? else {
-        return Ok(());
-    };
-    let (mut leading, lease_task) = lease.watch().await;
+    let mut elector = lease::Elector::new(client.clone(), &settings.lease)?;
     let identity = settings.lease.identity.as_str();
-    let mut result = Ok(());
     loop {
-        tokio::select! {
+        let since = tokio::select! {
+            biased;
             () = shutdown.wait() => break,
-            held = leading.wait_for(|held| *held) => if held.is_err() {
-                result = Err("leader election stopped unexpectedly".to_string());
-                break;
-            },
-        }
+            since = elector.acquire() => since,
+        };
         info!(%identity, "holding the leader Lease: reconciling MultiArchBuilds");
         let ctx = Arc::new(Context::from_aws(
             client.clone(),
@@ -231,25 +228,24 @@ pub async fn run_with(
             identity,
         ));
         metrics.set_leader(Some(ctx.poller().clone()));
+        // Whichever ends first: leading stops (and its reconciles are dropped) the moment the Lease
+        // is lost, which is at the latest when its last renewal's duration is over.
         let lost = tokio::select! {
-            () = lead(ctx, &settings, shutdown.wait().boxed().shared()) => false,
-            _ = leading.wait_for(|held| !*held) => true,
+            () = lead(ctx, &settings, shutdown.wait().boxed().shared()) => None,
+            lost = elector.hold(since) => Some(lost),
         };
         metrics.set_leader(None);
-        if !lost {
-            break;
-        }
-        warn!(%identity, "lost the leader Lease: stopped reconciling, standing by");
+        let Some(lost) = lost else { break };
+        warn!(%identity, reason = %lost, "lost the leader Lease: stopped reconciling, standing by");
     }
-    // Closing the channel makes the lease task release the Lease, so a standby takes over at once.
-    drop(leading);
-    match tokio::time::timeout(Duration::from_secs(10), lease_task).await {
-        Ok(Ok(Ok(_))) => info!(%identity, "released the leader Lease"),
-        Ok(Ok(Err(e))) => warn!(error = %e, "cannot release the leader Lease; it expires by itself"),
-        Ok(Err(e)) => warn!(error = %e, "the leader election task failed"),
+    // Released, a standby takes over at its next look instead of waiting for the Lease to expire.
+    match tokio::time::timeout(Duration::from_secs(10), elector.release()).await {
+        Ok(Ok(true)) => info!(%identity, "released the leader Lease"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => warn!(error = %e, "cannot release the leader Lease; it expires by itself"),
         Err(_) => warn!("the leader Lease was not released within 10 s; it expires by itself"),
     }
-    result
+    Ok(())
 }
 
 /// Reconciles until `stop`: the poller and one Controller per scope, their results logged.
@@ -345,45 +341,6 @@ async fn wait_for_crd(client: &Client, settings: &Settings, shutdown: &Shutdown)
             () = shutdown.wait() => return false,
             () = tokio::time::sleep(settings.crd_retry) => {}
         }
-    }
-}
-
-/// The Lease manager, created (with its Lease if missing) as soon as the API server lets us;
-/// `None` when shut down first.
-async fn lease_manager(
-    client: &Client,
-    lease: &LeaseSettings,
-    shutdown: &Shutdown,
-) -> Result<Option<LeaseManager>, String> {
-    if lease.grace_seconds == 0 || lease.grace_seconds >= lease.duration_seconds {
-        return Err(format!(
-            "the lease grace ({}s) must be more than 0 and less than its duration ({}s)",
-            lease.grace_seconds, lease.duration_seconds
-        ));
-    }
-    let mut delay = Duration::from_secs(1);
-    loop {
-        let built = LeaseManagerBuilder::new(client.clone(), &lease.name)
-            .with_namespace(&lease.namespace)
-            .with_parameters(LeaseParams::new(
-                &lease.identity,
-                lease.duration_seconds,
-                lease.grace_seconds,
-            ))
-            .build()
-            .await;
-        match built {
-            Ok(manager) => return Ok(Some(manager)),
-            Err(e) => error!(
-                error = %e, namespace = %lease.namespace, lease = %lease.name,
-                "cannot set up leader election; retrying"
-            ),
-        }
-        tokio::select! {
-            () = shutdown.wait() => return Ok(None),
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -2,12 +2,13 @@
 //! tower `Service`) behind `kube::Client::new`, so no cluster is needed.
 //!
 //! It stores objects by (group, resource, namespace, name) and serves what the controller, its
-//! watches, kube-runtime's event recorder and kube-lease-manager send: GET, LIST (label selectors),
+//! watches, kube-runtime's event recorder and the leader election send: GET, LIST (label selectors),
 //! WATCH (from a resourceVersion, streamed), POST, and PATCH as server-side apply (with field
-//! ownership of a Lease's holder, so two electors conflict as on a real server), JSON merge,
-//! strategic merge (treated as merge: only Leases get one) and JSON patch (the finalizer). Like
-//! the API server it bumps `generation` on spec changes, removes an object whose deletion waits
-//! on no finalizer, and answers 404 for builds until the CRD is "installed".
+//! ownership of a Lease's holder, so two electors conflict as on a real server), JSON merge and
+//! strategic merge (treated as merge; both conflict on a stale `metadata.resourceVersion`) and
+//! JSON patch (the finalizer). Like the API server it bumps `generation` on spec changes, removes
+//! an object whose deletion waits on no finalizer, and answers 404 for builds until the CRD is
+//! "installed". Lease writes can be made to fail (500) or hang, for a leader cut off from it.
 //!
 //! Every request is recorded as (apiGroup, resource[/subresource], verb) for the RBAC check; a
 //! server-side apply that creates its object counts as `create` too, as the API server authorizes
@@ -79,6 +80,18 @@ struct Inner {
     refused: usize,
     /// Writes another writer makes just before the next status write to a key arrives.
     races: HashMap<Key, Race>,
+    /// Lease writes failed by [`FakeKube::refuse_lease_writes`] or [`FakeKube::hang_lease_writes`].
+    lease_writes_failed: usize,
+}
+
+/// How Lease writes (create, patch, update) are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaseWrites {
+    Served,
+    /// 500 at once.
+    Refused,
+    /// No answer until healed, then 500.
+    Hung,
 }
 
 /// A change to a stored object, made by "another writer".
@@ -89,6 +102,7 @@ struct Shared {
     /// The latest resourceVersion, for watches to wait on.
     latest: tokio::sync::watch::Sender<u64>,
     crd_installed: AtomicBool,
+    lease_writes: tokio::sync::watch::Sender<LeaseWrites>,
 }
 
 /// The fake API server; clones share it.
@@ -123,6 +137,7 @@ impl FakeKube {
                 inner: Mutex::default(),
                 latest: tokio::sync::watch::channel(0).0,
                 crd_installed: AtomicBool::new(false),
+                lease_writes: tokio::sync::watch::channel(LeaseWrites::Served).0,
             }),
         }
     }
@@ -237,6 +252,27 @@ impl FakeKube {
     /// Status writes refused by [`Self::refuse_job_ids`].
     pub fn refused(&self) -> usize {
         self.lock().refused
+    }
+
+    /// From now on, answer 500 to every write of a Lease (a leader that can read but not renew),
+    /// until [`Self::heal_leases`].
+    pub fn refuse_lease_writes(&self) {
+        self.shared.lease_writes.send_replace(LeaseWrites::Refused);
+    }
+
+    /// From now on, never answer a write of a Lease (an API server that stopped answering) until
+    /// [`Self::heal_leases`], which answers the writes still waiting with 500.
+    pub fn hang_lease_writes(&self) {
+        self.shared.lease_writes.send_replace(LeaseWrites::Hung);
+    }
+
+    pub fn heal_leases(&self) {
+        self.shared.lease_writes.send_replace(LeaseWrites::Served);
+    }
+
+    /// Lease writes refused or left unanswered so far.
+    pub fn lease_writes_failed(&self) -> usize {
+        self.lock().lease_writes_failed
     }
 
     /// The permissions the requests needed so far.
@@ -479,6 +515,12 @@ async fn handle(State(fake): State<FakeKube>, request: Request) -> Response {
     if route.resource == "multiarchbuilds" && !fake.shared.crd_installed.load(Ordering::SeqCst) {
         return failure(404, "NotFound", "the server could not find the requested resource");
     }
+    if route.resource == "leases"
+        && matches!(verb, "create" | "patch" | "update")
+        && let Some(response) = lease_write_outage(&fake).await
+    {
+        return response;
+    }
     let content_type = parts
         .headers
         .get("content-type")
@@ -495,6 +537,22 @@ async fn handle(State(fake): State<FakeKube>, request: Request) -> Response {
     };
     fake.notify();
     response
+}
+
+/// The answer to a Lease write while they fail ([`FakeKube::refuse_lease_writes`],
+/// [`FakeKube::hang_lease_writes`]); `None` when they are served.
+async fn lease_write_outage(fake: &FakeKube) -> Option<Response> {
+    let mut writes = fake.shared.lease_writes.subscribe();
+    let mode = *writes.borrow_and_update();
+    if mode == LeaseWrites::Served {
+        return None;
+    }
+    fake.lock().lease_writes_failed += 1;
+    if mode == LeaseWrites::Hung {
+        // A client that gave up meanwhile has dropped this request already.
+        let _ = writes.wait_for(|mode| *mode != LeaseWrites::Hung).await;
+    }
+    Some(failure(500, "InternalError", "Lease writes fail in this test"))
 }
 
 fn key_of(route: &Route) -> Key {

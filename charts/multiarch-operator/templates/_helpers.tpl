@@ -89,8 +89,8 @@ Nothing on Secrets: the git token is read by the Batch job from Secrets Manager,
 {{/* Leader election, in the release namespace only. */}}
 {{- define "multiarch-operator.leaseRules" -}}
 # Leader election: the replicas share one Lease in the release namespace; get reads the
-# holder, create makes the Lease the first time, patch takes it (server-side apply), renews
-# and releases it.
+# holder, create makes the Lease the first time, patch takes, renews and releases it
+# (merge patches conditional on its resourceVersion).
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["get", "create", "patch"]
