@@ -217,6 +217,14 @@ impl Progress {
                 lines.push(line);
             }
         }
+        // Conditions other than Ready say things the phase line does not (why an index was not
+        // reused), once each.
+        for condition in status.conditions.iter().filter(|c| c.type_ != crate::plan::READY) {
+            let line = format!("{}: {}", condition.type_, condition.message);
+            if self.last.insert(condition.type_.clone(), line.clone()).as_ref() != Some(&line) {
+                lines.push(line);
+            }
+        }
         let phase = format!("{:?}", status.phase.unwrap_or(Phase::Pending));
         let summary = format!("{phase}: {}", status.message.clone().unwrap_or_default());
         if self.last.insert("phase".into(), summary.clone()).as_ref() != Some(&summary) {

@@ -212,20 +212,132 @@ fn a_two_platform_build_pushes_a_verified_index_and_a_rerun_reuses_it() {
             "child config must match its descriptor"
         );
         assert_eq!(config["os"], "linux");
+        // Built by this build's job, from the commit asked for.
+        let labels = &config["config"]["Labels"];
+        assert_eq!(labels["org.opencontainers.image.revision"], env["MAB_SAMPLE_REVISION"].as_str());
+        assert_eq!(labels["org.opencontainers.image.source"], env["MAB_SAMPLE_GIT_URL"].as_str());
+        assert!(labels["dev.multiarch.build-uid"].is_string(), "{labels}");
+        assert!(labels["dev.multiarch.inputs"].as_str().unwrap().starts_with("sha256:"));
         seen.push(arch);
     }
     seen.sort();
     assert_eq!(seen, ["amd64", "arm64"]);
+    let annotations = &index["annotations"];
+    assert_eq!(annotations["org.opencontainers.image.revision"], env["MAB_SAMPLE_REVISION"].as_str());
+    assert_eq!(annotations["org.opencontainers.image.source"], env["MAB_SAMPLE_GIT_URL"].as_str());
+    assert!(annotations["org.opencontainers.image.created"].is_string(), "{annotations}");
 
-    // The same build again: the index exists, so nothing is built.
+    // The same build again: the index exists and this input built it, so nothing is built.
     let (again, stdout2, stderr2) = run(&env, &build.file, &["--wait"]);
     assert!(again.status.success(), "{stderr2}");
     assert_eq!(stdout2.trim(), pinned);
     assert!(
-        stderr2.contains("already is an index covering every platform"),
+        stderr2.contains("already is an index built from commit") && stderr2.contains("with the same inputs"),
         "{stderr2}"
     );
     assert_eq!(jobs_of(&env, &build).len(), 2, "the rerun must not submit jobs");
+
+    // The same commit with another build argument is another input: rebuilt, and told why.
+    let text = std::fs::read_to_string(&build.file)
+        .unwrap()
+        .replace("  platforms:", "  buildArgs:\n    - name: EXTRA\n      value: \"1\"\n  platforms:");
+    std::fs::write(&build.file, text).unwrap();
+    let (other, stdout3, stderr3) = run(&env, &build.file, &["--wait"]);
+    assert!(other.status.success(), "{stderr3}");
+    assert!(
+        stderr3.contains("exists but is not reused") && stderr3.contains("label dev.multiarch.inputs"),
+        "{stderr3}"
+    );
+    assert_ne!(stdout3.trim(), pinned, "a new index");
+    assert_eq!(jobs_of(&env, &build).len(), 4, "built again");
+}
+
+/// Pushes, the way `docker push` from elsewhere would, an arm64 image nobody built from this
+/// source to `<repository>:<tag>` (no labels).
+fn push_foreign(env: &HashMap<String, String>, repository_path: &str, tag: &str, arch: &str) -> support::Pushed {
+    let pusher = support::Pusher::new(&env["MAB_REGISTRY"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(pusher.image(repository_path, tag, support::ImageSpec::oci(arch)))
+}
+
+/// While the build runs, someone pushes another arm64 image to `<tag>-arm64` again and again:
+/// the index lists what this build's arm64 job pushed (read from its log), never that image.
+#[test]
+fn the_index_lists_what_the_jobs_pushed_even_when_the_tag_is_overwritten_meanwhile() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "raced", &env["MAB_SAMPLE_REVISION"], "    reuseExisting: false\n");
+    let path = format!("e2e/{}", build.name);
+    let mut child = command(&env, &build.file, &["--wait"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut foreign = None;
+    let mut pushes = 0;
+    while child.try_wait().unwrap().is_none() {
+        foreign = Some(push_foreign(&env, &path, "v1-arm64", "arm64").digest);
+        pushes += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let foreign = foreign.expect("pushed at least once");
+    assert!(pushes > 3, "the tag was overwritten throughout the build ({pushes} pushes)");
+    let (code, _, tagged) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(support::Pusher::new(&env["MAB_REGISTRY"]).get_manifest(&path, "v1-arm64"));
+    assert_eq!((code, sha256(&tagged)), (200, foreign.clone()), "the tag ends on the foreign image");
+
+    let raw = skopeo_raw(&format!("{}:{}", build.repository, build.tag)).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    for child in index["manifests"].as_array().unwrap() {
+        let digest = child["digest"].as_str().unwrap();
+        assert_ne!(digest, foreign, "the foreign image is never in the index");
+        let config = skopeo_config(&format!("{}@{digest}", build.repository));
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.revision"],
+            env["MAB_SAMPLE_REVISION"].as_str()
+        );
+    }
+}
+
+/// An index of other images planted at `<tag>` before the build is not reused: the build runs,
+/// and says why it did not reuse it.
+#[test]
+fn an_index_planted_at_the_tag_is_not_reused() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "planted", &env["MAB_SAMPLE_REVISION"], "");
+    let path = format!("e2e/{}", build.name);
+    let amd = push_foreign(&env, &path, "planted-amd64", "amd64");
+    let arm = push_foreign(&env, &path, "planted-arm64", "arm64");
+    let planted = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": support::OCI_INDEX,
+        "manifests": [
+            {"mediaType": amd.media_type, "digest": amd.digest, "size": amd.size,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": arm.media_type, "digest": arm.digest, "size": arm.size,
+             "platform": {"architecture": "arm64", "os": "linux"}},
+        ]
+    });
+    let bytes = serde_json::to_vec(&planted).unwrap();
+    let pusher = support::Pusher::new(&env["MAB_REGISTRY"]);
+    let planted_digest = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(pusher.manifest(&path, "v1", support::OCI_INDEX, &bytes));
+
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("exists but is not reused")
+            && stderr.contains("label org.opencontainers.image.revision is absent"),
+        "{stderr}"
+    );
+    assert_eq!(jobs_of(&env, &build).len(), 2, "built");
+    let (_, digest) = stdout.trim().split_once('@').unwrap();
+    assert_ne!(digest, planted_digest);
 }
 
 #[test]
