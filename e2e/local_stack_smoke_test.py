@@ -87,6 +87,8 @@ def build_env(revision, arch, tag):
         "MAB_IMAGE": f"{ENV['MAB_REGISTRY']}/smoke:{tag}-{arch}",
         "MAB_PLATFORM": f"linux/{arch}",
         "MAB_REGISTRY_AUTH": "none",
+        "MAB_BUILD_UID": f"smoke-{tag}",
+        "MAB_INPUT_HASH": "sha256:" + "0" * 64,
     }
 
 
