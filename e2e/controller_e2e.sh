@@ -6,10 +6,12 @@
 #   KUBECONFIG=~/.kube/kind-config make e2e
 #
 # What it does, in a namespace of its own (deleted at the end):
-#  1. brings the local stack up; builds the sample repository once for linux/amd64 and linux/arm64
-#     with `multiarch-operator build` (its file:// URL is for the local builder only: a cluster
-#     refuses it), so <tag>-amd64 and <tag>-arm64 exist in the registry; registers two Batch job
-#     definitions that only sleep (5 s and 40 s) for the cluster builds' jobs
+#  1. brings the local stack up; registers two Batch job definitions that only sleep (5 s and 40 s)
+#     for the cluster builds' jobs, and starts e2e/play_builder.py in the background. Why: the
+#     builds' git URL (https://github.com/example/...) cannot be cloned here and a cluster refuses
+#     file:// URLs, so no job runs builder/build.sh; the player stands in for it: for each SUCCEEDED
+#     job of the namespace it pushes a labelled per-platform image and appends the `commit:` and
+#     `digest:` lines to the job's log: what the controller checks before it assembles the index
 #  2. installs the CRD and runs the controller on this machine, for that namespace only, with its
 #     own Lease there
 #  3. applies a MultiArchBuild and the Nextflow head Job sample (suspended), then
@@ -58,6 +60,7 @@ repository="$MAB_REGISTRY/e2e/hello"
 port=$((20000 + RANDOM % 20000))
 log=$work/controller.log
 controller_pid=
+player_pid=
 
 start_controller() {
     "$bin" controller \
@@ -115,37 +118,13 @@ cleanup() {
         kill -TERM "$controller_pid" 2>/dev/null
         wait "$controller_pid" 2>/dev/null
     fi
+    [ -n "$player_pid" ] && kill "$player_pid" 2>/dev/null && wait "$player_pid" 2>/dev/null
     kc delete namespace "$ns" --wait=false >/dev/null 2>&1
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-# ------------------------------------------------------------------ 1. images and job definitions
-say "building the sample once for linux/amd64 and linux/arm64 ($repository:$tag)"
-cat >"$work/prebuild.yaml" <<YAML
-apiVersion: multiarch.dev/v1alpha1
-kind: MultiArchBuild
-metadata:
-  name: e2e-prebuild
-spec:
-  source:
-    git:
-      url: $MAB_SAMPLE_GIT_URL
-      revision: $MAB_SAMPLE_REVISION
-  output:
-    repository: $repository
-    tag: $tag
-    reuseExisting: false
-  platforms:
-    - platform: linux/amd64
-      jobQueue: $MAB_JOB_QUEUE_AMD64
-    - platform: linux/arm64
-      jobQueue: $MAB_JOB_QUEUE_ARM64
-  jobDefinition: $MAB_JOB_DEFINITION
-YAML
-"$bin" build -f "$work/prebuild.yaml" --wait --allow-local-git --registry-plain-http "$MAB_REGISTRY" \
-    --poll-interval-seconds 1 >/dev/null || die "the prebuild failed"
-
+# ------------------------------------------------------------------ 1. job definitions, builder player
 "$PY" - <<'PY' || die "cannot register the e2e job definitions in moto"
 import os
 import boto3
@@ -167,6 +146,19 @@ for seconds in (5, 40):
     )
 PY
 
+# The player plays build.sh for this namespace's jobs (see the header); it exits with this script.
+MAB_PLAYER_PARENT_PID=$$ "$PY" e2e/play_builder.py "mab-$ns-" "$MAB_JOB_QUEUE_AMD64" "$MAB_JOB_QUEUE_ARM64" \
+    >"$work/player.log" 2>&1 &
+player_pid=$!
+for i in $(seq 1 50); do
+    grep -q '^watching' "$work/player.log" && break
+    if [ "$i" -eq 50 ] || ! kill -0 "$player_pid" 2>/dev/null; then
+        die "the builder player did not start: $(tail -n 3 "$work/player.log")"
+    fi
+    sleep 0.2
+done
+say "builder player up (pid $player_pid, log $work/player.log)"
+
 # ------------------------------------------------------------------ 2. CRD, namespace, controller
 kc apply -f crds/multiarch.dev_multiarchbuilds.yaml >/dev/null
 kc wait --for=condition=Established crd/multiarchbuilds.multiarch.dev --timeout=60s >/dev/null
@@ -174,8 +166,9 @@ kc create namespace "$ns" >/dev/null
 say "namespace $ns"
 start_controller
 
-# A build of the prebuilt per-platform images: its jobs only sleep, then the controller assembles
-# and pushes the index. The git URL is never cloned (the cluster accepts https and ssh only).
+# A build whose jobs only sleep: the player then pushes each platform's image and writes the job's
+# last two log lines, and the controller assembles and pushes the index. The git URL is never
+# cloned (the cluster accepts https and ssh only).
 apply_build() { # NAME JOB_DEFINITION
     kc apply -f - >/dev/null <<YAML
 apiVersion: multiarch.dev/v1alpha1
@@ -208,7 +201,7 @@ sed -e "s/namespace: sims/namespace: $ns/" -e 's/vecoli-3f2a9c1/e2e-hello/g' \
     -e '/serviceAccountName:/d' config/samples/nextflow-head-job.yaml | kc apply -f - >/dev/null
 say "waiting for mab/e2e-hello to be Ready"
 kc wait --for=condition=Ready mab/e2e-hello -n "$ns" --timeout=300s >/dev/null ||
-    die "mab/e2e-hello is not Ready: $(kc get mab e2e-hello -n "$ns" -o jsonpath='{.status.message}')"
+    die "mab/e2e-hello is not Ready: $(kc get mab e2e-hello -n "$ns" -o jsonpath='{.status.message}') (player: $(tail -n 1 "$work/player.log"))"
 image=$(kc get mab e2e-hello -n "$ns" -o jsonpath='{.status.image}')
 digest=${image#*@}
 [[ $image == "$repository@sha256:"* ]] || die "status.image is $image"
@@ -237,7 +230,7 @@ wait "$controller_pid" 2>/dev/null || true
 say "killed the controller mid-build (jobs $ids); starting it again"
 start_controller
 kc wait --for=condition=Ready mab/e2e-restart -n "$ns" --timeout=300s >/dev/null ||
-    die "mab/e2e-restart is not Ready after the restart: $(kc get mab e2e-restart -n "$ns" -o jsonpath='{.status.message}')"
+    die "mab/e2e-restart is not Ready after the restart: $(kc get mab e2e-restart -n "$ns" -o jsonpath='{.status.message}') (player: $(tail -n 1 "$work/player.log"))"
 read -ra names <<<"$(kc get mab e2e-restart -n "$ns" -o jsonpath='{range .status.platforms[*]}{.jobName}{" "}{end}')"
 count_jobs "${names[@]}" || die "a platform has no Batch job, or more than one"
 
