@@ -71,6 +71,7 @@ async fn main() -> ExitCode {
                     spec,
                     git_sources: GitSources::Remote,
                     generation: Some(1),
+                    refusal: None,
                 };
                 engine
                     .step(
@@ -109,6 +110,7 @@ async fn main() -> ExitCode {
                 spec: &spec,
                 git_sources: GitSources::Remote,
                 generation: Some(1),
+                refusal: None,
                 status,
                 observed: &observed,
                 now: Timestamp::now(),

@@ -80,6 +80,19 @@ pub struct ControllerArgs {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub allow: AllowArgs,
+}
+
+/// Which registries builds may push to.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AllowArgs {
+    /// Registry hosts (`host[:port]`, as written in spec.output.repository) builds may use besides
+    /// the ECR registries of the controller's own AWS account and partition, comma-separated. A
+    /// build naming any other host fails before any request is made to it.
+    #[arg(long, env = "MAB_ALLOWED_REGISTRIES", value_delimiter = ',')]
+    pub allowed_registries: Vec<String>,
 }
 
 /// How to reach the image registry (ECR needs nothing: its token comes from the AWS credentials).
@@ -126,6 +139,9 @@ pub struct BuildArgs {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub allow: AllowArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,8 @@ use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::{
     batch::{BatchExecutor, registry_auth},
-    cli::RegistryArgs,
+    cli::{AllowArgs, RegistryArgs},
+    tenancy::AllowedRegistries,
     engine::Engine,
     registry::{RegistryAuth, RegistryClient, RegistryOptions, RequestObserver},
 };
@@ -53,14 +54,35 @@ pub fn registry_with(
 }
 
 /// An engine for builds that push to `repository`.
-pub async fn engine(args: &RegistryArgs, default_job_definition: &str, repository: &str) -> Result<Engine, String> {
-    let aws = aws().await?;
-    Ok(Engine {
+pub fn engine(aws: &SdkConfig, args: &RegistryArgs, default_job_definition: &str, repository: &str) -> Engine {
+    Engine {
         batch: BatchExecutor::new(
-            aws_sdk_batch::Client::new(&aws),
-            aws_sdk_cloudwatchlogs::Client::new(&aws),
+            aws_sdk_batch::Client::new(aws),
+            aws_sdk_cloudwatchlogs::Client::new(aws),
         ),
-        registry: registry(args, repository, &aws),
+        registry: registry(args, repository, aws),
         default_job_definition: default_job_definition.into(),
+    }
+}
+
+/// The registries builds may use: the ECR registries of the account the AWS credentials belong
+/// to (STS GetCallerIdentity, which needs no IAM permission) in their region's partition, and the
+/// hosts listed in `args`.
+pub async fn allowed_registries(aws: &SdkConfig, args: &AllowArgs) -> Result<AllowedRegistries, String> {
+    let region = aws.region().map(ToString::to_string).unwrap_or_default();
+    let identity = aws_sdk_sts::Client::new(aws)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot learn the AWS account (STS GetCallerIdentity), so the allowed registries are unknown: {}",
+                crate::util::one_line(&aws_sdk_sts::error::DisplayErrorContext(&e).to_string())
+            )
+        })?;
+    let account = identity.account().unwrap_or_default().to_string();
+    Ok(AllowedRegistries {
+        own: (!account.is_empty()).then_some((account, region)),
+        listed: args.allowed_registries.iter().filter(|h| !h.is_empty()).cloned().collect(),
     })
 }

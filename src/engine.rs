@@ -55,6 +55,8 @@ pub struct Build<'a> {
     pub spec: &'a MultiArchBuildSpec,
     pub git_sources: GitSources,
     pub generation: Option<i64>,
+    /// Why this build may not run here (a registry not allowed, a namespace policy).
+    pub refusal: Option<plan::Refusal>,
 }
 
 /// What a step left: the status stored, and when the planner wants to look again.
@@ -96,6 +98,7 @@ impl Engine {
                 spec: build.spec,
                 git_sources: build.git_sources,
                 generation: build.generation,
+                refusal: build.refusal.as_ref(),
                 status,
                 observed,
                 now: now(),

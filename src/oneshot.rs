@@ -59,12 +59,17 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
         return Ok(Outcome::DryRun(text));
     }
 
+    let aws = config::aws().await?;
+    let allowed = config::allowed_registries(&aws, &args.allow).await?;
+    if let Some(refusal) = allowed.refusal(&object.spec.output.repository) {
+        return Err(format!("{}: {refusal}", args.file.display()));
+    }
     let engine = config::engine(
+        &aws,
         &args.registry,
         &args.default_job_definition,
         &object.spec.output.repository,
-    )
-    .await?;
+    );
     let mut progress = Progress::new();
     let mut status = MultiArchBuildStatus::default();
     let mut failures = 0;
@@ -119,6 +124,8 @@ async fn step_once(
         spec: &object.spec,
         git_sources,
         generation: object.metadata.generation,
+        // The registry was checked before the first step; there is no cluster policy here.
+        refusal: None,
     };
     engine
         .step(&build, status.clone(), jobs, Timestamp::now, |next| {

@@ -205,12 +205,23 @@ pub struct Plan {
     pub wake_at: Option<Timestamp>,
 }
 
+/// Why this controller will not run a build at all (decided outside the planner: configuration
+/// and cluster policy), checked before anything is submitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The condition reason: [`reason::REGISTRY_NOT_ALLOWED`] or [`reason::POLICY_VIOLATION`].
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Everything `plan` decides from.
 pub struct Input<'a> {
     pub spec: &'a MultiArchBuildSpec,
     /// Which git URLs the spec may use (file:/// only on a local stack).
     pub git_sources: GitSources,
     pub generation: Option<i64>,
+    /// Set when the build may not run here; it then fails before anything is submitted.
+    pub refusal: Option<&'a Refusal>,
     pub status: &'a MultiArchBuildStatus,
     pub observed: &'a Observations,
     pub now: Timestamp,
@@ -253,6 +264,8 @@ pub mod reason {
     pub const DIGEST_UNKNOWN: &str = "DigestUnknown";
     pub const SOURCE_MISMATCH: &str = "SourceMismatch";
     pub const NOT_REUSABLE: &str = "NotReusable";
+    pub const REGISTRY_NOT_ALLOWED: &str = "RegistryNotAllowed";
+    pub const POLICY_VIOLATION: &str = "PolicyViolation";
 }
 
 /// The last known Batch state of a platform's job, if it has one.

@@ -34,6 +34,7 @@ use moto::{JOB_DEFINITION, Moto, QUEUE};
 use multiarch_operator::api::{MultiArchBuild, Platform};
 use multiarch_operator::batch::{BatchExecutor, BuildRef, submit_request};
 use multiarch_operator::cli::RegistryArgs;
+use multiarch_operator::tenancy::AllowedRegistries;
 use multiarch_operator::controller::{
     Context, FINALIZER, LeaseSettings, ReconcileConfig, Settings, Shutdown, http::Health, metrics::Metrics, reconcile,
     run_with,
@@ -80,6 +81,11 @@ impl Env {
             },
             cleanup_grace: Duration::from_secs(300),
             concurrency: 4,
+            // moto's account, as STS GetCallerIdentity tells the controller; the test registry listed.
+            allowed: AllowedRegistries {
+                own: Some((moto::ACCOUNT.into(), "us-east-1".into())),
+                listed: vec![self.registry.host.clone(), "registry.invalid".into()],
+            },
         }
     }
 
@@ -794,9 +800,10 @@ async fn a_failed_job_fails_the_build_with_its_log_tail(env: Arc<Env>) {
     let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
     for job in jobs.jobs() {
         let stream = job.container().and_then(|c| c.log_stream_name()).expect("a log stream");
+        // A user's Dockerfile prints what it likes: colours, a bell, a title change.
         let lines = [
-            "build.sh: cloning".to_string(),
-            "build.sh: error: no space left on device".to_string(),
+            "build.sh: cloning \u{1b}]0;pwned\u{7}".to_string(),
+            "build.sh: error: \u{1b}[31mno space\u{1b}[0m left on device\u{7}\r".to_string(),
         ];
         moto::put_log_lines(&logs, stream, &lines).await;
     }
@@ -813,6 +820,13 @@ async fn a_failed_job_fails_the_build_with_its_log_tail(env: Arc<Env>) {
         message.contains("build.sh: error: no space left on device"),
         "{message}"
     );
+    // No terminal control codes reach the status, its conditions or the events.
+    let no_controls = |text: &str| !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
+    assert!(no_controls(&s.to_string()), "{s}");
+    assert!(no_controls(s["message"].as_str().unwrap()));
+    for (_, _, note) in fake.events_about("MultiArchBuild", "broken") {
+        assert!(no_controls(&note), "{note:?}");
+    }
     assert!(aws_calls(&metrics, "GetLogEvents") >= 1);
 }
 
@@ -1000,6 +1014,44 @@ async fn a_stale_status_write_loses_to_the_newer_one(env: Arc<Env>) {
         !reasons(&fake, "MultiArchBuild", "raced").contains(&"StatusConflict".to_string()),
         "a conflict is not worth a Warning event"
     );
+}
+
+/// A build whose repository is on a host the controller may not use fails at once with
+/// RegistryNotAllowed, naming the host and the setting; nothing connects to that host and no job
+/// is submitted.
+async fn a_registry_that_is_not_allowed_is_never_contacted(env: Arc<Env>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    let accepting = tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let fake = env.fake();
+    let ctx = env.context(&fake, env.metrics());
+    for (name, repository) in [
+        ("elsewhere", format!("{host}/app")),
+        ("other-account", "210987654321.dkr.ecr.us-east-1.amazonaws.com/app".to_string()),
+    ] {
+        let mut object = good_build("sims", name, &repository);
+        object["spec"]["output"]["reuseExisting"] = true.into();
+        let key = create_build(&fake, object);
+        reconcile_now(&fake, &ctx, &key).await;
+        reconcile_now(&fake, &ctx, &key).await;
+        let s = status(&fake, &key);
+        assert_eq!(s["phase"], "Failed", "{s}");
+        assert_eq!(ready(&s)["reason"], "RegistryNotAllowed", "{s}");
+        let message = s["message"].as_str().unwrap();
+        let registry = repository.split('/').next().unwrap();
+        assert!(message.contains(&format!("registry {registry} is not allowed")), "{message}");
+        assert!(message.contains("MAB_ALLOWED_REGISTRIES"), "{message}");
+        assert!(s["platforms"].as_array().unwrap().iter().all(|p| p["jobId"].is_null()), "{s}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing connected to {host}");
+    accepting.abort();
 }
 
 async fn http_get(base: &str, path: &str) -> (u16, String) {
@@ -1233,6 +1285,7 @@ fn main() -> ExitCode {
         the_controller_waits_for_the_crd_then_builds_and_releases,
         an_unreadable_build_keeps_its_record,
         a_stale_status_write_loses_to_the_newer_one,
+        a_registry_that_is_not_allowed_is_never_contacted,
     ];
     if args.iter().any(|a| a == "--list") {
         for (name, _) in &scenarios {

@@ -458,9 +458,36 @@ fn an_unreachable_registry_fails_the_build_with_the_push_error() {
         .replace(&env["MAB_REGISTRY"], "127.0.0.1:9");
     std::fs::write(&build.file, text).unwrap();
     build.repository = build.repository.replace(&env["MAB_REGISTRY"], "127.0.0.1:9");
+    let mut env = env.clone();
+    env.insert("MAB_ALLOWED_REGISTRIES".into(), "127.0.0.1:9".into());
     let (out, _, stderr) = run(&env, &build.file, &["--wait"]);
     assert!(!out.status.success());
     assert!(stderr.contains("build.sh: docker push of 127.0.0.1:9/"), "{stderr}");
+}
+
+/// A repository on a host that is not allowed (neither an ECR registry of the account nor listed
+/// in MAB_ALLOWED_REGISTRIES) is refused before anything is sent: not to the registry, not to Batch.
+#[test]
+fn a_registry_that_is_not_allowed_is_refused_before_any_request() {
+    let Some(env) = stack() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let build = write_build(&env, "notallowed", &env["MAB_SAMPLE_REVISION"], "");
+    let text = std::fs::read_to_string(&build.file)
+        .unwrap()
+        .replace(&env["MAB_REGISTRY"], &host);
+    std::fs::write(&build.file, text).unwrap();
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(!out.status.success());
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains(&format!("registry {host} is not allowed"))
+            && stderr.contains("MAB_ALLOWED_REGISTRIES"),
+        "{stderr}"
+    );
+    assert!(listener.accept().is_err(), "nothing connected to {host}");
+    assert!(jobs_of(&env, &build).is_empty(), "no job submitted");
 }
 
 #[test]

@@ -36,7 +36,7 @@ pub use reconcile::{
     Context, Error, FIELD_MANAGER, FINALIZER, ReconcileConfig, Retry, backoff, error_policy, reconcile, requeue_after,
 };
 
-use crate::{api::MultiArchBuild, cli::ControllerArgs, config};
+use crate::{api::MultiArchBuild, cli::ControllerArgs, config, tenancy::AllowedRegistries};
 use gating::AFTER_LABEL;
 use http::Health;
 use metrics::Metrics;
@@ -83,6 +83,11 @@ impl Settings {
                 registry: args.registry.clone(),
                 cleanup_grace: Duration::from_secs(args.cleanup_grace_seconds),
                 concurrency: args.concurrency,
+                // Only the listed hosts until `run` has learnt the account.
+                allowed: AllowedRegistries {
+                    own: None,
+                    listed: args.allow.allowed_registries.clone(),
+                },
             },
             lease: LeaseSettings {
                 namespace: args.lease_namespace.clone(),
@@ -155,23 +160,25 @@ impl Shutdown {
 
 /// The `controller` command. Errors are one line, for the user.
 pub async fn run(args: ControllerArgs) -> Result<(), String> {
-    let settings = Settings::from_args(&args);
+    let mut settings = Settings::from_args(&args);
     let client = Client::try_default().await.map_err(|e| {
         format!(
             "no Kubernetes cluster: set KUBECONFIG or run in a pod ({})",
-            one_line(&e.to_string())
+            crate::util::one_line(&e.to_string())
         )
     })?;
     let version = client.apiserver_version().await.map_err(|e| {
         format!(
             "cannot reach the Kubernetes API server of the current context (check KUBECONFIG and \
              `kubectl config current-context`): {}",
-            one_line(&e.to_string())
+            crate::util::one_line(&e.to_string())
         )
     })?;
     info!(kubernetes = %version.git_version, "connected to the Kubernetes API server");
     let aws = config::aws().await?;
     check_credentials(&aws).await?;
+    settings.reconcile.allowed = config::allowed_registries(&aws, &args.allow).await?;
+    info!(allowed = ?settings.reconcile.allowed, "registries builds may push to");
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let shutdown = Shutdown::new();
@@ -353,11 +360,7 @@ async fn check_credentials(aws: &SdkConfig) -> Result<(), String> {
         .ok_or_else(|| format!("no AWS credentials: {hint}"))?;
     provider.provide_credentials().await.map_err(|e| {
         let detail = aws_sdk_batch::error::DisplayErrorContext(&e).to_string();
-        format!("no AWS credentials: {hint} ({})", one_line(&detail))
+        format!("no AWS credentials: {hint} ({})", crate::util::one_line(&detail))
     })?;
     Ok(())
-}
-
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

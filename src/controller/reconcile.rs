@@ -44,7 +44,8 @@ use crate::{
     cli::RegistryArgs,
     config,
     engine::{Build, Engine, EngineError, job_observations, live_job_ids},
-    plan::{JobObservation, JobState, READY, reason},
+    plan::{JobObservation, JobState, READY, Refusal, reason},
+    tenancy::AllowedRegistries,
     registry::RegistryClient,
 };
 
@@ -69,6 +70,8 @@ pub struct ReconcileConfig {
     pub cleanup_grace: Duration,
     /// Reconciles at the same time, over every watched namespace.
     pub concurrency: u16,
+    /// The registries builds may push to.
+    pub allowed: AllowedRegistries,
 }
 
 /// Everything a reconcile uses. One per leadership term.
@@ -165,7 +168,8 @@ impl Context {
                 &Event {
                     type_: event.type_,
                     reason: event.reason.clone(),
-                    note: Some(event.note.clone()),
+                    // Notes quote build output and registry answers: no terminal control codes.
+                    note: Some(crate::util::clean_text(&event.note)),
                     action: event.action.into(),
                     secondary: None,
                 },
@@ -375,6 +379,7 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
                 spec: &build.spec,
                 git_sources: GitSources::Remote,
                 generation: build.metadata.generation,
+                refusal: refusal(build, ctx),
             },
             previous.clone(),
             jobs,
@@ -420,6 +425,15 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
     Ok(match requeue_after(stepped.wake_at, Timestamp::now()) {
         Some(delay) => Action::requeue(delay),
         None => Action::await_change(),
+    })
+}
+
+/// Why this build may not run here: its registry is not allowed.
+fn refusal(build: &MultiArchBuild, ctx: &Context) -> Option<Refusal> {
+    let message = ctx.config.allowed.refusal(&build.spec.output.repository)?;
+    Some(Refusal {
+        reason: reason::REGISTRY_NOT_ALLOWED,
+        message,
     })
 }
 

@@ -89,6 +89,10 @@ impl Decision<'_, '_> {
             let message = format!("invalid spec: {invalid}");
             return self.end(Phase::Failed, reason::INVALID_SPEC, message, "invalid spec");
         }
+        if nothing_submitted && let Some(refusal) = self.input.refusal {
+            let message = refusal.message.clone();
+            return self.end(Phase::Failed, refusal.reason, message, "refused");
+        }
 
         if spec.cancel {
             let live = terminate_live(&self.status, "cancelled: spec.cancel was set").len();
@@ -593,6 +597,8 @@ fn pushed_count(status: &MultiArchBuildStatus) -> String {
 }
 
 fn set_phase(status: &mut MultiArchBuildStatus, phase: Phase, why: &str, message: String, now: Timestamp) {
+    // Messages quote build output and registry answers: no terminal control codes in the status.
+    let message = crate::util::clean_text(&message);
     status.phase = Some(phase);
     status.platforms_pushed = Some(pushed_count(status));
     let ready = phase == Phase::Succeeded;
@@ -630,7 +636,7 @@ fn set_condition(
         type_: type_.into(),
         status: value.into(),
         reason: why.into(),
-        message: message.into(),
+        message: crate::util::clean_text(message),
         observed_generation,
         last_transition_time,
     };

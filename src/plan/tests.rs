@@ -25,6 +25,7 @@ fn step(spec: &MultiArchBuildSpec, status: &MultiArchBuildStatus, observed: &Obs
         spec,
         git_sources: GitSources::Remote,
         generation: Some(1),
+        refusal: None,
         status,
         observed,
         now,
@@ -525,6 +526,7 @@ fn a_new_generation_of_an_ended_build_is_observed_without_changing_its_outcome()
         spec: &spec,
         git_sources: GitSources::Remote,
         generation: Some(2),
+        refusal: None,
         status: &ended,
         observed: &Observations::default(),
         now: at(20),
@@ -596,6 +598,37 @@ fn a_building_build_wakes_at_its_deadline() {
     let spec = sample_spec();
     let plan = step(&spec, &building(&spec), &Observations::default(), at(10));
     assert_eq!(plan.wake_at, Some(at(spec.timeout_seconds)));
+}
+
+#[test]
+fn a_refused_build_fails_before_any_request_and_a_running_one_is_not_stopped() {
+    let spec = sample_spec();
+    let refusal = Refusal {
+        reason: reason::POLICY_VIOLATION,
+        message: "spec.output.repository is not allowed in namespace sims".into(),
+    };
+    let refused = |status: &MultiArchBuildStatus| {
+        plan(&Input {
+            spec: &spec,
+            git_sources: GitSources::Remote,
+            generation: Some(1),
+            refusal: Some(&refusal),
+            status,
+            observed: &Observations::default(),
+            now: t0(),
+        })
+    };
+    let plan = refused(&MultiArchBuildStatus::default());
+    assert!(plan.actions.is_empty(), "not even CheckExistingIndex: {:?}", plan.actions);
+    assert_eq!(plan.status.phase, Some(Phase::Failed));
+    assert_eq!(ready(&plan.status), ("False", reason::POLICY_VIOLATION));
+    assert_eq!(
+        plan.status.message.as_deref(),
+        Some("spec.output.repository is not allowed in namespace sims")
+    );
+    // A policy that appears after the jobs were submitted does not stop the build.
+    let running = refused(&building(&spec));
+    assert_eq!(running.status.phase, Some(Phase::Building));
 }
 
 #[test]
