@@ -101,6 +101,16 @@ fn run(env: &HashMap<String, String>, file: &Path, args: &[&str]) -> (Output, St
     (out, stdout, stderr)
 }
 
+/// `build --wait` running in the background, its output piped.
+fn spawn_waiting(env: &HashMap<String, String>, file: &Path) -> std::process::Child {
+    command(env, file, &["--wait"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn skopeo_config(reference: &str) -> serde_json::Value {
     let out = Command::new("skopeo")
         .args([
@@ -267,12 +277,7 @@ fn the_index_lists_what_the_jobs_pushed_even_when_the_tag_is_overwritten_meanwhi
     let Some(env) = stack() else { return };
     let build = write_build(&env, "raced", &env["MAB_SAMPLE_REVISION"], "    reuseExisting: false\n");
     let path = format!("e2e/{}", build.name);
-    let mut child = command(&env, &build.file, &["--wait"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_waiting(&env, &build.file);
     let mut foreign = None;
     let mut pushes = 0;
     while child.try_wait().unwrap().is_none() {
@@ -363,12 +368,7 @@ fn one_failing_platform_fails_the_build_terminates_the_other_and_shows_the_build
 fn interrupting_a_waiting_build_cancels_it_and_terminates_both_jobs() {
     let Some(env) = stack() else { return };
     let build = write_build(&env, "cancel", &env["MAB_SAMPLE_SLOW_BRANCH"], "");
-    let mut child = command(&env, &build.file, &["--wait"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_waiting(&env, &build.file);
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
