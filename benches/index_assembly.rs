@@ -4,8 +4,9 @@
 //! Starts Debian `docker-registry` on a loopback port, pushes linux/amd64 and linux/arm64 images,
 //! then runs `BENCH_RUNS` (default 50) rounds after 2 warm-up rounds, each with fresh index tags.
 //! Each round runs, back to back so they see the same machine load:
-//! - ours: `RegistryClient::assemble` (read both per-platform tags, verify both configs, PUT the
-//!   OCI index, check the digest) with a new client, so connection set-up is included;
+//! - ours: `RegistryClient::assemble` (read both per-platform manifests by the digests the pushes
+//!   returned, verify both configs' platforms and builder labels, PUT the annotated OCI index,
+//!   check the digest) with a new client, so connection set-up is included;
 //! - ours again with one client kept across rounds (how the controller runs), for information;
 //! - docker: `docker manifest create --insecure` then `docker manifest push --insecure`, with
 //!   `DOCKER_CONFIG` in a temporary directory (no daemon needed).
@@ -30,10 +31,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use multiarch_operator::api::{IndexMediaType, Platform};
-use multiarch_operator::registry::{RegistryAuth, RegistryClient, RegistryOptions};
+use multiarch_operator::provenance::{CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL};
+use multiarch_operator::registry::{IndexRequest, RegistryAuth, RegistryClient, RegistryOptions};
 use support::{ImageSpec, Pusher, Registry, which};
 
-const PLATFORMS: [Platform; 2] = [Platform::LinuxAmd64, Platform::LinuxArm64];
+/// The build the bench's images claim to come from.
+const UID: &str = "6a1f0c3e-2b4d-4e5f-8a9b-0c1d2e3f4a5b";
+const COMMIT: &str = "5ff7e5fdca0971851afda6a847c1f8ffe46f3515";
+const INPUTS: &str = "sha256:9c1185a5c5e9fc54612808977ee8f548b2258d31a0e5d6f0e7c3b8a1d4f2e6b7";
 
 fn median_ms(mut samples: Vec<Duration>) -> f64 {
     samples.sort();
@@ -86,19 +91,45 @@ async fn main() {
     let p = Pusher::new(&reg.host);
     let repo = reg.repo("bench");
 
-    // The two images, and per-platform tags for every round of ours (assemble reads `<tag>-<arch>`).
-    let amd = p.image("bench", "base-amd64", ImageSpec::oci("amd64")).await;
-    let arm = p.image("bench", "base-arm64", ImageSpec::oci("arm64")).await;
-    let (_, _, amd_bytes) = p.get_manifest("bench", &amd.digest).await;
-    let (_, _, arm_bytes) = p.get_manifest("bench", &arm.digest).await;
-    for i in 0..warmup + runs {
-        for prefix in ["fresh", "warm"] {
-            for (arch, bytes) in [("amd64", &amd_bytes), ("arm64", &arm_bytes)] {
-                p.manifest("bench", &format!("{prefix}-{i}-{arch}"), support::OCI_MANIFEST, bytes)
-                    .await;
-            }
-        }
-    }
+    // The two images, labelled as the builder labels them. Ours is given their digests, as the
+    // controller is given what each platform's job pushed, and checks their labels and annotates
+    // the index as the controller does; docker is given their tags.
+    let amd = p
+        .image(
+            "bench",
+            "base-amd64",
+            ImageSpec::oci("amd64").built_by(UID, COMMIT, INPUTS),
+        )
+        .await;
+    let arm = p
+        .image(
+            "bench",
+            "base-arm64",
+            ImageSpec::oci("arm64").built_by(UID, COMMIT, INPUTS),
+        )
+        .await;
+    let children = [
+        (Platform::LinuxAmd64, amd.digest.clone()),
+        (Platform::LinuxArm64, arm.digest.clone()),
+    ];
+    let expected = Expected {
+        build_uid: Some(UID.into()),
+        commit: COMMIT.into(),
+        inputs: INPUTS.into(),
+    };
+    let request = IndexRequest {
+        media_type: IndexMediaType::Oci,
+        children: &children,
+        expected: Some(&expected),
+        annotations: [
+            (REVISION_LABEL, COMMIT),
+            (SOURCE_LABEL, "https://github.com/example/app.git"),
+            (CREATED_ANNOTATION, "2025-01-02T03:04:05Z"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    };
 
     let docker_config = tempfile::tempdir().expect("tempdir");
     let sources = [format!("{repo}:base-amd64"), format!("{repo}:base-arm64")];
@@ -131,14 +162,14 @@ async fn main() {
         let fresh = client(&reg.host);
         let start = Instant::now();
         let pushed = fresh
-            .assemble(&repo, &format!("fresh-{i}"), &PLATFORMS, IndexMediaType::Oci)
+            .assemble(&repo, &format!("fresh-{i}"), &request)
             .await
             .unwrap_or_else(|e| panic!("assemble: {e}"));
         let t_fresh = start.elapsed();
 
         let start = Instant::now();
         shared
-            .assemble(&repo, &format!("warm-{i}"), &PLATFORMS, IndexMediaType::Oci)
+            .assemble(&repo, &format!("warm-{i}"), &request)
             .await
             .unwrap_or_else(|e| panic!("assemble: {e}"));
         let t_warm = start.elapsed();
