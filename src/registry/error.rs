@@ -39,7 +39,7 @@ pub enum RegistryError {
 
     /// The manifest a platform's job pushed is not in the repository.
     #[error("{image} does not exist: the {platform} job reported pushing it, but the registry does not have it")]
-    PlatformTagMissing { image: String, platform: String },
+    PlatformImageMissing { image: String, platform: String },
 
     /// The manifest a platform's job pushed does not carry this build's labels.
     #[error("{image} is not what this build's {platform} job built: {mismatch}")]
@@ -120,7 +120,7 @@ impl RegistryError {
             RegistryError::AuthFailed { .. } => "RegistryAuthFailed",
             RegistryError::EcrToken { .. } => "EcrTokenFailed",
             RegistryError::RepositoryMissing { .. } => "RepositoryMissing",
-            RegistryError::PlatformTagMissing { .. } => "PlatformImageMissing",
+            RegistryError::PlatformImageMissing { .. } => "PlatformImageMissing",
             RegistryError::PlatformMismatch { .. } => "PlatformMismatch",
             RegistryError::ProvenanceMismatch { .. } => "ProvenanceMismatch",
             RegistryError::ImmutableTag { .. } => "ImmutableTagConflict",

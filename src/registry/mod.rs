@@ -3,10 +3,12 @@
 //! to reuse.
 //!
 //! What `docker manifest create` + `push` did in CI, done more carefully:
-//! - a per-platform tag may itself be an index (buildx provenance): its platform entry is used and
+//! - each platform's manifest is read by the digest its job reported pushing, never by a tag;
+//! - that manifest may itself be an index (buildx provenance): its platform entry is used and
 //!   `unknown/unknown` attestation entries are skipped;
 //! - every config blob is read and its `os`/`architecture`/`variant` checked against the platform
-//!   the image was built for, so an image built on the wrong architecture fails the build;
+//!   the image was built for, so an image built on the wrong architecture fails the build, and its
+//!   labels must name this build, its commit and its inputs;
 //! - the index is serialised once, hashed, and exactly those bytes are sent; the registry's
 //!   `Docker-Content-Digest` must equal our sha256 (re-reading the tag when the header is absent);
 //! - every body read is bounded ([`MAX_MANIFEST_BYTES`], [`MAX_CONFIG_BYTES`]) and every digest
@@ -321,7 +323,7 @@ impl RegistryClient {
         let fetched =
             self.get_manifest(repo, digest, &image)
                 .await?
-                .ok_or_else(|| RegistryError::PlatformTagMissing {
+                .ok_or_else(|| RegistryError::PlatformImageMissing {
                     image: image.clone(),
                     platform: platform.to_string(),
                 })?;
