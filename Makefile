@@ -3,6 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 CRD := crds/multiarch.dev_multiarchbuilds.yaml
+POLICY_CRD := crds/multiarch.dev_multiarchbuildpolicies.yaml
 
 .PHONY: help test lint crds demo run bench e2e deps image
 
@@ -24,10 +25,11 @@ lint: ## rustfmt check + clippy with -D warnings
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-crds: ## Regenerate the CRD from the Rust types (and its copies in the chart and config/crd)
+crds: ## Regenerate the CRDs from the Rust types (and their copies in the chart and config/crd)
 	$(CARGO) run --quiet -- crd > $(CRD)
-	cp $(CRD) charts/multiarch-operator/crds/
-	cp $(CRD) config/crd/
+	MAB_WRITE_CRDS=1 $(CARGO) test --quiet --test policy committed_policy_crd_matches_the_types
+	cp $(CRD) $(POLICY_CRD) charts/multiarch-operator/crds/
+	cp $(CRD) $(POLICY_CRD) config/crd/
 
 deps: ## Install the test tools the local stack does not bring (idempotent; the stack installs its own)
 	scripts/install-deps.sh

@@ -5,6 +5,7 @@ Each subcommand exits 0 and prints one `ok: ...` line that says how much it look
 check that found nothing to compare cannot pass), or exits 1 and prints every problem.
 
   install_check.py same-objects CHART_RENDER KUSTOMIZE_RENDER
+  install_check.py admission RENDER [OTHER_RENDER]
   install_check.py rbac RENDER EXPECTED_RULES RELEASE_NS [WATCHED_NS ...]
   install_check.py rule-comments FILE...
   install_check.py hardened RENDER
@@ -120,6 +121,7 @@ def cmd_same_objects(chart_path, kust_path):
     wanted_kinds = {
         "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
         "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }
     kinds = {k[0] for k in chart}
     if kinds != wanted_kinds:
@@ -133,6 +135,74 @@ def cmd_same_objects(chart_path, kust_path):
             for d in diff(chart[k], kust[k]):
                 bad(f"{k[0]}/{k[2]} {d}")
     finish(f"{len(chart)} objects identical in the chart and kustomize ({', '.join(sorted(kinds))})")
+
+
+POLICY_CRD = "multiarchbuildpolicies.multiarch.dev"
+
+
+def cmd_admission(render, other=None):
+    """The multi-tenancy objects: the MultiArchBuildPolicy CRD, the two ValidatingAdmissionPolicies
+    and their bindings, wired to each other and to the controller's ServiceAccount; with two
+    renders (the chart's and kustomize's), they must be the same objects."""
+    renders = [render] + ([other] if other else [])
+    found = []
+    for path in renders:
+        objs = load_all(path)
+        crd = next((o for o in by_kind(objs, "CustomResourceDefinition") if o["metadata"]["name"] == POLICY_CRD), None)
+        dep = one(objs, "Deployment")
+        sa = dep.get("spec", {}).get("template", {}).get("spec", {}).get("serviceAccountName")
+        vaps = {o["metadata"]["name"]: o for o in by_kind(objs, "ValidatingAdmissionPolicy")}
+        bindings = {o["spec"]["policyName"]: o for o in by_kind(objs, "ValidatingAdmissionPolicyBinding")}
+        build = next((v for n, v in vaps.items() if n.endswith("-build-policy")), None)
+        least = next((v for n, v in vaps.items() if n.endswith("-least-authority")), None)
+        if len(vaps) != 2 or not build or not least:
+            bad(f"{path}: expected the ValidatingAdmissionPolicies *-build-policy and *-least-authority, found {sorted(vaps)}")
+            continue
+        if set(bindings) != set(vaps):
+            bad(f"{path}: bindings {sorted(bindings)} do not bind exactly the policies {sorted(vaps)}")
+            continue
+        for o in list(vaps.values()) + list(bindings.values()):
+            if o.get("apiVersion") != "admissionregistration.k8s.io/v1":
+                bad(f"{path}: {o['kind']}/{o['metadata']['name']} is {o.get('apiVersion')}, expected admissionregistration.k8s.io/v1 (GA)")
+            if o["metadata"].get("namespace"):
+                bad(f"{path}: {o['kind']}/{o['metadata']['name']} is cluster-scoped but has namespace {o['metadata']['namespace']}")
+            if o["kind"] == "ValidatingAdmissionPolicy" and o["spec"].get("failurePolicy") != "Fail":
+                bad(f"{path}: {o['metadata']['name']} should fail closed (failurePolicy: Fail)")
+            if o["kind"] == "ValidatingAdmissionPolicyBinding" and o["spec"].get("validationActions") != ["Deny"]:
+                bad(f"{path}: binding {o['metadata']['name']} should Deny")
+        if crd is None:
+            bad(f"{path}: no CustomResourceDefinition {POLICY_CRD}")
+        else:
+            if crd["spec"].get("scope") != "Cluster":
+                bad(f"{path}: {POLICY_CRD} should be cluster-scoped")
+            want = {"apiVersion": f"{crd['spec']['group']}/{crd['spec']['versions'][0]['name']}", "kind": crd["spec"]["names"]["kind"]}
+            if build["spec"].get("paramKind") != want:
+                bad(f"{path}: build policy paramKind {build['spec'].get('paramKind')} != the CRD's {want}")
+        rules = build["spec"].get("matchConstraints", {}).get("resourceRules", [])
+        if not any("multiarchbuilds" in r.get("resources", []) and "CREATE" in r.get("operations", []) for r in rules):
+            bad(f"{path}: the build policy does not match MultiArchBuild CREATE")
+        if bindings[build["metadata"]["name"]]["spec"].get("paramRef") != {"selector": {}, "parameterNotFoundAction": "Allow"}:
+            bad(f"{path}: the build policy binding should take every policy as a param and allow when there is none")
+        conditions = " ".join(c.get("expression", "") for c in least["spec"].get("matchConditions", []))
+        if not sa or f"endsWith(':{sa}')" not in conditions or "startsWith('system:serviceaccount:')" not in conditions:
+            bad(f"{path}: the least-authority policy does not match the controller's ServiceAccount {sa!r}: {conditions}")
+        kinds = {r for rule in least["spec"].get("matchConstraints", {}).get("resourceRules", []) for r in rule.get("resources", [])}
+        if kinds != {"configmaps", "jobs"}:
+            bad(f"{path}: the least-authority policy should cover configmaps and jobs, covers {sorted(kinds)}")
+        found.append({key(o): normalise(o) for o in [crd or {}] + list(vaps.values()) + list(bindings.values())})
+    if other and len(found) == 2:
+        a, b = found
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in b:
+                bad(f"{k} is rendered by {render} but not by {other}")
+            elif k not in a:
+                bad(f"{k} is rendered by {other} but not by {render}")
+            else:
+                for d in diff(a[k], b[k]):
+                    bad(f"{k[0]}/{k[2]} {d}")
+    n = len(found[0]) if found else 0
+    finish(f"the policy CRD, 2 ValidatingAdmissionPolicies and their bindings ({n} objects) wired to each other and the ServiceAccount"
+           + (", identical in both renders" if other else ""))
 
 
 def expand(rule):
@@ -193,6 +263,8 @@ def cmd_rbac(render, expected_path, release_ns, *watched):
             scopes = list(watched) if watched else ["cluster"]
         elif e["scope"] == "release-namespace":
             scopes = [release_ns]
+        elif e["scope"] == "cluster":
+            scopes = ["cluster"]
         else:
             bad(f"unknown scope {e['scope']!r} in {expected_path}")
             continue
@@ -341,13 +413,16 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         "aws.useFipsEndpoint": lambda: env.get("AWS_USE_FIPS_ENDPOINT", {}).get("value") == "true" and "AWS_USE_FIPS_ENDPOINT" not in env_of(container(off_dep)),
         "controller.namespaces": lambda: env.get("MAB_NAMESPACES", {}).get("value") == ",".join(g("controller.namespaces"))
         and sorted(o["metadata"]["namespace"] for o in by_kind(objs, "Role") if not o["metadata"]["name"].endswith("-leader-election")) == sorted(g("controller.namespaces"))
-        and "ClusterRole" not in kinds,
+        and all(r.get("resources") == ["multiarchbuildpolicies"] for o in by_kind(objs, "ClusterRole") for r in o.get("rules", [])),
         "controller.defaultJobDefinition": lambda: env.get("MAB_DEFAULT_JOB_DEFINITION", {}).get("value") == g("controller.defaultJobDefinition"),
         "controller.pollIntervalSeconds": lambda: env.get("MAB_POLL_INTERVAL_SECONDS", {}).get("value") == str(g("controller.pollIntervalSeconds")),
         "controller.concurrency": lambda: env.get("MAB_CONCURRENCY", {}).get("value") == str(g("controller.concurrency")),
         "controller.logFormat": lambda: env.get("MAB_LOG_FORMAT", {}).get("value") == g("controller.logFormat"),
         "controller.httpPort": lambda: env.get("MAB_HTTP_ADDR", {}).get("value") == f"0.0.0.0:{g('controller.httpPort')}"
         and any(p.get("containerPort") == g("controller.httpPort") for p in c.get("ports", [])),
+        "admissionPolicies.enabled": lambda: g("admissionPolicies.enabled") is False
+        and "ValidatingAdmissionPolicy" not in kinds and "ValidatingAdmissionPolicyBinding" not in kinds
+        and len(by_kind(off, "ValidatingAdmissionPolicy")) == 2 and len(by_kind(off, "ValidatingAdmissionPolicyBinding")) == 2,
         "extraEnv": lambda: all(env.get(e["name"]) == e for e in g("extraEnv")),
         "podAnnotations": lambda: dep["spec"]["template"]["metadata"].get("annotations") == g("podAnnotations"),
         "podLabels": lambda: all(dep["spec"]["template"]["metadata"]["labels"].get(k) == x for k, x in g("podLabels").items()),
@@ -579,14 +654,16 @@ def cmd_notes(notes_output):
     with open(notes_output) as f:
         text = f.read()
     for needle in ("config/samples/vecoli.yaml", "kubectl apply -f", "kubectl get mab", " -w",
-                   "kubectl wait", "--for=condition=Ready"):
+                   "kubectl wait", "--for=condition=Ready",
+                   "kind: MultiArchBuildPolicy", "kubectl label namespace", "repositoryPrefixes", "kubectl get mabpolicy"):
         if needle not in text:
             bad(f"NOTES.txt does not mention {needle!r}")
-    finish("NOTES.txt tells how to apply the sample, watch it and wait for Ready")
+    finish("NOTES.txt tells how to apply the sample, watch it and wait for Ready, and how to lock down a namespace")
 
 
 COMMANDS = {
     "same-objects": cmd_same_objects,
+    "admission": cmd_admission,
     "rbac": cmd_rbac,
     "rule-comments": cmd_rule_comments,
     "hardened": cmd_hardened,

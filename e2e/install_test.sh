@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# install_test.sh - the install/operate checks: Helm chart, kustomize config, RBAC, AWS template.
+# install_test.sh - the install/operate checks: Helm chart, kustomize config, RBAC, admission
+# policies, AWS template.
 #
 #   e2e/install_test.sh            # installs its tools first (scripts/install-tools.sh)
 #
@@ -21,6 +22,7 @@ CHECK=(env PYTHONDONTWRITEBYTECODE=1 "$PY" "$repo/e2e/install_check.py")
 
 CHART=charts/multiarch-operator
 CRD=crds/multiarch.dev_multiarchbuilds.yaml
+POLICY_CRD=crds/multiarch.dev_multiarchbuildpolicies.yaml
 RELEASE=multiarch-operator
 NS=multiarch-system
 ALL_VALUES=$CHART/ci/all-values.yaml
@@ -121,31 +123,50 @@ notes() {
     "$HELM" install "$RELEASE" "$CHART" --namespace "$NS" --dry-run=client >"$tmp/notes.txt" 2>&1 &&
         "${CHECK[@]}" notes "$tmp/notes.txt" && [ -f config/samples/vecoli.yaml ]
 }
-check "NOTES.txt: apply config/samples/vecoli.yaml, kubectl get mab -w, kubectl wait --for=condition=Ready" notes
+check "NOTES.txt: apply config/samples/vecoli.yaml, kubectl get mab -w, kubectl wait --for=condition=Ready; how to lock down" notes
 
-# ---------------------------------------------------------------- the CRD: one set of bytes
+# ---------------------------------------------------------------- the CRDs: one set of bytes each
 crd_copies_identical() {
-    local c rc=0
-    [ -s "$CRD" ] || { echo "$CRD missing or empty"; return 1; }
-    for c in "$CHART/crds/multiarch.dev_multiarchbuilds.yaml" config/crd/multiarch.dev_multiarchbuilds.yaml; do
-        cmp "$CRD" "$c" || { echo "$c differs from $CRD: run make crds (it copies the CRD to the chart and config/crd)"; rc=1; }
+    local crd c name rc=0 bytes=0
+    for crd in "$CRD" "$POLICY_CRD"; do
+        [ -s "$crd" ] || { echo "$crd missing or empty"; rc=1; continue; }
+        bytes=$((bytes + $(wc -c <"$crd")))
+        for c in "$CHART/crds/${crd#crds/}" "config/crd/${crd#crds/}"; do
+            cmp "$crd" "$c" || { echo "$c differs from $crd: run make crds (it copies the CRDs to the chart and config/crd)"; rc=1; }
+        done
+        name=$(sed -n 's/^  name: //p' "$crd" | head -n 1)
+        grep -q "^  name: $name\$" "$tmp/chart-default.yaml" || { echo "helm --include-crds did not render $name"; rc=1; }
     done
-    [ "$(ls "$CHART/crds")" = multiarch.dev_multiarchbuilds.yaml ] || { echo "$CHART/crds holds more than the CRD"; rc=1; }
-    grep -q '^  name: multiarchbuilds.multiarch.dev$' "$tmp/chart-default.yaml" || { echo "helm --include-crds did not render the CRD"; rc=1; }
-    [ "$rc" -eq 0 ] && echo "ok: $(wc -c <"$CRD") bytes, identical in crds/, the chart and config/crd"
+    local in_chart=("$CHART"/crds/*)
+    [ "${in_chart[*]}" = "$CHART/crds/multiarch.dev_multiarchbuildpolicies.yaml $CHART/crds/multiarch.dev_multiarchbuilds.yaml" ] ||
+        { echo "$CHART/crds holds other files than the two CRDs: ${in_chart[*]}"; rc=1; }
+    [ "$rc" -eq 0 ] && echo "ok: 2 CRDs, $bytes bytes, identical in crds/, the chart and config/crd"
     return "$rc"
 }
-check "the chart's CRD and config/crd's are byte-identical to crds/" crd_copies_identical
+check "the chart's CRDs and config/crd's are byte-identical to crds/ (MultiArchBuild, MultiArchBuildPolicy)" crd_copies_identical
 
 # ---------------------------------------------------------------- kustomize
 kustomize_renders() {
     "$KUBECTL" kustomize config/default >"$tmp/kustomize.yaml" &&
         grep -q '^kind: Deployment$' "$tmp/kustomize.yaml" &&
-        grep -q '^kind: CustomResourceDefinition$' "$tmp/kustomize.yaml"
+        grep -q '^kind: CustomResourceDefinition$' "$tmp/kustomize.yaml" &&
+        grep -q '^kind: ValidatingAdmissionPolicy$' "$tmp/kustomize.yaml"
 }
-check "kubectl kustomize config/default renders" kustomize_renders
+check "kubectl kustomize config/default renders (offline)" kustomize_renders
 check "kustomize renders the same objects as the chart with default values" \
     "${CHECK[@]}" same-objects "$tmp/chart-default.yaml" "$tmp/kustomize.yaml"
+
+# ---------------------------------------------------------------- multi-tenancy: policy CRD and admission policies
+check "admission policies: the policy CRD, both ValidatingAdmissionPolicies and bindings render alike from the chart and kustomize" \
+    "${CHECK[@]}" admission "$tmp/chart-default.yaml" "$tmp/kustomize.yaml"
+admission_policies_follow_the_release() {
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$ALL_NS" -f "$ALL_VALUES" --include-crds \
+        --set admissionPolicies.enabled=true >"$tmp/chart-all-admission.yaml" &&
+        "${CHECK[@]}" admission "$tmp/chart-all-admission.yaml" &&
+        grep -q '^  name: mab-controller-least-authority$' "$tmp/chart-all-admission.yaml" &&
+        grep -q "endsWith(':mab-controller-sa')" "$tmp/chart-all-admission.yaml"
+}
+check "admission policies follow fullnameOverride and serviceAccount.name (ci/all-values.yaml)" admission_policies_follow_the_release
 check "versions agree: Cargo.toml, Chart.yaml appVersion, kustomize image and labels" \
     "${CHECK[@]}" versions Cargo.toml "$CHART/Chart.yaml" "$tmp/kustomize.yaml"
 samples_render() {
@@ -163,7 +184,8 @@ check "RBAC (chart, controller.namespaces: sims, ci-builds) equals expected-rule
 check "RBAC (kustomize config/default) equals expected-rules.yaml" \
     "${CHECK[@]}" rbac "$tmp/kustomize.yaml" config/rbac/expected-rules.yaml "$NS"
 check "every RBAC rule is commented with why (chart templates, config/rbac)" \
-    "${CHECK[@]}" rule-comments "$CHART/templates/_helpers.tpl" config/rbac/role.yaml config/rbac/leader_election_role.yaml
+    "${CHECK[@]}" rule-comments "$CHART/templates/_helpers.tpl" config/rbac/role.yaml config/rbac/leader_election_role.yaml \
+    config/rbac/policy_reader_role.yaml
 
 # ---------------------------------------------------------------- AWS template
 cfn_lint_clean() {

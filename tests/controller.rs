@@ -1054,6 +1054,74 @@ async fn a_registry_that_is_not_allowed_is_never_contacted(env: Arc<Env>) {
     accepting.abort();
 }
 
+/// A MultiArchBuildPolicy that selects a namespace refuses each kind of violation with
+/// PolicyViolation before anything is submitted; a compliant build runs, and so does the same
+/// build in a namespace no policy selects.
+async fn a_namespace_policy_refuses_what_it_does_not_allow(env: Arc<Env>) {
+    let fake = env.fake();
+    let ctx = env.context(&fake, env.metrics());
+    fake.create(
+        "",
+        "namespaces",
+        json!({"metadata": {"name": "team-a", "namespace": "", "labels": {"team": "a"}}}),
+    );
+    let prefix = format!("{}/team-a", env.registry.host);
+    let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-a-token";
+    fake.create(
+        "multiarch.dev",
+        "multiarchbuildpolicies",
+        json!({
+            "metadata": {"name": "team-a", "namespace": ""},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"team": "a"}},
+                "repositoryPrefixes": [prefix],
+                "credentialsSecretArns": [arn],
+                "jobQueues": [QUEUE],
+                "jobDefinitions": [JOB_DEFINITION],
+                "maxPlatforms": 2,
+                "maxTimeoutSeconds": 900,
+            },
+        }),
+    );
+    let build = |namespace: &str, name: &str, change: &(dyn Fn(&mut Value) + Sync)| {
+        let mut object = good_build(namespace, name, &format!("{prefix}/{name}"));
+        change(&mut object);
+        create_build(&fake, object)
+    };
+    let cases: [(&str, &(dyn Fn(&mut Value) + Sync), &str); 6] = [
+        ("repo", &|o| o["spec"]["output"]["repository"] = format!("{}/team-b/x", env.registry.host).into(), "spec.output.repository"),
+        ("secret", &|o| o["spec"]["source"]["git"]["credentialsSecretArn"] = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-b-token".into(), "spec.source.git.credentialsSecretArn"),
+        ("queue", &|o| o["spec"]["platforms"][1]["jobQueue"] = "gpu-queue".into(), "spec.platforms[1].jobQueue \"gpu-queue\""),
+        ("definition", &|o| o["spec"]["jobDefinition"] = "privileged-builder".into(), "spec.jobDefinition"),
+        ("platforms", &|o| o["spec"]["platforms"].as_array_mut().unwrap().push(json!({"platform": "linux/amd64/v2", "jobQueue": QUEUE})), "at most 2"),
+        ("timeout", &|o| o["spec"]["timeoutSeconds"] = 3600.into(), "spec.timeoutSeconds 3600"),
+    ];
+    for (name, change, field) in cases {
+        let key = build("team-a", name, change);
+        reconcile_now(&fake, &ctx, &key).await;
+        reconcile_now(&fake, &ctx, &key).await;
+        let s = status(&fake, &key);
+        assert_eq!(s["phase"], "Failed", "{name}: {s}");
+        assert_eq!(ready(&s)["reason"], "PolicyViolation", "{name}: {s}");
+        let message = s["message"].as_str().unwrap();
+        assert!(message.contains(field), "{name}: {message}");
+        assert!(message.contains("by MultiArchBuildPolicy team-a"), "{name}: {message}");
+        assert!(s["platforms"].as_array().unwrap().iter().all(|p| p["jobId"].is_null()), "{name}: {s}");
+        let job = s["platforms"][0]["jobName"].clone();
+        assert!(job.is_null(), "{name}: nothing submitted");
+    }
+    // Compliant: it runs.
+    let fine = build("team-a", "fine", &|_| {});
+    reconcile_now(&fake, &ctx, &fine).await;
+    reconcile_now(&fake, &ctx, &fine).await;
+    assert_eq!(status(&fake, &fine)["phase"], "Building", "{}", status(&fake, &fine));
+    // The same violation where no policy applies: it runs too.
+    let elsewhere = build("team-b", "elsewhere", &|o| o["spec"]["timeoutSeconds"] = 3600.into());
+    reconcile_now(&fake, &ctx, &elsewhere).await;
+    reconcile_now(&fake, &ctx, &elsewhere).await;
+    assert_eq!(status(&fake, &elsewhere)["phase"], "Building", "{}", status(&fake, &elsewhere));
+}
+
 async fn http_get(base: &str, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("{base}{path}")).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
@@ -1286,6 +1354,7 @@ fn main() -> ExitCode {
         an_unreadable_build_keeps_its_record,
         a_stale_status_write_loses_to_the_newer_one,
         a_registry_that_is_not_allowed_is_never_contacted,
+        a_namespace_policy_refuses_what_it_does_not_allow,
     ];
     if args.iter().any(|a| a == "--list") {
         for (name, _) in &scenarios {

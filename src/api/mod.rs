@@ -5,6 +5,7 @@
 //! [`validate()`] (in `build` without a cluster and as a second guard in the controller).
 
 mod platform;
+mod policy;
 mod validate;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -13,6 +14,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use platform::{Platform, allowed_platforms};
+pub use policy::{
+    LabelOperator, LabelRequirement, MultiArchBuildPolicy, MultiArchBuildPolicySpec, NamespaceSelector,
+    policy_crd_yaml, policy_violations, selects, violations,
+};
 pub use validate::{FieldError, GitSources, InvalidSpec, validate, validate_with};
 
 use validate::patterns;

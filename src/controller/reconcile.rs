@@ -13,13 +13,13 @@ use std::{
 
 use aws_config::SdkConfig;
 use k8s_openapi::{
-    api::core::v1::ObjectReference,
+    api::core::v1::{Namespace, ObjectReference},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams},
     core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::{
         controller::Action,
@@ -39,7 +39,7 @@ use super::{
 };
 use crate::util::lock;
 use crate::{
-    api::{GitSources, MultiArchBuild, MultiArchBuildStatus, Phase},
+    api::{GitSources, MultiArchBuild, MultiArchBuildPolicy, MultiArchBuildStatus, Phase, policy_violations},
     batch::{BatchError, BatchExecutor, BuildRef, JobPoller, job_name},
     cli::RegistryArgs,
     config,
@@ -379,7 +379,7 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
                 spec: &build.spec,
                 git_sources: GitSources::Remote,
                 generation: build.metadata.generation,
-                refusal: refusal(build, ctx),
+                refusal: refusal(build, &previous, ctx).await?,
             },
             previous.clone(),
             jobs,
@@ -428,13 +428,49 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
-/// Why this build may not run here: its registry is not allowed.
-fn refusal(build: &MultiArchBuild, ctx: &Context) -> Option<Refusal> {
-    let message = ctx.config.allowed.refusal(&build.spec.output.repository)?;
-    Some(Refusal {
-        reason: reason::REGISTRY_NOT_ALLOWED,
-        message,
-    })
+/// Why this build may not run here: its registry is not allowed, or a MultiArchBuildPolicy that
+/// selects its namespace forbids what it asks. Looked at only until something was submitted (a
+/// policy made later does not stop a running build), so a running build costs no API call here.
+async fn refusal(
+    build: &MultiArchBuild,
+    status: &MultiArchBuildStatus,
+    ctx: &Context,
+) -> Result<Option<Refusal>, Error> {
+    let submitted = status.platforms.iter().any(|p| p.job_id.is_some() || p.submitted_at.is_some());
+    if submitted || status.phase.is_some_and(Phase::is_terminal) {
+        return Ok(None);
+    }
+    if let Some(message) = ctx.config.allowed.refusal(&build.spec.output.repository) {
+        return Ok(Some(Refusal {
+            reason: reason::REGISTRY_NOT_ALLOWED,
+            message,
+        }));
+    }
+    let namespace = build.namespace().unwrap_or_default();
+    let policies: Api<MultiArchBuildPolicy> = Api::all(ctx.client.clone());
+    let policies = match policies.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        // No policy CRD installed: no policy.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(None),
+        Err(source) => return Err(Error::kube("list the MultiArchBuildPolicies")(source)),
+    };
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let mut labels = namespaces
+        .get_opt(&namespace)
+        .await
+        .map_err(Error::kube("read the build's namespace"))?
+        .and_then(|ns| ns.metadata.labels)
+        .unwrap_or_default();
+    // The API server sets this label on every namespace; a selector may use it.
+    labels.insert("kubernetes.io/metadata.name".into(), namespace.clone());
+    let violations = policy_violations(&policies, &namespace, &labels, &build.spec);
+    Ok((!violations.is_empty()).then(|| Refusal {
+        reason: reason::POLICY_VIOLATION,
+        message: violations.join("; "),
+    }))
 }
 
 /// How long until the planner's wake-up (a deadline, a grace period ending), a second late so the

@@ -118,6 +118,8 @@ fn kind_of(group: &str, resource: &str) -> (&'static str, &'static str) {
         ("", "configmaps") => ("v1", "ConfigMap"),
         ("events.k8s.io", "events") => ("events.k8s.io/v1", "Event"),
         ("coordination.k8s.io", "leases") => ("coordination.k8s.io/v1", "Lease"),
+        ("multiarch.dev", "multiarchbuildpolicies") => ("multiarch.dev/v1alpha1", "MultiArchBuildPolicy"),
+        ("", "namespaces") => ("v1", "Namespace"),
         _ => ("v1", "Unknown"),
     }
 }

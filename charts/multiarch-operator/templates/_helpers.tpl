@@ -79,11 +79,25 @@ Nothing on Secrets: the git token is read by the Batch job from Secrets Manager,
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "patch"]
+# The build's Namespace, read (get) for its labels: they decide which MultiArchBuildPolicies
+# apply to the build. Only the namespaces reconciled: a Role there grants get on that Namespace.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
 # Events on builds and gated Jobs (kube-runtime's Recorder, events.k8s.io/v1): create an
 # event, patch it to count a repeat.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Cluster-scoped reads: a ClusterRole whatever controller.namespaces says. */}}
+{{- define "multiarch-operator.policyRules" -}}
+# The policies: listed to check a build against every policy that selects its namespace
+# before anything is submitted.
+- apiGroups: ["multiarch.dev"]
+  resources: ["multiarchbuildpolicies"]
+  verbs: ["list"]
 {{- end }}
 
 {{/* Leader election, in the release namespace only. */}}
