@@ -55,6 +55,7 @@ fn client(host: &str) -> RegistryClient {
     RegistryClient::new(RegistryOptions {
         auth: RegistryAuth::Anonymous,
         plain_http_hosts: vec![host.to_string()],
+        allow_loopback: true,
         ..RegistryOptions::default()
     })
 }

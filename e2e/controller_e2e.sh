@@ -71,7 +71,7 @@ start_controller() {
         --poll-interval-seconds 1 \
         --cleanup-grace-seconds 60 \
         --default-job-definition mab-e2e-sleep-5 \
-        --registry-plain-http "$MAB_REGISTRY" >>"$log" 2>&1 &
+        --registry-plain-http "$MAB_REGISTRY" --registry-allow-loopback >>"$log" 2>&1 &
     controller_pid=$!
     local i
     for i in $(seq 1 100); do

@@ -423,6 +423,12 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         "admissionPolicies.enabled": lambda: g("admissionPolicies.enabled") is False
         and "ValidatingAdmissionPolicy" not in kinds and "ValidatingAdmissionPolicyBinding" not in kinds
         and len(by_kind(off, "ValidatingAdmissionPolicy")) == 2 and len(by_kind(off, "ValidatingAdmissionPolicyBinding")) == 2,
+        "registryAuth.existingSecret": lambda: env.get("MAB_REGISTRY_AUTH_FILE", {}).get("value") == "/etc/multiarch-operator/registry-auth/config.json"
+        and any(m.get("name") == "registry-auth" and m.get("readOnly") is True and m.get("mountPath") == "/etc/multiarch-operator/registry-auth" for m in c.get("volumeMounts", []))
+        and any(vol.get("secret", {}).get("secretName") == g("registryAuth.existingSecret") and vol["secret"].get("items") == [{"key": ".dockerconfigjson", "path": "config.json"}] for vol in pod.get("volumes", []))
+        and "MAB_REGISTRY_AUTH_FILE" not in env_of(container(off_dep)),
+        "registryAuth.authHosts": lambda: env.get("MAB_REGISTRY_AUTH_HOSTS", {}).get("value") == ",".join(g("registryAuth.authHosts")),
+        "registryAuth.allowLoopback": lambda: env.get("MAB_REGISTRY_ALLOW_LOOPBACK", {}).get("value") == "true" and "MAB_REGISTRY_ALLOW_LOOPBACK" not in env_of(container(off_dep)),
         "extraEnv": lambda: all(env.get(e["name"]) == e for e in g("extraEnv")),
         "podAnnotations": lambda: dep["spec"]["template"]["metadata"].get("annotations") == g("podAnnotations"),
         "podLabels": lambda: all(dep["spec"]["template"]["metadata"]["labels"].get(k) == x for k, x in g("podLabels").items()),

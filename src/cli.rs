@@ -99,16 +99,34 @@ pub struct AllowArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct RegistryArgs {
     /// Registry hosts to talk to over plain http (e.g. a local `127.0.0.1:5000`), comma-separated.
+    /// Also the only hosts a token realm or a redirect may send the client to over plain http.
     #[arg(long, env = "MAB_REGISTRY_PLAIN_HTTP", value_delimiter = ',')]
     pub registry_plain_http: Vec<String>,
 
-    /// User name for a registry that is not ECR (basic auth); anonymous when unset.
-    #[arg(long, env = "MAB_REGISTRY_USERNAME")]
-    pub registry_username: Option<String>,
+    /// Registry credentials: a Docker config.json (`{"auths": {"HOST": {"auth": "base64(user:password)"}}}`,
+    /// or `username`/`password`), e.g. a kubernetes.io/dockerconfigjson Secret. Each credential is
+    /// sent only for the registry host it is listed under (`https://host/v1/` keys count as `host`),
+    /// never to another host. Read at start; ECR hosts use the ECR token instead.
+    #[arg(long, env = "MAB_REGISTRY_AUTH_FILE", value_name = "PATH", value_parser = crate::registry::AuthFile::parse)]
+    pub registry_auth_file: Option<crate::registry::AuthFile>,
 
-    /// Password for `--registry-username`. Prefer the environment variable to the flag.
-    #[arg(long, env = "MAB_REGISTRY_PASSWORD", hide_env_values = true)]
-    pub registry_password: Option<String>,
+    /// `REGISTRY=AUTHHOST`: a Bearer token server host the registry may send the client to besides
+    /// its own host (e.g. `registry.gitlab.com=gitlab.com`); repeatable, comma-separated in the
+    /// environment. Either side may carry a `:port`. Docker Hub's `auth.docker.io` is built in.
+    #[arg(
+        long = "registry-auth-host",
+        env = "MAB_REGISTRY_AUTH_HOSTS",
+        value_name = "REGISTRY=AUTHHOST",
+        value_delimiter = ',',
+        value_parser = crate::registry::AuthHost::parse
+    )]
+    pub registry_auth_hosts: Vec<crate::registry::AuthHost>,
+
+    /// Let the registry client contact loopback addresses (127.0.0.0/8, ::1), for a local stack.
+    /// Link-local and metadata addresses (169.254.0.0/16, fe80::/10, fd00:ec2::/64) are never
+    /// contacted.
+    #[arg(long, env = "MAB_REGISTRY_ALLOW_LOOPBACK")]
+    pub registry_allow_loopback: bool,
 }
 
 #[derive(Args, Debug)]

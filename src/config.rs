@@ -7,9 +7,9 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use crate::{
     batch::{BatchExecutor, registry_auth},
     cli::{AllowArgs, RegistryArgs},
-    tenancy::AllowedRegistries,
     engine::Engine,
     registry::{RegistryAuth, RegistryClient, RegistryOptions, RequestObserver},
+    tenancy::AllowedRegistries,
 };
 
 /// The AWS configuration from the usual chain (env, profile, IRSA web identity, instance role).
@@ -22,7 +22,8 @@ pub async fn aws() -> Result<SdkConfig, String> {
     Ok(config)
 }
 
-/// The registry client for a repository: ECR's token for ECR hosts, else basic or anonymous.
+/// The registry client for a repository: ECR's token for ECR hosts, else the credentials of
+/// `--registry-auth-file` (each sent only for its own host) or anonymous.
 pub fn registry(args: &RegistryArgs, repository: &str, aws: &SdkConfig) -> RegistryClient {
     registry_with(args, repository, || aws_sdk_ecr::Client::new(aws), None)
 }
@@ -38,17 +39,16 @@ pub fn registry_with(
     let auth = if registry_auth(repository) == "ecr" {
         RegistryAuth::Ecr(ecr())
     } else {
-        match (&args.registry_username, &args.registry_password) {
-            (Some(username), password) => RegistryAuth::Basic {
-                username: username.clone(),
-                password: password.clone().unwrap_or_default(),
-            },
-            (None, _) => RegistryAuth::Anonymous,
+        match &args.registry_auth_file {
+            Some(file) => RegistryAuth::Basic(file.credentials.clone()),
+            None => RegistryAuth::Anonymous,
         }
     };
     RegistryClient::new(RegistryOptions {
         auth,
         plain_http_hosts: args.registry_plain_http.clone(),
+        auth_hosts: args.registry_auth_hosts.clone(),
+        allow_loopback: args.registry_allow_loopback,
         observer,
     })
 }
@@ -83,6 +83,11 @@ pub async fn allowed_registries(aws: &SdkConfig, args: &AllowArgs) -> Result<All
     let account = identity.account().unwrap_or_default().to_string();
     Ok(AllowedRegistries {
         own: (!account.is_empty()).then_some((account, region)),
-        listed: args.allowed_registries.iter().filter(|h| !h.is_empty()).cloned().collect(),
+        listed: args
+            .allowed_registries
+            .iter()
+            .filter(|h| !h.is_empty())
+            .cloned()
+            .collect(),
     })
 }

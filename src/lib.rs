@@ -11,6 +11,6 @@ pub mod engine;
 pub mod oneshot;
 pub mod plan;
 pub mod provenance;
-pub mod tenancy;
 pub mod registry;
+pub mod tenancy;
 mod util;

@@ -125,15 +125,26 @@ mod tests {
     fn other_accounts_partitions_and_hosts_are_refused_naming_the_setting() {
         let a = allowed();
         for (host, why) in [
-            ("210987654321.dkr.ecr.us-gov-west-1.amazonaws.com", "account 210987654321"),
-            ("123456789012.dkr.ecr.us-east-1.amazonaws.com", "not of this controller's account"),
+            (
+                "210987654321.dkr.ecr.us-gov-west-1.amazonaws.com",
+                "account 210987654321",
+            ),
+            (
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "not of this controller's account",
+            ),
             ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", "in cn-north-1"),
             ("169.254.169.254", "not an ECR registry"),
             ("registry.example.com", "not an ECR registry"),
             ("kubernetes.default.svc", "not an ECR registry"),
         ] {
-            let refusal = a.refusal(&format!("{host}/app")).unwrap_or_else(|| panic!("{host} allowed"));
-            assert!(refusal.starts_with(&format!("registry {host} is not allowed: ")), "{refusal}");
+            let refusal = a
+                .refusal(&format!("{host}/app"))
+                .unwrap_or_else(|| panic!("{host} allowed"));
+            assert!(
+                refusal.starts_with(&format!("registry {host} is not allowed: ")),
+                "{refusal}"
+            );
             assert!(refusal.contains(why), "{refusal}");
             assert!(refusal.contains("MAB_ALLOWED_REGISTRIES"), "{refusal}");
         }

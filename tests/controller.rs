@@ -34,11 +34,11 @@ use moto::{JOB_DEFINITION, Moto, QUEUE};
 use multiarch_operator::api::{MultiArchBuild, Platform};
 use multiarch_operator::batch::{BatchExecutor, BuildRef, submit_request};
 use multiarch_operator::cli::RegistryArgs;
-use multiarch_operator::tenancy::AllowedRegistries;
 use multiarch_operator::controller::{
     Context, FINALIZER, LeaseSettings, ReconcileConfig, Settings, Shutdown, http::Health, metrics::Metrics, reconcile,
     run_with,
 };
+use multiarch_operator::tenancy::AllowedRegistries;
 use serde_json::{Value, json};
 use support::{ImageSpec, Pusher, Registry, sha256};
 
@@ -77,6 +77,7 @@ impl Env {
             default_job_definition: JOB_DEFINITION.into(),
             registry: RegistryArgs {
                 registry_plain_http: vec![self.registry.host.clone()],
+                registry_allow_loopback: true,
                 ..RegistryArgs::default()
             },
             cleanup_grace: Duration::from_secs(300),
@@ -1033,7 +1034,10 @@ async fn a_registry_that_is_not_allowed_is_never_contacted(env: Arc<Env>) {
     let ctx = env.context(&fake, env.metrics());
     for (name, repository) in [
         ("elsewhere", format!("{host}/app")),
-        ("other-account", "210987654321.dkr.ecr.us-east-1.amazonaws.com/app".to_string()),
+        (
+            "other-account",
+            "210987654321.dkr.ecr.us-east-1.amazonaws.com/app".to_string(),
+        ),
     ] {
         let mut object = good_build("sims", name, &repository);
         object["spec"]["output"]["reuseExisting"] = true.into();
@@ -1045,12 +1049,22 @@ async fn a_registry_that_is_not_allowed_is_never_contacted(env: Arc<Env>) {
         assert_eq!(ready(&s)["reason"], "RegistryNotAllowed", "{s}");
         let message = s["message"].as_str().unwrap();
         let registry = repository.split('/').next().unwrap();
-        assert!(message.contains(&format!("registry {registry} is not allowed")), "{message}");
+        assert!(
+            message.contains(&format!("registry {registry} is not allowed")),
+            "{message}"
+        );
         assert!(message.contains("MAB_ALLOWED_REGISTRIES"), "{message}");
-        assert!(s["platforms"].as_array().unwrap().iter().all(|p| p["jobId"].is_null()), "{s}");
+        assert!(
+            s["platforms"].as_array().unwrap().iter().all(|p| p["jobId"].is_null()),
+            "{s}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing connected to {host}");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing connected to {host}"
+    );
     accepting.abort();
 }
 
@@ -1089,12 +1103,44 @@ async fn a_namespace_policy_refuses_what_it_does_not_allow(env: Arc<Env>) {
         create_build(&fake, object)
     };
     let cases: [(&str, &(dyn Fn(&mut Value) + Sync), &str); 6] = [
-        ("repo", &|o| o["spec"]["output"]["repository"] = format!("{}/team-b/x", env.registry.host).into(), "spec.output.repository"),
-        ("secret", &|o| o["spec"]["source"]["git"]["credentialsSecretArn"] = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-b-token".into(), "spec.source.git.credentialsSecretArn"),
-        ("queue", &|o| o["spec"]["platforms"][1]["jobQueue"] = "gpu-queue".into(), "spec.platforms[1].jobQueue \"gpu-queue\""),
-        ("definition", &|o| o["spec"]["jobDefinition"] = "privileged-builder".into(), "spec.jobDefinition"),
-        ("platforms", &|o| o["spec"]["platforms"].as_array_mut().unwrap().push(json!({"platform": "linux/amd64/v2", "jobQueue": QUEUE})), "at most 2"),
-        ("timeout", &|o| o["spec"]["timeoutSeconds"] = 3600.into(), "spec.timeoutSeconds 3600"),
+        (
+            "repo",
+            &|o| o["spec"]["output"]["repository"] = format!("{}/team-b/x", env.registry.host).into(),
+            "spec.output.repository",
+        ),
+        (
+            "secret",
+            &|o| {
+                o["spec"]["source"]["git"]["credentialsSecretArn"] =
+                    "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-b-token".into()
+            },
+            "spec.source.git.credentialsSecretArn",
+        ),
+        (
+            "queue",
+            &|o| o["spec"]["platforms"][1]["jobQueue"] = "gpu-queue".into(),
+            "spec.platforms[1].jobQueue \"gpu-queue\"",
+        ),
+        (
+            "definition",
+            &|o| o["spec"]["jobDefinition"] = "privileged-builder".into(),
+            "spec.jobDefinition",
+        ),
+        (
+            "platforms",
+            &|o| {
+                o["spec"]["platforms"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"platform": "linux/amd64/v2", "jobQueue": QUEUE}))
+            },
+            "at most 2",
+        ),
+        (
+            "timeout",
+            &|o| o["spec"]["timeoutSeconds"] = 3600.into(),
+            "spec.timeoutSeconds 3600",
+        ),
     ];
     for (name, change, field) in cases {
         let key = build("team-a", name, change);
@@ -1106,7 +1152,10 @@ async fn a_namespace_policy_refuses_what_it_does_not_allow(env: Arc<Env>) {
         let message = s["message"].as_str().unwrap();
         assert!(message.contains(field), "{name}: {message}");
         assert!(message.contains("by MultiArchBuildPolicy team-a"), "{name}: {message}");
-        assert!(s["platforms"].as_array().unwrap().iter().all(|p| p["jobId"].is_null()), "{name}: {s}");
+        assert!(
+            s["platforms"].as_array().unwrap().iter().all(|p| p["jobId"].is_null()),
+            "{name}: {s}"
+        );
         let job = s["platforms"][0]["jobName"].clone();
         assert!(job.is_null(), "{name}: nothing submitted");
     }
@@ -1119,7 +1168,12 @@ async fn a_namespace_policy_refuses_what_it_does_not_allow(env: Arc<Env>) {
     let elsewhere = build("team-b", "elsewhere", &|o| o["spec"]["timeoutSeconds"] = 3600.into());
     reconcile_now(&fake, &ctx, &elsewhere).await;
     reconcile_now(&fake, &ctx, &elsewhere).await;
-    assert_eq!(status(&fake, &elsewhere)["phase"], "Building", "{}", status(&fake, &elsewhere));
+    assert_eq!(
+        status(&fake, &elsewhere)["phase"],
+        "Building",
+        "{}",
+        status(&fake, &elsewhere)
+    );
 }
 
 async fn http_get(base: &str, path: &str) -> (u16, String) {

@@ -89,7 +89,8 @@ fn command(env: &HashMap<String, String>, file: &Path, args: &[&str]) -> Command
     cmd.arg("build").arg("-f").arg(file).args(args);
     cmd.envs(env)
         .env("MAB_ALLOW_LOCAL_GIT", "true")
-        .env("MAB_REGISTRY_PLAIN_HTTP", &env["MAB_REGISTRY"]);
+        .env("MAB_REGISTRY_PLAIN_HTTP", &env["MAB_REGISTRY"])
+        .env("MAB_REGISTRY_ALLOW_LOOPBACK", "true");
     cmd.env("MAB_POLL_INTERVAL_SECONDS", "1").env_remove("RUST_LOG");
     cmd
 }
@@ -224,8 +225,14 @@ fn a_two_platform_build_pushes_a_verified_index_and_a_rerun_reuses_it() {
         assert_eq!(config["os"], "linux");
         // Built by this build's job, from the commit asked for.
         let labels = &config["config"]["Labels"];
-        assert_eq!(labels["org.opencontainers.image.revision"], env["MAB_SAMPLE_REVISION"].as_str());
-        assert_eq!(labels["org.opencontainers.image.source"], env["MAB_SAMPLE_GIT_URL"].as_str());
+        assert_eq!(
+            labels["org.opencontainers.image.revision"],
+            env["MAB_SAMPLE_REVISION"].as_str()
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.source"],
+            env["MAB_SAMPLE_GIT_URL"].as_str()
+        );
         assert!(labels["dev.multiarch.build-uid"].is_string(), "{labels}");
         assert!(labels["dev.multiarch.inputs"].as_str().unwrap().starts_with("sha256:"));
         seen.push(arch);
@@ -233,9 +240,18 @@ fn a_two_platform_build_pushes_a_verified_index_and_a_rerun_reuses_it() {
     seen.sort();
     assert_eq!(seen, ["amd64", "arm64"]);
     let annotations = &index["annotations"];
-    assert_eq!(annotations["org.opencontainers.image.revision"], env["MAB_SAMPLE_REVISION"].as_str());
-    assert_eq!(annotations["org.opencontainers.image.source"], env["MAB_SAMPLE_GIT_URL"].as_str());
-    assert!(annotations["org.opencontainers.image.created"].is_string(), "{annotations}");
+    assert_eq!(
+        annotations["org.opencontainers.image.revision"],
+        env["MAB_SAMPLE_REVISION"].as_str()
+    );
+    assert_eq!(
+        annotations["org.opencontainers.image.source"],
+        env["MAB_SAMPLE_GIT_URL"].as_str()
+    );
+    assert!(
+        annotations["org.opencontainers.image.created"].is_string(),
+        "{annotations}"
+    );
 
     // The same build again: the index exists and this input built it, so nothing is built.
     let (again, stdout2, stderr2) = run(&env, &build.file, &["--wait"]);
@@ -248,9 +264,10 @@ fn a_two_platform_build_pushes_a_verified_index_and_a_rerun_reuses_it() {
     assert_eq!(jobs_of(&env, &build).len(), 2, "the rerun must not submit jobs");
 
     // The same commit with another build argument is another input: rebuilt, and told why.
-    let text = std::fs::read_to_string(&build.file)
-        .unwrap()
-        .replace("  platforms:", "  buildArgs:\n    - name: EXTRA\n      value: \"1\"\n  platforms:");
+    let text = std::fs::read_to_string(&build.file).unwrap().replace(
+        "  platforms:",
+        "  buildArgs:\n    - name: EXTRA\n      value: \"1\"\n  platforms:",
+    );
     std::fs::write(&build.file, text).unwrap();
     let (other, stdout3, stderr3) = run(&env, &build.file, &["--wait"]);
     assert!(other.status.success(), "{stderr3}");
@@ -289,11 +306,18 @@ fn the_index_lists_what_the_jobs_pushed_even_when_the_tag_is_overwritten_meanwhi
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let foreign = foreign.expect("pushed at least once");
-    assert!(pushes > 3, "the tag was overwritten throughout the build ({pushes} pushes)");
+    assert!(
+        pushes > 3,
+        "the tag was overwritten throughout the build ({pushes} pushes)"
+    );
     let (code, _, tagged) = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(support::Pusher::new(&env["MAB_REGISTRY"]).get_manifest(&path, "v1-arm64"));
-    assert_eq!((code, sha256(&tagged)), (200, foreign.clone()), "the tag ends on the foreign image");
+    assert_eq!(
+        (code, sha256(&tagged)),
+        (200, foreign.clone()),
+        "the tag ends on the foreign image"
+    );
 
     let raw = skopeo_raw(&format!("{}:{}", build.repository, build.tag)).unwrap();
     let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
@@ -329,9 +353,10 @@ fn an_index_planted_at_the_tag_is_not_reused() {
     });
     let bytes = serde_json::to_vec(&planted).unwrap();
     let pusher = support::Pusher::new(&env["MAB_REGISTRY"]);
-    let planted_digest = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(pusher.manifest(&path, "v1", support::OCI_INDEX, &bytes));
+    let planted_digest =
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(pusher.manifest(&path, "v1", support::OCI_INDEX, &bytes));
 
     let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
     assert!(out.status.success(), "{stderr}");
@@ -482,8 +507,7 @@ fn a_registry_that_is_not_allowed_is_refused_before_any_request() {
     assert!(!out.status.success());
     assert!(stdout.is_empty());
     assert!(
-        stderr.contains(&format!("registry {host} is not allowed"))
-            && stderr.contains("MAB_ALLOWED_REGISTRIES"),
+        stderr.contains(&format!("registry {host} is not allowed")) && stderr.contains("MAB_ALLOWED_REGISTRIES"),
         "{stderr}"
     );
     assert!(listener.accept().is_err(), "nothing connected to {host}");

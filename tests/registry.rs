@@ -112,6 +112,7 @@ fn client_from(options: RegistryOptions, hosts: &[&str]) -> RegistryClient {
     RegistryClient::with_retry_policy(
         RegistryOptions {
             plain_http_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            allow_loopback: true,
             ..options
         },
         fast_retries(),
@@ -1138,14 +1139,8 @@ async fn basic_and_bearer_token_auth() {
     let (amd, arm) = push_pair(&p, "demo", "v1", false).await;
     let kids = pair(&amd, &arm);
     let reuse = this_input();
-    let good = || RegistryAuth::Basic {
-        username: "builder".into(),
-        password: "s3cret".into(),
-    };
-    let bad = RegistryAuth::Basic {
-        username: "builder".into(),
-        password: "wrong".into(),
-    };
+    let good = |host: &str| RegistryAuth::basic(host, "builder", "s3cret");
+    let bad = |host: &str| RegistryAuth::basic(host, "builder", "wrong");
 
     for fault in [
         Fault::Basic {
@@ -1159,7 +1154,7 @@ async fn basic_and_bearer_token_auth() {
     ] {
         let front = Front::start(&reg.host, fault.clone()).await;
         let repo = front.repo("demo");
-        let c = client_with(good(), &[&front.host]);
+        let c = client_with(good(&front.host), &[&front.host]);
         let pushed = c
             .assemble(&repo, "v1", &request(IndexMediaType::Oci, &kids))
             .await
@@ -1185,7 +1180,7 @@ async fn basic_and_bearer_token_auth() {
             "{log:?}"
         );
 
-        for auth in [bad.clone(), RegistryAuth::Anonymous] {
+        for auth in [bad(&front.host), RegistryAuth::Anonymous] {
             let e = client_with(auth.clone(), &[&front.host])
                 .assemble(&repo, "v1", &request(IndexMediaType::Oci, &kids))
                 .await

@@ -45,8 +45,8 @@ use crate::{
     config,
     engine::{Build, Engine, EngineError, job_observations, live_job_ids},
     plan::{JobObservation, JobState, READY, Refusal, reason},
-    tenancy::AllowedRegistries,
     registry::RegistryClient,
+    tenancy::AllowedRegistries,
 };
 
 /// The finalizer that terminates a build's Batch jobs when it is deleted.
@@ -436,7 +436,10 @@ async fn refusal(
     status: &MultiArchBuildStatus,
     ctx: &Context,
 ) -> Result<Option<Refusal>, Error> {
-    let submitted = status.platforms.iter().any(|p| p.job_id.is_some() || p.submitted_at.is_some());
+    let submitted = status
+        .platforms
+        .iter()
+        .any(|p| p.job_id.is_some() || p.submitted_at.is_some());
     if submitted || status.phase.is_some_and(Phase::is_terminal) {
         return Ok(None);
     }

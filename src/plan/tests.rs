@@ -619,7 +619,11 @@ fn a_refused_build_fails_before_any_request_and_a_running_one_is_not_stopped() {
         })
     };
     let plan = refused(&MultiArchBuildStatus::default());
-    assert!(plan.actions.is_empty(), "not even CheckExistingIndex: {:?}", plan.actions);
+    assert!(
+        plan.actions.is_empty(),
+        "not even CheckExistingIndex: {:?}",
+        plan.actions
+    );
     assert_eq!(plan.status.phase, Some(Phase::Failed));
     assert_eq!(ready(&plan.status), ("False", reason::POLICY_VIOLATION));
     assert_eq!(

@@ -1,20 +1,27 @@
-//! Registry authentication: `WWW-Authenticate` challenges (Basic, Bearer token servers) and ECR
-//! authorization tokens. The parsing here is pure; the client does the I/O.
+//! Registry authentication: `WWW-Authenticate` challenges (Basic, Bearer token servers), where a
+//! token realm may send us, and ECR authorization tokens. The parsing here is pure; the client
+//! does the I/O.
 
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use reqwest::Url;
 use serde::Deserialize;
 
-/// How the client authenticates to registries. `Debug` never shows the password.
+use super::address::{authority, without_query};
+use super::credentials::{AuthHost, Credential, HostCredentials};
+
+/// How the client authenticates to registries. `Debug` never shows a password.
 #[derive(Clone, Default)]
 pub enum RegistryAuth {
     /// No credentials; Bearer token servers are still asked for anonymous tokens.
     #[default]
     Anonymous,
-    /// A username and password (or token) for Basic auth, or to obtain Bearer tokens.
-    Basic { username: String, password: String },
+    /// Usernames and passwords (or tokens), each sent only for the registry host it is bound to:
+    /// as Basic auth to that host, or to that host's token server to obtain Bearer tokens. Other
+    /// hosts are talked to anonymously.
+    Basic(HostCredentials),
     /// ECR: `GetAuthorizationToken`, sent as Basic `AWS:<password>` to ECR hosts only, refreshed
     /// before its 12 h expiry and after a 401. Other hosts are talked to anonymously.
     Ecr(aws_sdk_ecr::Client),
@@ -24,14 +31,85 @@ impl std::fmt::Debug for RegistryAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RegistryAuth::Anonymous => f.write_str("Anonymous"),
-            RegistryAuth::Basic { username, .. } => f
-                .debug_struct("Basic")
-                .field("username", username)
-                .field("password", &"<redacted>")
-                .finish(),
+            RegistryAuth::Basic(credentials) => f.debug_tuple("Basic").field(credentials).finish(),
             RegistryAuth::Ecr(_) => f.write_str("Ecr"),
         }
     }
+}
+
+impl RegistryAuth {
+    /// Basic credentials for one registry host (`host[:port]`).
+    pub fn basic(host: &str, username: &str, password: &str) -> RegistryAuth {
+        RegistryAuth::Basic(HostCredentials::bind(host, username, password))
+    }
+
+    /// The username and password bound to `host` (`host[:port]` as the client talks to it).
+    pub(crate) fn credential_for(&self, host: &str) -> Option<&Credential> {
+        match self {
+            RegistryAuth::Basic(c) => c.get(host),
+            RegistryAuth::Anonymous | RegistryAuth::Ecr(_) => None,
+        }
+    }
+}
+
+/// Token servers of well-known registries on another host than the registry's: Docker Hub
+/// (`docker.io` → `index.docker.io`) sends clients to `auth.docker.io`.
+const KNOWN_AUTH_HOSTS: &[(&str, &str)] = &[("index.docker.io", "auth.docker.io")];
+
+/// The realm of a Bearer challenge from the registry at `registry` (its `/v2/` base URL), if it
+/// may be followed: https, or http to a `plain_http_hosts` entry (`host:port` as written); no user
+/// info; on the registry's own host name (any port) or on an auth host listed for the registry in
+/// `auth_hosts` (or [`KNOWN_AUTH_HOSTS`]). Otherwise why not; nothing is sent to a refused realm.
+/// Which addresses may be contacted is checked apart (`address`).
+pub(crate) fn check_realm(
+    realm: &str,
+    registry: &Url,
+    plain_http_hosts: &[String],
+    auth_hosts: &[AuthHost],
+) -> Result<Url, String> {
+    let url = Url::parse(realm).map_err(|e| format!("its token realm {realm:?} is not a URL: {e}"))?;
+    let shown = without_query(&url);
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "its token realm {shown} carries user info, which is never followed"
+        ));
+    }
+    let realm_authority = authority(&url);
+    match url.scheme() {
+        "https" => {}
+        "http"
+            if plain_http_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&realm_authority)) => {}
+        "http" => {
+            return Err(format!(
+                "its token realm {shown} is plain http: only https is followed (plain http only to a \
+                 --registry-plain-http host)"
+            ));
+        }
+        other => return Err(format!("its token realm {shown} is {other}, not https")),
+    }
+    let (Some(realm_host), Some(realm_port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Err(format!("its token realm {shown} has no host"));
+    };
+    let registry_host = registry.host_str().unwrap_or_default();
+    let registry_port = registry.port_or_known_default().unwrap_or(443);
+    if realm_host.eq_ignore_ascii_case(registry_host) {
+        return Ok(url);
+    }
+    let listed = auth_hosts
+        .iter()
+        .any(|a| a.registry.matches(registry_host, registry_port) && a.auth_host.matches(realm_host, realm_port));
+    let known = KNOWN_AUTH_HOSTS
+        .iter()
+        .any(|(r, a)| registry_host.eq_ignore_ascii_case(r) && realm_host.eq_ignore_ascii_case(a));
+    if listed || known {
+        return Ok(url);
+    }
+    Err(format!(
+        "its token realm {shown} is on another host ({realm_host}), not listed for {} with --registry-auth-host",
+        authority(registry)
+    ))
 }
 
 /// An authentication challenge from a 401 answer.
@@ -202,11 +280,69 @@ mod tests {
 
     #[test]
     fn debug_hides_the_password() {
-        let a = RegistryAuth::Basic {
-            username: "u".into(),
-            password: "hunter2".into(),
-        };
+        let a = RegistryAuth::basic("registry.example.com", "u", "hunter2");
         assert!(!format!("{a:?}").contains("hunter2"));
+        assert!(format!("{a:?}").contains("registry.example.com"));
+    }
+
+    #[test]
+    fn credentials_are_for_their_host_only() {
+        let a = RegistryAuth::basic("127.0.0.2:5000", "u", "p");
+        assert_eq!(
+            a.credential_for("127.0.0.2:5000").map(|c| c.username.as_str()),
+            Some("u")
+        );
+        for other in ["127.0.0.3:5000", "127.0.0.2:5001", "127.0.0.2", "auth.example.com"] {
+            assert!(a.credential_for(other).is_none(), "{other}");
+        }
+        assert!(RegistryAuth::Anonymous.credential_for("127.0.0.2:5000").is_none());
+    }
+
+    #[test]
+    fn realms_on_the_registry_host_over_https_are_followed() {
+        let reg = Url::parse("https://registry.example.com/v2/app").unwrap();
+        let plain = Url::parse("http://127.0.0.2:5000/v2/app").unwrap();
+        let hub = Url::parse("https://index.docker.io/v2/library/ubuntu").unwrap();
+        let hosts = vec!["127.0.0.2:5000".to_string(), "127.0.0.3:5001".to_string()];
+        let listed = vec![
+            AuthHost::parse("registry.example.com=auth.example.com").unwrap(),
+            AuthHost::parse("127.0.0.2:5000=127.0.0.3:5001").unwrap(),
+        ];
+        let ok = |realm: &str, registry: &Url| check_realm(realm, registry, &hosts, &listed);
+        assert!(ok("https://registry.example.com/token", &reg).is_ok());
+        assert!(
+            ok("https://REGISTRY.example.com:8443/token?x=1", &reg).is_ok(),
+            "own host, any port"
+        );
+        assert!(ok("https://auth.example.com/token", &reg).is_ok(), "listed");
+        assert!(ok("http://127.0.0.2:5000/token", &plain).is_ok(), "plain http host");
+        assert!(
+            ok("http://127.0.0.3:5001/token", &plain).is_ok(),
+            "listed, plain http host"
+        );
+        assert!(ok("https://auth.docker.io/token", &hub).is_ok(), "Docker Hub's");
+        for (realm, registry, why) in [
+            ("https://evil.example/token", &reg, "on another host (evil.example)"),
+            ("https://auth.example.com/token", &plain, "on another host"),
+            ("https://auth.docker.io/token", &reg, "on another host"),
+            ("http://registry.example.com/token", &reg, "plain http"),
+            ("http://127.0.0.2:5001/token", &plain, "plain http"),
+            ("http://127.0.0.3:5000/token", &plain, "plain http"),
+            ("https://127.0.0.3:5002/token", &plain, "on another host"),
+            ("https://u:secret@registry.example.com/token", &reg, "user info"),
+            ("ftp://registry.example.com/token", &reg, "not https"),
+            ("not a url", &reg, "not a URL"),
+        ] {
+            let e = ok(realm, registry).unwrap_err();
+            assert!(e.contains(why), "{realm}: {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
+        let e = ok("https://evil.example/token?account=x", &reg).unwrap_err();
+        assert_eq!(
+            e,
+            "its token realm https://evil.example/token is on another host (evil.example), not listed for \
+             registry.example.com with --registry-auth-host"
+        );
     }
 
     #[test]

@@ -10,13 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use tracing::{debug, warn};
 
 use super::RegistryOptions;
+use super::address::{GuardedResolver, Refused, check_url, redirect_policy, refusal_in, without_query};
 use super::auth::{
-    Challenge, EcrToken, RegistryAuth, basic_header, ecr_token, is_ecr_host, parse_challenge, parse_token_response,
+    Challenge, EcrToken, RegistryAuth, basic_header, check_realm, ecr_token, is_ecr_host, parse_challenge,
+    parse_token_response,
 };
+use super::credentials::AuthHost;
 use super::error::RegistryError;
 use super::observe::{RegistryObject, RequestObserver};
 use super::parse::{RegistryErrorBody, parse_error_body};
@@ -26,6 +29,10 @@ use super::retry::RetryPolicy;
 const SMALL_BODY: usize = 64 * 1024;
 /// Token server answers larger than this are refused.
 const TOKEN_BODY: usize = 1024 * 1024;
+/// Why a token realm was not contacted, for [`RegistryError::AuthFailed`].
+const REALM_REFUSED: &str = "the token server was not contacted (a realm is followed over https, or plain http to a \
+                             --registry-plain-http host, on the registry's own host or one listed with \
+                             --registry-auth-host)";
 
 /// A parsed repository: where to send requests and how to name it in messages.
 #[derive(Clone, Debug)]
@@ -38,6 +45,8 @@ pub(crate) struct Repo {
     pub name: String,
     /// `http[s]://<api_host>/v2/<name>`
     pub base: String,
+    /// [`base`](Self::base), parsed.
+    pub url: Url,
 }
 
 impl Repo {
@@ -63,9 +72,12 @@ impl Repo {
             .iter()
             .any(|h| h == reference.registry() || *h == api_host);
         let scheme = if plain { "http" } else { "https" };
+        let base = format!("{scheme}://{api_host}/v2/{}", reference.repository());
+        let url = Url::parse(&base).map_err(|e| invalid(format!("{base} is not a URL: {e}")))?;
         Ok(Repo {
             display: repository.to_string(),
-            base: format!("{scheme}://{api_host}/v2/{}", reference.repository()),
+            base,
+            url,
             name: reference.repository().to_string(),
             api_host,
         })
@@ -170,9 +182,11 @@ struct AuthState {
 }
 
 pub(crate) struct Transport {
-    http: reqwest::Client,
+    http: Result<reqwest::Client, String>,
     pub auth: RegistryAuth,
     pub plain_http_hosts: Vec<String>,
+    auth_hosts: Vec<AuthHost>,
+    allow_loopback: bool,
     pub retry: RetryPolicy,
     observer: Option<Arc<dyn RequestObserver>>,
     state: Mutex<AuthState>,
@@ -182,19 +196,26 @@ pub(crate) struct Transport {
 
 impl Transport {
     pub fn new(options: RegistryOptions, retry: RetryPolicy) -> Transport {
+        let allow_loopback = options.allow_loopback;
+        // Every name goes through the guard and every redirect through the policy: there is no
+        // client without them (when none can be built, every request fails, as transient).
         let http = reqwest::Client::builder()
+            .dns_resolver(GuardedResolver { allow_loopback })
+            .redirect(redirect_policy(allow_loopback, options.plain_http_hosts.clone()))
             .user_agent(concat!("multiarch-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
-            .unwrap_or_else(|e| {
-                warn!(error = %e, "cannot build the registry HTTP client with our settings, using the defaults");
-                reqwest::Client::default()
+            .map_err(|e| {
+                warn!(error = %e, "cannot build the registry HTTP client; every registry request will fail");
+                format!("cannot build the HTTP client: {}", describe_reqwest(&e))
             });
         Transport {
             http,
             auth: options.auth,
             plain_http_hosts: options.plain_http_hosts,
+            auth_hosts: options.auth_hosts,
+            allow_loopback,
             retry,
             observer: options.observer,
             state: Mutex::new(AuthState::default()),
@@ -211,6 +232,11 @@ impl Transport {
     /// once), retry 5xx/429/network failures with backoff, and read the body within bounds.
     /// Any status comes back as a [`Response`] except those retried to exhaustion.
     pub async fn send(&self, req: &Request<'_>) -> Result<Response, RegistryError> {
+        // A forbidden IP literal is refused before anything, an ECR token included; names are
+        // checked as they are resolved.
+        if let Err(r) = check_url(&req.repo.url, self.allow_loopback) {
+            return Err(self.refused(req, r));
+        }
         let url = format!("{}/{}/{}", req.repo.base, req.object.path_segment(), req.reference);
         let mut attempt: u32 = 0;
         let mut answered_challenge = false;
@@ -250,8 +276,42 @@ impl Transport {
         }
     }
 
+    /// The HTTP client, or why there is none.
+    fn http(&self) -> Result<&reqwest::Client, Fail> {
+        self.http.as_ref().map_err(|e| Fail::Retry(e.clone(), None))
+    }
+
+    /// The error for a connection [`Refused`] while sending `req`.
+    fn refused(&self, req: &Request<'_>, r: Refused) -> RegistryError {
+        match r.redirect_status {
+            Some(status) => RegistryError::Rejected {
+                operation: req.operation,
+                image: req.image.to_string(),
+                status,
+                detail: format!(": {}", r.message),
+            },
+            None if self.is_registry_host(req, &r) => RegistryError::InvalidReference {
+                repository: req.repo.display.clone(),
+                reason: r.message,
+            },
+            None => RegistryError::InvalidReference {
+                repository: req.repo.display.clone(),
+                reason: format!("the registry redirected a request to a refused host: {}", r.message),
+            },
+        }
+    }
+
+    /// Whether a refusal is about the repository's own host (so no request was sent at all).
+    fn is_registry_host(&self, req: &Request<'_>, r: &Refused) -> bool {
+        req.repo.url.host_str().is_some_and(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .eq_ignore_ascii_case(&r.host)
+        })
+    }
+
     async fn attempt(&self, req: &Request<'_>, url: &str, auth: Option<String>) -> Result<Response, Fail> {
-        let mut builder = self.http.request(req.method.clone(), url);
+        let mut builder = self.http()?.request(req.method.clone(), url);
         if let Some(a) = &auth {
             builder = builder.header(AUTHORIZATION, a);
         }
@@ -265,12 +325,22 @@ impl Transport {
             builder = builder.body(body.clone());
         }
         let sent = builder.send().await;
-        if let Some(observer) = &self.observer {
+        let refused: Option<Refused> = sent.as_ref().err().and_then(|e| refusal_in(e)).cloned();
+        // A refusal of the registry's own address sent nothing: no attempt to count.
+        let sent_nothing = refused
+            .as_ref()
+            .is_some_and(|r| r.redirect_status.is_none() && self.is_registry_host(req, r));
+        if let Some(observer) = &self.observer
+            && !sent_nothing
+        {
             observer.attempted(
                 &req.method,
                 req.object,
                 sent.as_ref().ok().map(reqwest::Response::status),
             );
+        }
+        if let Some(r) = refused {
+            return Err(Fail::Fatal(self.refused(req, r)));
         }
         let resp = sent.map_err(|e| {
             if e.is_builder() {
@@ -323,10 +393,10 @@ impl Transport {
         let challenge = self.lock_state(|s| s.challenges.get(host).cloned());
         match challenge {
             None => Ok(None),
-            Some(Challenge::Basic) => Ok(match &self.auth {
-                RegistryAuth::Basic { username, password } => Some(basic_header(username, password)),
-                _ => None,
-            }),
+            Some(Challenge::Basic) => Ok(self
+                .auth
+                .credential_for(host)
+                .map(|c| basic_header(&c.username, &c.password))),
             Some(Challenge::Bearer { realm, service }) => {
                 let key = (host.clone(), Self::scope(req));
                 let cached = self.lock_state(|s| {
@@ -378,7 +448,8 @@ impl Transport {
         });
     }
 
-    /// Ask a Bearer token server for a token for this scope.
+    /// Ask a Bearer token server for a token for this scope, with the credentials bound to the
+    /// registry's host; a realm the registry may not send us to is refused, and nothing is sent.
     async fn fetch_token(
         &self,
         req: &Request<'_>,
@@ -386,18 +457,38 @@ impl Transport {
         service: Option<&str>,
         scope: &str,
     ) -> Result<(String, Duration), Fail> {
+        let refuse = |why: String| {
+            Fail::Fatal(RegistryError::AuthFailed {
+                operation: req.operation,
+                image: req.image.to_string(),
+                registry: req.repo.api_host.clone(),
+                status: 401,
+                detail: format!(": {why}"),
+                hint: REALM_REFUSED,
+            })
+        };
+        let url = match Url::parse(realm) {
+            Ok(url) => url,
+            Err(e) => return Err(refuse(format!("its token realm {realm:?} is not a URL: {e}"))),
+        };
+        if let Err(r) = check_url(&url, self.allow_loopback) {
+            return Err(refuse(format!("its token realm {}: {r}", without_query(&url))));
+        }
+        let url = check_realm(realm, &req.repo.url, &self.plain_http_hosts, &self.auth_hosts).map_err(refuse)?;
+        let realm = without_query(&url);
+        let realm = realm.as_str();
         let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
         if let Some(s) = service {
             query.push(("service", s));
         }
-        let mut builder = self.http.get(realm).query(&query);
-        if let RegistryAuth::Basic { username, password } = &self.auth {
-            builder = builder.header(AUTHORIZATION, basic_header(username, password));
+        let mut builder = self.http()?.get(url.clone()).query(&query);
+        if let Some(c) = self.auth.credential_for(&req.repo.api_host) {
+            builder = builder.header(AUTHORIZATION, basic_header(&c.username, &c.password));
         }
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| Fail::Retry(format!("token server {realm}: {}", describe_reqwest(&e)), None))?;
+        let resp = builder.send().await.map_err(|e| match refusal_in(&e) {
+            Some(r) => refuse(format!("its token realm {realm}: {r}")),
+            None => Fail::Retry(format!("token server {realm}: {}", describe_reqwest(&e)), None),
+        })?;
         let status = resp.status();
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(Fail::Retry(format!("token server {realm}: HTTP {status}"), None));
@@ -517,8 +608,12 @@ impl Transport {
             detail,
             hint: match (&self.auth, status) {
                 (RegistryAuth::Anonymous, _) => "the registry wants credentials and none are configured",
-                (RegistryAuth::Basic { .. }, 401) => "check the registry username and password",
-                (RegistryAuth::Basic { .. }, _) => "these credentials may not access this repository",
+                (RegistryAuth::Basic(c), _) if c.get(host).is_none() => {
+                    "no credentials are bound to this host (credentials in --registry-auth-file are sent only to the \
+                     host they are listed under)"
+                }
+                (RegistryAuth::Basic(_), 401) => "check the username and password bound to this host",
+                (RegistryAuth::Basic(_), _) => "these credentials may not access this repository",
                 (RegistryAuth::Ecr(_), _) if !is_ecr_host(host) => {
                     "ECR credentials are only sent to ECR hosts and this is not one"
                 }
@@ -637,5 +732,68 @@ mod tests {
             assert_eq!(e.label(), "InvalidReference", "{bad}");
         }
         assert!(Repo::parse("127.0.0.1:5000/demo", "bad tag", &plain).is_err());
+    }
+
+    /// A realm on a loopback address (by IP or by a name that resolves there) is refused when
+    /// loopback is not allowed, even when its host is listed and plain http is allowed for it;
+    /// the listener standing there gets no connection. (An integration test cannot show this: its
+    /// registry is on loopback too, so loopback must be allowed there.)
+    #[tokio::test]
+    async fn a_loopback_realm_is_refused_without_allow_loopback() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let transport = Transport::new(
+            RegistryOptions {
+                auth: RegistryAuth::basic("registry.example.com", "u", "secret"),
+                plain_http_hosts: vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+                auth_hosts: vec![
+                    AuthHost::parse("registry.example.com=127.0.0.1").unwrap(),
+                    AuthHost::parse("registry.example.com=localhost").unwrap(),
+                ],
+                allow_loopback: false,
+                observer: None,
+            },
+            RetryPolicy::default(),
+        );
+        let repo = Repo::parse("registry.example.com/app", "v1", &[]).unwrap();
+        let req = Request {
+            method: Method::GET,
+            repo: &repo,
+            object: RegistryObject::Manifest,
+            reference: "v1",
+            image: "registry.example.com/app:v1",
+            operation: "reading",
+            push: false,
+            accept: None,
+            content_type: None,
+            body: None,
+            limit: 1024,
+            what: "manifest",
+        };
+        for (realm, why) in [
+            (
+                format!("http://127.0.0.1:{port}/token"),
+                "127.0.0.1 is a loopback address",
+            ),
+            (format!("http://localhost:{port}/token"), "localhost resolves only to "),
+        ] {
+            let e = match transport.fetch_token(&req, &realm, None, "repository:app:pull").await {
+                Err(Fail::Fatal(e)) => e,
+                Err(Fail::Retry(m, _)) => panic!("{realm}: retried: {m}"),
+                Ok(_) => panic!("{realm}: a token"),
+            };
+            assert_eq!(e.label(), "RegistryAuthFailed", "{realm}: {e}");
+            assert!(!e.is_transient());
+            let message = e.to_string();
+            assert!(message.contains(why), "{realm}: {message}");
+            assert!(message.contains("--registry-allow-loopback"), "{message}");
+            assert!(!message.contains("secret"), "{message}");
+            let accepted = listener.accept();
+            assert!(
+                matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "{realm}: the listener got a connection: {accepted:?}"
+            );
+        }
     }
 }

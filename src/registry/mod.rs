@@ -16,8 +16,10 @@
 //!
 //! Parsing lives in [`parse`], free of I/O, and is fuzzed (`fuzz/`).
 
+mod address;
 mod auth;
 mod client;
+mod credentials;
 mod error;
 mod index;
 mod observe;
@@ -35,6 +37,7 @@ use crate::api::{IndexMediaType, Platform};
 use crate::provenance::Expected;
 
 pub use auth::{RegistryAuth, is_ecr_host};
+pub use credentials::{AuthFile, AuthHost, Credential, HostCredentials, HostPattern};
 pub use error::RegistryError;
 pub use index::{PlatformImage, build_index, index_media_type, pick_platform_entry};
 pub use observe::{RegistryObject, RequestObserver};
@@ -57,8 +60,13 @@ pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 pub struct RegistryOptions {
     pub auth: RegistryAuth,
     /// Registries (`host:port` as written in the repository, e.g. `127.0.0.1:5000`) to talk plain
-    /// HTTP to instead of HTTPS.
+    /// HTTP to instead of HTTPS (also the only hosts a token realm or redirect may use http for).
     pub plain_http_hosts: Vec<String>,
+    /// Token server hosts a registry may send us to besides its own host.
+    pub auth_hosts: Vec<AuthHost>,
+    /// Contact loopback addresses (127.0.0.0/8, ::1): for a local stack and tests. Link-local and
+    /// metadata addresses are never contacted, whatever this says.
+    pub allow_loopback: bool,
     /// Told about every request (the controller's metrics).
     pub observer: Option<Arc<dyn RequestObserver>>,
 }
