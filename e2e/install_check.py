@@ -414,6 +414,7 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         "controller.namespaces": lambda: env.get("MAB_NAMESPACES", {}).get("value") == ",".join(g("controller.namespaces"))
         and sorted(o["metadata"]["namespace"] for o in by_kind(objs, "Role") if not o["metadata"]["name"].endswith("-leader-election")) == sorted(g("controller.namespaces"))
         and all(r.get("resources") == ["multiarchbuildpolicies"] for o in by_kind(objs, "ClusterRole") for r in o.get("rules", [])),
+        "controller.allowedRegistries": lambda: env.get("MAB_ALLOWED_REGISTRIES", {}).get("value") == ",".join(g("controller.allowedRegistries")),
         "controller.defaultJobDefinition": lambda: env.get("MAB_DEFAULT_JOB_DEFINITION", {}).get("value") == g("controller.defaultJobDefinition"),
         "controller.pollIntervalSeconds": lambda: env.get("MAB_POLL_INTERVAL_SECONDS", {}).get("value") == str(g("controller.pollIntervalSeconds")),
         "controller.concurrency": lambda: env.get("MAB_CONCURRENCY", {}).get("value") == str(g("controller.concurrency")),
