@@ -1068,6 +1068,9 @@ async fn a_registry_that_is_not_allowed_is_never_contacted(env: Arc<Env>) {
     accepting.abort();
 }
 
+/// An edit of a build object, one per policy case.
+type Change = dyn Fn(&mut Value) + Sync;
+
 /// A MultiArchBuildPolicy that selects a namespace refuses each kind of violation with
 /// PolicyViolation before anything is submitted; a compliant build runs, and so does the same
 /// build in a namespace no policy selects.
@@ -1097,12 +1100,12 @@ async fn a_namespace_policy_refuses_what_it_does_not_allow(env: Arc<Env>) {
             },
         }),
     );
-    let build = |namespace: &str, name: &str, change: &(dyn Fn(&mut Value) + Sync)| {
+    let build = |namespace: &str, name: &str, change: &Change| {
         let mut object = good_build(namespace, name, &format!("{prefix}/{name}"));
         change(&mut object);
         create_build(&fake, object)
     };
-    let cases: [(&str, &(dyn Fn(&mut Value) + Sync), &str); 6] = [
+    let cases: [(&str, &Change, &str); 6] = [
         (
             "repo",
             &|o| o["spec"]["output"]["repository"] = format!("{}/team-b/x", env.registry.host).into(),
