@@ -1069,7 +1069,7 @@ async fn a_registry_that_is_not_allowed_is_never_contacted(env: Arc<Env>) {
 }
 
 /// An edit of a build object, one per policy case.
-type Change = dyn Fn(&mut Value) + Sync;
+type Change<'a> = dyn Fn(&mut Value) + Sync + 'a;
 
 /// A MultiArchBuildPolicy that selects a namespace refuses each kind of violation with
 /// PolicyViolation before anything is submitted; a compliant build runs, and so does the same
@@ -1100,12 +1100,12 @@ async fn a_namespace_policy_refuses_what_it_does_not_allow(env: Arc<Env>) {
             },
         }),
     );
-    let build = |namespace: &str, name: &str, change: &Change| {
+    let build = |namespace: &str, name: &str, change: &Change<'_>| {
         let mut object = good_build(namespace, name, &format!("{prefix}/{name}"));
         change(&mut object);
         create_build(&fake, object)
     };
-    let cases: [(&str, &Change, &str); 6] = [
+    let cases: [(&str, &Change<'_>, &str); 6] = [
         (
             "repo",
             &|o| o["spec"]["output"]["repository"] = format!("{}/team-b/x", env.registry.host).into(),
