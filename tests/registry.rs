@@ -27,16 +27,7 @@ use multiarch_operator::registry::{
     RequestObserver, RetryPolicy, ReuseExpectation, sha256_digest,
 };
 use reqwest::{Method, StatusCode};
-use support::{Fault, Front, ImageSpec, Pushed, Pusher, Registry, sha256, skopeo_raw};
-
-macro_rules! registry {
-    () => {
-        match Registry::start() {
-            Some(r) => r,
-            None => return,
-        }
-    };
-}
+use support::{Fault, Front, ImageSpec, Pushed, Pusher, sha256, skopeo_raw};
 
 const AMD64_ARM64: [Platform; 2] = [Platform::LinuxAmd64, Platform::LinuxArm64];
 

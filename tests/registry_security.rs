@@ -42,15 +42,6 @@ use multiarch_operator::registry::{
 use reqwest::{Method, StatusCode};
 use support::{ImageSpec, Pusher, Registry};
 
-macro_rules! registry {
-    () => {
-        match Registry::start() {
-            Some(r) => r,
-            None => return,
-        }
-    };
-}
-
 const AMD64_ARM64: [Platform; 2] = [Platform::LinuxAmd64, Platform::LinuxArm64];
 
 // ---------------------------------------------------------------------------------------------

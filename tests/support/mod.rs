@@ -782,3 +782,15 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// A real registry for the test, or `return` from it (skipped, loudly) when `docker-registry` is
+/// not installed.
+#[macro_export]
+macro_rules! registry {
+    () => {
+        match $crate::support::Registry::start() {
+            Some(r) => r,
+            None => return,
+        }
+    };
+}
