@@ -219,20 +219,7 @@ pub fn parse_token_response(body: &[u8]) -> Option<(String, Duration)> {
 /// or the dual-stack `<account>.dkr-ecr[-fips].<region>.on.aws`). ECR credentials are sent to these
 /// hosts only, never to a registry they do not belong to.
 pub fn is_ecr_host(host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
-    let host = host.split(':').next().unwrap_or_default();
-    let labels: Vec<&str> = host.split('.').collect();
-    let account_ok = labels
-        .first()
-        .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()));
-    let region_ok = |r: &str| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    account_ok
-        && match labels.as_slice() {
-            [_, "dkr", "ecr" | "ecr-fips", region, "amazonaws", "com"]
-            | [_, "dkr", "ecr" | "ecr-fips", region, "amazonaws", "com", "cn"]
-            | [_, "dkr-ecr" | "dkr-ecr-fips", region, "on", "aws"] => region_ok(region),
-            _ => false,
-        }
+    crate::tenancy::EcrHost::parse(host).is_some()
 }
 
 /// An ECR authorization token, ready to send.
