@@ -40,7 +40,7 @@ use multiarch_operator::registry::{
     RegistryOptions, RequestObserver, RetryPolicy, ReuseExpectation,
 };
 use reqwest::{Method, StatusCode};
-use support::{ImageSpec, Pusher, Registry};
+use support::{ImageSpec, Pusher};
 
 const AMD64_ARM64: [Platform; 2] = [Platform::LinuxAmd64, Platform::LinuxArm64];
 
