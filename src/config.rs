@@ -13,9 +13,13 @@ use crate::{
 };
 
 /// The AWS configuration from the usual chain (env, profile, IRSA web identity, instance role).
-/// `AWS_ENDPOINT_URL` points every client at another endpoint (the local stack uses it).
+/// `AWS_ENDPOINT_URL` points every client at another endpoint (the local stack uses it). In a
+/// `fips` build every AWS connection, the credential providers' included, is on the FIPS module.
 pub async fn aws() -> Result<SdkConfig, String> {
-    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let loader = aws_config::defaults(BehaviorVersion::latest());
+    #[cfg(feature = "fips")]
+    let loader = loader.http_client(crate::crypto::aws_http_client());
+    let config = loader.load().await;
     if config.region().is_none() {
         return Err("no AWS region: set AWS_REGION (or a profile with a region)".into());
     }

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod crypto;
 pub mod engine;
 pub mod oneshot;
 pub mod plan;

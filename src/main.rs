@@ -7,16 +7,17 @@ use clap::Parser;
 use multiarch_operator::{
     api,
     cli::{Cli, Command, LogFormat},
-    controller,
+    controller, crypto,
     oneshot::{self, Outcome},
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // kube (ring) and the AWS SDK (aws-lc-rs) each bring a rustls crypto provider; with two,
-    // rustls cannot pick one by itself for the Kubernetes client. Take ring for the process (the
-    // SDK's own client sets its provider explicitly). An error means one is already installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Before any client exists (see crypto::install); a FIPS build that is not stops here.
+    if let Err(message) = crypto::install() {
+        eprintln!("multiarch-operator: {message}");
+        return ExitCode::FAILURE;
+    }
     // `build` shows its own progress lines: only warnings from the log by default.
     let default_level = match cli.command {
         Command::Build(_) => "warn",
@@ -36,7 +37,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Crd => out(&api::crd_yaml().map_err(|e| format!("cannot render the CRD: {e}"))?),
-        Command::Version => out(&format!("multiarch-operator {}\n", env!("CARGO_PKG_VERSION"))),
+        Command::Version => out(&format!(
+            "multiarch-operator {}\ncrypto: {}\n",
+            env!("CARGO_PKG_VERSION"),
+            crypto::NAME
+        )),
         Command::Build(args) => match runtime()?.block_on(oneshot::run(&args))? {
             Outcome::Succeeded(image) => out(&format!("{image}\n")),
             Outcome::DryRun(requests) => out(&requests),

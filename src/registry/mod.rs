@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
-use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::api::{IndexMediaType, Platform};
@@ -137,7 +136,7 @@ struct Fetched {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
+    let hash = crate::crypto::sha256(bytes);
     let mut out = String::with_capacity(71);
     out.push_str("sha256:");
     for b in hash {
