@@ -5,12 +5,18 @@
 //! - the AWS SDK builds its own rustls config, from the provider its HTTP client names, so
 //!   [`aws_http_client`] names the FIPS one (the SDK's default names plain aws-lc-rs).
 
-/// What `version` prints after `crypto: `.
-#[cfg(not(feature = "fips"))]
-pub const NAME: &str = "ring";
-/// What `version` prints after `crypto: `.
-#[cfg(feature = "fips")]
-pub const NAME: &str = "aws-lc-rs (FIPS)";
+/// What `version` prints after `crypto: `: `ring`, or `aws-lc-rs (FIPS), AWS-LC FIPS 4.2.0` with
+/// the version the linked module reports.
+pub fn describe() -> String {
+    #[cfg(not(feature = "fips"))]
+    {
+        "ring".into()
+    }
+    #[cfg(feature = "fips")]
+    {
+        format!("aws-lc-rs (FIPS), AWS-LC FIPS {}", aws_lc_rs::awslc_version())
+    }
+}
 
 /// Installs the process-wide rustls provider; first thing in `main`, before any client exists.
 /// With `fips`, an error unless the provider in force is FIPS: every cipher suite, key exchange,
@@ -77,6 +83,28 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests {
+    /// What `main` does first. In a `fips` build this runs the module for real: its self tests
+    /// and integrity check (`make fips-check`).
+    #[test]
+    fn the_provider_installs_and_is_the_one_version_names() {
+        assert_eq!(super::install(), Ok(()));
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("a provider is installed");
+        #[cfg(feature = "fips")]
+        {
+            assert!(provider.fips());
+            assert!(
+                super::describe().starts_with("aws-lc-rs (FIPS), AWS-LC FIPS "),
+                "{}",
+                super::describe()
+            );
+        }
+        #[cfg(not(feature = "fips"))]
+        {
+            assert!(!provider.fips());
+            assert_eq!(super::describe(), "ring");
+        }
+    }
+
     #[test]
     fn sha256_of_abc() {
         let hex: String = super::sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();

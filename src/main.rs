@@ -40,7 +40,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Version => out(&format!(
             "multiarch-operator {}\ncrypto: {}\n",
             env!("CARGO_PKG_VERSION"),
-            crypto::NAME
+            crypto::describe()
         )),
         Command::Build(args) => match runtime()?.block_on(oneshot::run(&args))? {
             Outcome::Succeeded(image) => out(&format!("{image}\n")),
