@@ -2,8 +2,8 @@
 //! FIPS 140-3 module (aws-lc-fips-sys), for the three clients:
 //! - the Kubernetes client (kube) and the registry client (reqwest) take rustls's process-wide
 //!   provider, which [`install`] sets;
-//! - the AWS SDK builds its own rustls config, from the provider its HTTP client names, so
-//!   [`aws_http_client`] names the FIPS one (the SDK's default names plain aws-lc-rs).
+//! - the AWS SDK builds its own rustls config, from the provider its HTTP client names (not the
+//!   process-wide one), so [`aws_http_client`] names the FIPS one.
 
 /// What `version` prints after `crypto: `: `ring`, or `aws-lc-rs (FIPS), AWS-LC FIPS 4.2.0` with
 /// the version the linked module reports.

@@ -12,12 +12,13 @@ use multiarch_operator::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Before any client exists (see crypto::install); a FIPS build that is not stops here.
+    // Before anything else (see crypto::install): a FIPS build that is not stops here, even
+    // before `--help`.
     if let Err(message) = crypto::install() {
         eprintln!("multiarch-operator: {message}");
         return ExitCode::FAILURE;
     }
+    let cli = Cli::parse();
     // `build` shows its own progress lines: only warnings from the log by default.
     let default_level = match cli.command {
         Command::Build(_) => "warn",
