@@ -92,7 +92,12 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
         match status.phase {
             Some(Phase::Succeeded) => return Ok(Outcome::Succeeded(status.image.unwrap_or_default())),
             Some(Phase::Failed | Phase::Cancelled) => return Ok(Outcome::Failed(status.message.unwrap_or_default())),
-            _ if !args.wait && !interrupted && status.platforms.iter().all(|p| p.job_id.is_some()) => {
+            // Every platform has its job (an empty status means the first step failed: nothing was).
+            _ if !args.wait
+                && !interrupted
+                && !status.platforms.is_empty()
+                && status.platforms.iter().all(|p| p.job_id.is_some()) =>
+            {
                 progress.note("submitted; run the same command with --wait to follow the build to its end");
                 return Ok(Outcome::Submitted);
             }
