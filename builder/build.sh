@@ -37,7 +37,9 @@
 # The resolved commit must be a full 40-hex SHA; when MAB_GIT_REVISION is itself a full
 # 40-hex SHA, the resolved commit must be that SHA (compared in lowercase).
 #
-# Output: progress lines "[mab] ..." and the git/docker output on stdout/stderr; on success
+# Output: progress lines "[mab] ..." and the git/docker output on stdout/stderr, among them
+# which fetch path was taken (depth-1 fetch by SHA, blobless partial clone, full clone) and
+# "[mab] clone took Ns (path: ...)", "[mab] build took Ns", "[mab] push took Ns"; on success
 # the LAST TWO lines on stdout are, in this order, with nothing after them on stdout or stderr:
 #   commit: <40 lowercase hex>        the commit that was built (the revision label)
 #   digest: sha256:<64 hex>           the pushed manifest digest
@@ -324,7 +326,7 @@ done
 unset IFS
 
 # ---------------------------------------------------------------- environment checks
-for _cmd in git docker tr sed grep cut tail mktemp mkfifo tee uname dirname; do
+for _cmd in git docker tr sed grep cut tail mktemp mkfifo tee uname dirname date; do
     command -v "$_cmd" >/dev/null 2>&1 || die_env "required command '$_cmd' not found in PATH"
 done
 if [ -n "$MAB_GIT_CREDENTIALS_SECRET_ARN" ] || [ "$MAB_REGISTRY_AUTH" = ecr ]; then
@@ -484,44 +486,196 @@ if [ -n "$MAB_GIT_CREDENTIALS_SECRET_ARN" ]; then
     auth_key="http.https://$_hostport/.extraHeader"
 fi
 
-# --- clone and check out the revision
+# --- fetch the revision (only what the build needs) and check it out
+# 1. Resolve MAB_GIT_REVISION with `git ls-remote` (branch, then tag, peeled; else a full SHA
+#    is itself), without cloning anything.
+# 2. Path "depth-1": fetch exactly that commit at depth 1 (`git fetch --depth 1 origin <sha>`).
+#    Servers may refuse a want of an unadvertised SHA (protocol v0 without
+#    uploadpack.allowReachableSHA1InWant, dumb http) or shallow fetches:
+# 3. path "blobless": a blobless partial clone (--filter=blob:none) of that branch or tag (all
+#    branches and tags when the revision is a commit SHA); blobs come at checkout;
+# 4. path "full": the full clone of that branch or tag (all branches and tags for a SHA).
+# Each path starts from an empty repository. Which path was taken is logged.
 src="$work/src"
+tab=$(printf '\t')
 step='cloning the repository'
-log "cloning $MAB_GIT_URL"
-if ! run_step "$work/clone.log" git_run clone --no-checkout -- "$MAB_GIT_URL" "$src"; then
-    die "git clone of $MAB_GIT_URL failed: $(last_line "$work/clone.log")"
-fi
-cd "$src" || die "cannot enter the clone directory"
+clone_start=$(date +%s)
+log "fetching $MAB_GIT_URL"
 
+# fresh_repo: an empty repository in $src with the remote origin, and cd into it.
+fresh_repo() {
+    cd "$work" || die "cannot enter $work"
+    rm -rf "$src"
+    git -c init.defaultBranch=mab init --quiet -- "$src" >"$work/init.log" 2>&1 ||
+        die "git init of the clone directory failed: $(last_line "$work/init.log")"
+    cd "$src" || die "cannot enter the clone directory"
+    git remote add origin "$MAB_GIT_URL" >"$work/remote.log" 2>&1 ||
+        die "git remote add of $MAB_GIT_URL failed: $(last_line "$work/remote.log")"
+}
+
+# run_capture OUT ERR CMD ARGS...: like run_step, but stdout and stderr go to files only.
+run_capture() {
+    _out=$1
+    _err=$2
+    shift 2
+    "$@" >"$_out" 2>"$_err" &
+    child=$!
+    wait "$child"
+    _rc=$?
+    child=''
+    return "$_rc"
+}
+
+fresh_repo
 step='resolving the revision'
 rev=$MAB_GIT_REVISION
+if ! run_capture "$work/ls-remote.out" "$work/ls-remote.err" \
+    git_run ls-remote origin "refs/heads/$rev" "refs/tags/$rev" "refs/tags/$rev^{}"; then
+    cat "$work/ls-remote.err"
+    die "git clone of $MAB_GIT_URL failed: $(last_line "$work/ls-remote.err")"
+fi
+ls_branch=''
+ls_tag=''
+ls_peeled=''
+while IFS=$tab read -r _sha _ref; do
+    case $_ref in
+        "refs/heads/$rev") ls_branch=$_sha ;;
+        "refs/tags/$rev") ls_tag=$_sha ;;
+        "refs/tags/$rev^{}") ls_peeled=$_sha ;;
+    esac
+done <"$work/ls-remote.out"
 commit=''
-for _ref in "refs/remotes/origin/$rev" "refs/tags/$rev"; do
-    if commit=$(git rev-parse --verify --quiet "$_ref^{commit}" 2>/dev/null) && [ -n "$commit" ]; then
-        break
+rev_kind=''
+if [ -n "$ls_branch" ]; then
+    commit=$ls_branch
+    rev_kind=branch
+    set -- "+refs/heads/$rev:refs/remotes/origin/$rev"
+elif [ -n "$ls_tag" ]; then
+    commit=${ls_peeled:-$ls_tag}
+    rev_kind=tag
+    set -- "+refs/tags/$rev:refs/tags/$rev"
+else
+    if matches '^[0-9a-fA-F]{40}$' "$rev"; then
+        commit=$(printf '%s\n' "$rev" | tr 'A-F' 'a-f')
+        rev_kind=commit
+    elif matches '^[0-9a-fA-F]{4,39}$' "$rev"; then
+        rev_kind=abbrev
+    else
+        die "git revision '$rev' not found in $MAB_GIT_URL (no such branch, tag or commit)"
     fi
-    commit=''
-done
-if [ -z "$commit" ] && matches '^[0-9a-fA-F]{4,40}$' "$rev"; then
-    commit=$(git rev-parse --verify --quiet "$rev^{commit}" 2>/dev/null) || commit=''
-    if [ -z "$commit" ] && matches '^[0-9a-fA-F]{40}$' "$rev"; then
-        # a commit not reachable from any branch or tag (e.g. a pull request head)
-        log "commit $rev is not on a branch or tag; fetching it"
-        if run_step "$work/fetch.log" git_run fetch --quiet origin "$rev"; then
-            commit=$(git rev-parse --verify --quiet 'FETCH_HEAD^{commit}' 2>/dev/null) || commit=''
+    set -- '+refs/heads/*:refs/remotes/origin/*' '+refs/tags/*:refs/tags/*'
+fi
+# the refspecs of the fallback paths: this branch or tag, else every branch and tag
+fetch_refs_n=$#
+fetch_ref_1=$1
+fetch_ref_2=${2:-}
+what="$rev_kind $rev"
+[ "$fetch_refs_n" -eq 1 ] || what='all branches and tags'
+
+# check_commit: a found commit is a full 40-hex SHA, and a full-SHA revision is itself.
+check_commit() {
+    matches '^[0-9a-f]{40}$' "$commit" ||
+        die "git revision '$rev' resolved to '$commit', which is not a full 40-hex commit SHA (a SHA-256 repository?)"
+    if matches '^[0-9a-fA-F]{40}$' "$rev"; then
+        _want=$(printf '%s\n' "$rev" | tr 'A-F' 'a-f')
+        [ "$commit" = "$_want" ] ||
+            die "MAB_GIT_REVISION is the commit SHA $_want but it resolved to commit $commit (a branch or tag with that name?)"
+    fi
+}
+if [ "$rev_kind" = commit ]; then
+    check_commit
+    log "revision $rev is a full commit SHA (no branch or tag has that name)"
+elif [ -n "$commit" ]; then
+    check_commit
+    log "revision $rev is $rev_kind $rev at commit $commit (git ls-remote)"
+fi
+
+# has_commit SHA: the commit is in the local repository
+has_commit() {
+    git rev-parse --verify --quiet "$1^{commit}" >/dev/null 2>&1
+}
+
+# fetch_history NAME [FETCH-OPTIONS...]: fetch the branch/tag (or all) into a fresh repository;
+# returns 1 if the fetch failed (try the next path); dies if it worked but the revision is not
+# there.
+fetch_history() {
+    _name=$1
+    shift
+    fresh_repo
+    if [ "$fetch_refs_n" -eq 1 ]; then
+        run_step "$work/fetch-$_name.log" git_run fetch --no-tags "$@" origin "$fetch_ref_1" || return 1
+    else
+        run_step "$work/fetch-$_name.log" git_run fetch --no-tags "$@" origin "$fetch_ref_1" "$fetch_ref_2" || return 1
+    fi
+    if [ -n "$commit" ]; then
+        has_commit "$commit" && return 0
+        if [ "$rev_kind" = commit ]; then
+            # a commit not reachable from any branch or tag (e.g. a pull request head)
+            log "commit $commit is not on a branch or tag; fetching it"
+            if run_step "$work/fetch-$_name-sha.log" git_run fetch --no-tags "$@" origin "$commit" &&
+                has_commit "$commit"; then
+                return 0
+            fi
+        fi
+    else
+        # an abbreviated SHA: only the history can resolve it
+        commit=$(git rev-parse --verify --quiet "$rev^{commit}" 2>/dev/null) || commit=''
+        if [ -n "$commit" ]; then
+            check_commit
+            return 0
         fi
     fi
+    die "git revision '$rev' not found in $MAB_GIT_URL (no such branch, tag or commit)"
+}
+
+clone_path=''
+if [ -n "$commit" ]; then
+    log "fetching commit $commit at depth 1"
+    if run_step "$work/fetch-depth1.log" git_run fetch --depth 1 --no-tags origin "$commit" &&
+        has_commit "$commit"; then
+        clone_path='depth-1 fetch by SHA'
+        log "fetched commit $commit at depth 1 (fetch by SHA)"
+    else
+        log "the server did not serve commit $commit at depth 1 (fetch by SHA refused?): $(last_line "$work/fetch-depth1.log"); falling back to a blobless partial clone"
+    fi
+else
+    log "revision $rev is not a branch or tag: an abbreviated SHA needs the history, not fetching by SHA"
 fi
-[ -n "$commit" ] || die "git revision '$rev' not found in $MAB_GIT_URL (no such branch, tag or commit)"
-matches '^[0-9a-f]{40}$' "$commit" ||
-    die "git revision '$rev' resolved to '$commit', which is not a full 40-hex commit SHA (a SHA-256 repository?)"
-if matches '^[0-9a-fA-F]{40}$' "$rev"; then
-    _want=$(printf '%s\n' "$rev" | tr 'A-F' 'a-f')
-    [ "$commit" = "$_want" ] ||
-        die "MAB_GIT_REVISION is the commit SHA $_want but it resolved to commit $commit (a branch or tag with that name?)"
+# checkout LOGNAME: check out $commit, through git_run: a partial clone fetches the blobs it
+# needs here (by SHA: a server that refuses fetch by SHA refuses these too)
+checkout() {
+    step='checking out the revision'
+    run_step "$work/$1.log" git_run -c advice.detachedHead=false checkout --quiet --detach "$commit"
+}
+if [ -z "$clone_path" ] && [ -f "$work/fetch-depth1.log" ] &&
+    grep -q 'dumb http transport' "$work/fetch-depth1.log"; then
+    # the dumb protocol has no filter (and git's lazy fetches over it recurse): go to the full clone
+    log "the server speaks the dumb http protocol: no partial clone; falling back to a full clone of $what"
+elif [ -z "$clone_path" ]; then
+    log "fetching $what as a blobless partial clone (--filter=blob:none)"
+    # GIT_NO_LAZY_FETCH (git >= 2.45): the fetch itself must not fetch missing objects one by one
+    GIT_NO_LAZY_FETCH=1
+    export GIT_NO_LAZY_FETCH
+    _ok=yes
+    fetch_history blobless --filter=blob:none || _ok=no
+    unset GIT_NO_LAZY_FETCH
+    if [ "$_ok" = no ]; then
+        log "the blobless partial clone failed: $(last_line "$work/fetch-blobless.log"); falling back to a full clone of $what"
+    elif ! checkout checkout-blobless; then
+        log "the checkout of the blobless partial clone failed (missing blobs not served by SHA?): $(last_line "$work/checkout-blobless.log"); falling back to a full clone of $what"
+    else
+        clone_path='blobless partial clone'
+        log "fetched $what as a blobless partial clone (fallback)"
+    fi
 fi
-step='checking out the revision'
-if ! run_step "$work/checkout.log" git -c advice.detachedHead=false checkout --quiet --detach "$commit"; then
+if [ -z "$clone_path" ]; then
+    step='cloning the repository'
+    fetch_history full || die "git clone of $MAB_GIT_URL failed: $(last_line "$work/fetch-full.log")"
+    clone_path='full clone'
+    log "fetched $what in full (full clone fallback)"
+fi
+check_commit
+if [ "$clone_path" != 'blobless partial clone' ] && ! checkout checkout; then
     die "git checkout of $commit failed: $(last_line "$work/checkout.log")"
 fi
 log "revision $rev is commit $commit"
@@ -532,6 +686,8 @@ if [ -f .gitmodules ]; then
         die "git submodule update failed: $(last_line "$work/submodules.log")"
     fi
 fi
+clone_secs=$(($(date +%s) - clone_start))
+log "clone took ${clone_secs}s (path: $clone_path)"
 # The token is not needed any more: drop it before anything else runs.
 auth_header=''
 auth_key=''
@@ -605,6 +761,7 @@ done
 unset IFS
 set -- "$@" "$ctx"
 log "docker $1 for $MAB_PLATFORM"
+build_start=$(date +%s)
 if ! run_step "$work/build.log" docker "$@"; then
     die "docker build failed for $MAB_PLATFORM: $(last_line "$work/build.log")"
 fi
@@ -622,9 +779,12 @@ if [ -n "$plat_variant" ]; then
         die "the built image is $built/$built_variant, not $MAB_PLATFORM"
     fi
 fi
+build_secs=$(($(date +%s) - build_start))
+log "build took ${build_secs}s"
 
 # --- push (retried: registries have transient failures)
 step="pushing $MAB_IMAGE"
+push_start=$(date +%s)
 _try=1
 while :; do
     log "pushing $MAB_IMAGE (attempt $_try)"
@@ -652,5 +812,8 @@ fi
 # Untag locally (the pushed image is in the registry; keep the Batch host's disk tidy).
 docker image rm "$MAB_IMAGE" >/dev/null 2>&1 || true
 log "pushed $image_repo@$digest"
+push_secs=$(($(date +%s) - push_start))
+log "push took ${push_secs}s"
+log "times: clone ${clone_secs}s ($clone_path), build ${build_secs}s, push ${push_secs}s"
 # The last two stdout lines, read by the controller from the job's log: keep them last.
 printf 'commit: %s\ndigest: %s\n' "$commit" "$digest"

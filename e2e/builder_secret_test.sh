@@ -3,9 +3,10 @@
 #
 # Runs builder/build.sh on this host (no Batch, no Docker engine) with:
 #   - a fake `aws` that returns the token ghp_FAKE_SECRET_123 for the secret,
-#   - a local HTTPS git server (Python, self-signed, loopback) that serves a bare repo over
-#     git's dumb http protocol ONLY to requests carrying the right Authorization header and
-#     records every request,
+#   - a local HTTPS git server (Python, self-signed, loopback) that serves bare repos ONLY to
+#     requests carrying the right Authorization header and records every request: smart http
+#     (git http-backend, protocol v2), /v0/... smart http restricted to protocol v0 (refuses a
+#     want of an unadvertised SHA), /dumb/... the dumb http protocol,
 #   - a fake `docker` that records its argv and environment,
 #   - a `git` wrapper that records its argv, and strace -f -e trace=execve (if installed)
 #     that records the argv of every process build.sh starts.
@@ -13,7 +14,8 @@
 # environment, not in any error message - and that the git server did receive the header.
 # It also checks the output contract (the last two stdout lines are "commit: <40 hex>" then
 # "digest: sha256:<64 hex>"), the image labels passed to `docker build` (revision, source,
-# build uid, input hash), and how a full-SHA MAB_GIT_REVISION is resolved.
+# build uid, input hash), how a full-SHA MAB_GIT_REVISION is resolved, which fetch path is
+# taken (depth-1 fetch by SHA, blobless partial clone, full clone) and the timing lines.
 # Needs: bash, git, python3, openssl; strace optional. Prints "N passed, M failed".
 set -u
 
@@ -74,7 +76,11 @@ export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
         echo hello >hello.txt &&
         git add -A &&
         git -c user.name=t -c user.email=t@example.invalid -c commit.gpgsign=false commit -q -m init &&
+        echo hello again >>hello.txt &&
+        git -c user.name=t -c user.email=t@example.invalid -c commit.gpgsign=false tag -a -m v1 v1 HEAD &&
+        git -c user.name=t -c user.email=t@example.invalid -c commit.gpgsign=false commit -q -a -m second &&
         git clone -q --bare . "$T/srv/repo.git" &&
+        git -C "$T/srv/repo.git" config uploadpack.allowFilter true &&
         git -C "$T/srv/repo.git" update-server-info
 ) || {
     echo "builder_secret_test: could not create the test repository" >&2
@@ -86,6 +92,9 @@ MAIN_SHA=$(git -C "$T/srv/repo.git" rev-parse --verify 'refs/heads/main^{commit}
     echo "builder_secret_test: cannot read the test repository's main ('$MAIN_SHA')" >&2
     exit 2
 }
+# the commit before it: on main, but not a branch's tip (a protocol v0 server without
+# uploadpack.allowReachableSHA1InWant refuses to serve it by SHA)
+FIRST_SHA=$(git -C "$T/srv/repo.git" rev-parse --verify 'refs/heads/main~1^{commit}')
 # shabranch.git: like repo.git, plus a branch NAMED $MAIN_SHA that points at another commit
 # (so MAB_GIT_REVISION=$MAIN_SHA resolves, as a branch, to $OTHER_SHA)
 (
@@ -126,37 +135,95 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
 
 # ------------------------------------------------------------------ the HTTPS git server
 cat >"$T/server.py" <<'EOF'
-import base64, http.server, json, os, ssl, sys, urllib.parse
+# Serves the bare repositories under ROOT over HTTPS, only to requests with the right
+# Authorization header, and records every request. URL path prefixes choose the protocol:
+#   /<repo>.git/...       smart http (git http-backend), protocol v2 when the client asks:
+#                         fetch by SHA and shallow fetches are allowed
+#   /v0/<repo>.git/...    smart http, protocol v0 only (the Git-Protocol header is dropped):
+#                         a want of an unadvertised SHA is refused ("not our ref")
+#   /dumb/<repo>.git/...  the dumb http protocol (static files): no shallow, no filter
+import base64, http.server, json, os, ssl, subprocess, sys, urllib.parse
 root, expected_token, log_path, port_file, cert, key = sys.argv[1:7]
 expected = "Basic " + base64.b64encode(f"x-access-token:{expected_token}".encode()).decode()
 
 class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
-    def do_GET(self):
+    def empty(self, code):
+        self.send_response(code)
+        if code == 401:
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                n = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if n == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(n)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def handle_any(self, method):
         auth = self.headers.get("Authorization")
         with open(log_path, "a") as f:
-            f.write(json.dumps({"path": self.path, "authorization": auth,
+            f.write(json.dumps({"method": method, "path": self.path, "authorization": auth,
                                 "headers": dict(self.headers.items())}) + "\n")
+        data = self.body() if method == "POST" else b""
         if auth != expected:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="test"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        rel = urllib.parse.urlparse(self.path).path.lstrip("/")
+            return self.empty(401)
+        u = urllib.parse.urlparse(self.path)
+        rel = u.path.lstrip("/")
+        mode = "smart"
+        for m in ("dumb", "v0"):
+            if rel.startswith(m + "/"):
+                mode, rel = m, rel[len(m) + 1:]
         p = os.path.realpath(os.path.join(root, rel))
-        if not p.startswith(os.path.realpath(root) + os.sep) or not os.path.isfile(p):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
+        if not p.startswith(os.path.realpath(root) + os.sep):
+            return self.empty(404)
+        if mode == "dumb":
+            if method != "GET" or not os.path.isfile(p):
+                return self.empty(404)
+            out = open(p, "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(out)))
             self.end_headers()
+            self.wfile.write(out)
             return
-        data = open(p, "rb").read()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
+        env = {"PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": root, "GIT_HTTP_EXPORT_ALL": "1",
+               "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+               "REQUEST_METHOD": method, "PATH_INFO": "/" + rel, "QUERY_STRING": u.query,
+               "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+               "CONTENT_LENGTH": str(len(data)), "REMOTE_ADDR": "127.0.0.1"}
+        if self.headers.get("Content-Encoding"):
+            env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
+        if mode == "smart" and self.headers.get("Git-Protocol"):
+            env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
+        r = subprocess.run(["git", "http-backend"], input=data, env=env, capture_output=True)
+        head, _, out = r.stdout.partition(b"\r\n\r\n")
+        if not _:
+            head, _, out = r.stdout.partition(b"\n\n")
+        status, headers = 200, []
+        for line in head.decode("latin-1").splitlines():
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(out)))
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(out)
+    def do_GET(self):
+        self.handle_any("GET")
+    def do_POST(self):
+        self.handle_any("POST")
 
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -322,6 +389,34 @@ label() {
     fi
 }
 
+# in_log NAME PATTERN: a stdout line matches PATTERN (a shell glob: only * is special here)
+in_log() {
+    local n=$1 want=$2 line
+    while IFS= read -r line; do
+        # shellcheck disable=SC2053 # PATTERN is a glob on purpose
+        if [[ $line == ${want//[/\\[} ]]; then
+            ok "$n: stdout has '$want'"
+            return
+        fi
+    done <"$T/$n.out"
+    not_ok "$n: stdout has '$want'" "$(grep '^\[mab\]' "$T/$n.out" | tail -n 12)"
+}
+
+# timing NAME: "[mab] clone took Ns (path: ...)", "build took Ns", "push took Ns" in this order,
+# all before the last two stdout lines
+timing() {
+    local n=$1 body
+    body=$(head -n -2 "$T/$n.out" | grep -E '^\[mab\] (clone|build|push) took [0-9]+s( \(path: [A-Za-z0-9 -]+\))?$' |
+        sed -E 's/^\[mab\] ([a-z]+) took.*/\1/' | tr '\n' ' ')
+    if [ "$body" = "clone build push " ] && tail -n 2 "$T/$n.out" | grep -q '^commit: ' &&
+        grep -qE '^\[mab\] times: clone [0-9]+s \(.+\), build [0-9]+s, push [0-9]+s$' "$T/$n.out"; then
+        ok "$n: 'clone/build/push took Ns' lines (and the times summary) come before the last two lines"
+    else
+        not_ok "$n: 'clone/build/push took Ns' lines come before the last two lines" "got: $body" \
+            "$(tail -n 5 "$T/$n.out")"
+    fi
+}
+
 # ================================================================== 0. control
 # the argv check must be able to see a token that IS in an argv
 if [ -n "$STRACE" ]; then
@@ -365,7 +460,15 @@ no_secret "good: the token is in no argv of git, docker or aws (shims)" "$T/git-
 no_secret "good: the token is not in docker's environment" "$T/docker-env.log"
 check "good: the http header env (GIT_CONFIG_VALUE_0) does not reach docker" \
     bash -c "! grep -qE '^GIT_CONFIG_(COUNT|KEY_|VALUE_)' '$T/docker-env.log'"
-check "good: git was called (shim saw a clone)" grep -q '^clone ' "$T/git-argv.log"
+check "good: git fetched the commit by SHA at depth 1 (shim)" \
+    grep -qxF "fetch --depth 1 --no-tags origin $MAIN_SHA" "$T/git-argv.log"
+check "good: git fetched nothing else (every fetch was at depth 1, no clone)" \
+    bash -c "! grep -e '^fetch ' -e '^clone ' '$T/git-argv.log' | grep -qv -e '^fetch --depth 1 '"
+in_log good "[mab] fetched commit $MAIN_SHA at depth 1 (fetch by SHA)"
+in_log good "[mab] clone took *s (path: depth-1 fetch by SHA)"
+timing good
+check "good: the server spoke smart http (POST git-upload-pack)" \
+    grep -q '"method": "POST", "path": "/repo.git/git-upload-pack"' "$T/requests.log"
 
 # ================================================================== 2. clone of a missing repo
 run_build missing "MAB_GIT_URL=https://127.0.0.1:$PORT/no-such-repo.git"
@@ -418,7 +521,49 @@ last_two otherbranch "$OTHER_SHA"
 label otherbranch org.opencontainers.image.revision "$OTHER_SHA"
 label otherbranch org.opencontainers.image.source "https://127.0.0.1:$PORT/shabranch.git"
 
-# ================================================================== 8. a SHA-256 repository
+# ================================================================== 8. fallbacks
+# protocol v0 without uploadpack.allowReachableSHA1InWant: the server refuses a want of a
+# commit that is no ref's tip, so the depth-1 fetch by SHA fails -> blobless partial clone
+start_server "$PAT"
+run_build refused "MAB_GIT_URL=https://127.0.0.1:$PORT/v0/repo.git" "MAB_GIT_REVISION=$FIRST_SHA"
+last_two refused "$FIRST_SHA"
+label refused org.opencontainers.image.revision "$FIRST_SHA"
+label refused org.opencontainers.image.source "https://127.0.0.1:$PORT/v0/repo.git"
+in_log refused "[mab] fetching commit $FIRST_SHA at depth 1"
+in_log refused "[mab] the server did not serve commit $FIRST_SHA at depth 1 *"
+in_log refused "[mab] the checkout of the blobless partial clone failed *"
+in_log refused "[mab] fetched all branches and tags in full (full clone fallback)"
+in_log refused "[mab] clone took *s (path: full clone)"
+check "refused: the depth-1 fetch was tried first, then the blobless fetch (shim)" \
+    bash -c "grep -nxF 'fetch --depth 1 --no-tags origin $FIRST_SHA' '$T/git-argv.log' | cut -d: -f1 >'$T/a' &&
+        grep -nF 'fetch --no-tags --filter=blob:none origin' '$T/git-argv.log' | cut -d: -f1 >'$T/b' &&
+        [ \"\$(cat '$T/a')\" -lt \"\$(head -n 1 '$T/b')\" ]"
+timing refused
+no_secret "refused: the token is in no output or argv" "$T/refused.out" "$T/refused.err" "$T/refused.strace" "$T/git-argv.log"
+# the same server serves a branch by its tip's SHA at depth 1 (the tip is advertised)
+run_build v0branch "MAB_GIT_URL=https://127.0.0.1:$PORT/v0/repo.git" "MAB_GIT_REVISION=main"
+last_two v0branch "$MAIN_SHA"
+in_log v0branch "[mab] fetched commit $MAIN_SHA at depth 1 (fetch by SHA)"
+# the dumb http protocol: no shallow fetch and no filter -> a full clone of the branch
+run_build dumb "MAB_GIT_URL=https://127.0.0.1:$PORT/dumb/repo.git" "MAB_GIT_REVISION=main"
+last_two dumb "$MAIN_SHA"
+label dumb org.opencontainers.image.revision "$MAIN_SHA"
+in_log dumb "[mab] the server did not serve commit $MAIN_SHA at depth 1 *"
+in_log dumb "[mab] the server speaks the dumb http protocol: no partial clone; falling back to a full clone of branch main"
+in_log dumb "[mab] clone took *s (path: full clone)"
+timing dumb
+no_secret "dumb: the token is in no output or argv" "$T/dumb.out" "$T/dumb.err" "$T/dumb.strace" "$T/git-argv.log"
+# an abbreviated SHA needs the history: no fetch by SHA, a blobless partial clone
+run_build abbrev "MAB_GIT_REVISION=${FIRST_SHA:0:10}"
+last_two abbrev "$FIRST_SHA"
+in_log abbrev "[mab] fetched all branches and tags as a blobless partial clone (fallback)"
+check "abbrev: no fetch by SHA was tried (shim)" bash -c "! grep -q -e '--depth' '$T/git-argv.log'"
+# a tag (annotated: its peeled commit is fetched)
+run_build tag "MAB_GIT_REVISION=v1"
+last_two tag "$FIRST_SHA"
+in_log tag "[mab] fetched commit $FIRST_SHA at depth 1 (fetch by SHA)"
+
+# ================================================================== 9. a SHA-256 repository
 if [ "$SHA256_REPO" = yes ]; then
     run_build sha256 "MAB_GIT_URL=https://127.0.0.1:$PORT/sha256.git"
     check "SHA-256 repository: exit 1" test "$(cat "$T/sha256.rc")" -eq 1
