@@ -69,7 +69,7 @@ impl Decision<'_, '_> {
 
     /// Look again at `at` at the latest.
     fn wake(&mut self, at: Timestamp) {
-        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        earliest(&mut self.wake_at, at);
     }
 
     /// Ends the build (terminating what still runs) with `why` and `message`.
@@ -208,7 +208,7 @@ impl Decision<'_, '_> {
             };
             let grace_over = since + SignedDuration::from_secs(MISSING_JOB_GRACE_SECONDS);
             if now < grace_over {
-                self.wake_at = Some(self.wake_at.map_or(grace_over, |w| w.min(grace_over)));
+                earliest(&mut self.wake_at, grace_over);
                 continue;
             }
             entry.state = Some(JobState::Lost.as_str().into());
@@ -263,7 +263,7 @@ impl Decision<'_, '_> {
             let give_up = stopped + SignedDuration::from_secs(RESULT_LOG_GRACE_SECONDS);
             if now < give_up {
                 let again = give_up.min(now + SignedDuration::from_secs(RESULT_LOG_RETRY_SECONDS));
-                self.wake_at = Some(self.wake_at.map_or(again, |w| w.min(again)));
+                earliest(&mut self.wake_at, again);
                 continue;
             }
             failure = Some(format!(
@@ -415,6 +415,12 @@ impl Decision<'_, '_> {
             self.wake(now + SignedDuration::from_secs(self.input.spec.timeout_seconds));
         }
     }
+}
+
+/// Makes `wake_at` the earlier of itself and `at` (for loops over the status, where
+/// [`Decision::wake`] cannot borrow the whole decision).
+fn earliest(wake_at: &mut Option<Timestamp>, at: Timestamp) {
+    *wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
 }
 
 /// The previous status with one entry per requested platform (spec order) and this step's job
