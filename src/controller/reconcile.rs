@@ -515,8 +515,7 @@ async fn cleanup(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error>
     let status = build.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let deleted = build.metadata.deletion_timestamp.as_ref().map_or(now, |t| t.0);
-    let grace = SignedDuration::try_from(ctx.config.cleanup_grace).unwrap_or(SignedDuration::MAX);
-    let deadline = deleted.checked_add(grace).unwrap_or(Timestamp::MAX);
+    let deadline = cleanup_deadline(deleted, ctx);
     let budget = Duration::try_from(now.duration_until(deadline))
         .unwrap_or_default()
         .max(MIN_CLEANUP_ATTEMPT);
@@ -680,10 +679,15 @@ async fn unreadable(
     Ok(Action::await_change())
 }
 
+/// Until when the finalizer of a build deleted at `deleted` tries to terminate its jobs.
+fn cleanup_deadline(deleted: Timestamp, ctx: &Context) -> Timestamp {
+    let grace = SignedDuration::try_from(ctx.config.cleanup_grace).unwrap_or(SignedDuration::MAX);
+    deleted.checked_add(grace).unwrap_or(Timestamp::MAX)
+}
+
 /// Whether a deleted build is still within the cleanup grace period.
 fn cleanup_grace_left(deleted: Option<&Time>, ctx: &Context) -> bool {
-    let grace = SignedDuration::try_from(ctx.config.cleanup_grace).unwrap_or(SignedDuration::MAX);
-    deleted.is_none_or(|t| Timestamp::now() < t.0.checked_add(grace).unwrap_or(Timestamp::MAX))
+    deleted.is_none_or(|t| Timestamp::now() < cleanup_deadline(t.0, ctx))
 }
 
 /// The job ids a raw status records whose last known state is not terminal.
