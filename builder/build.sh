@@ -39,7 +39,7 @@
 #
 # Output: progress lines "[mab] ..." and the git/docker output on stdout/stderr, among them
 # which fetch path was taken (depth-1 fetch by SHA, blobless partial clone, full clone) and
-# "[mab] clone took Ns (path: ...)", "[mab] build took Ns", "[mab] push took Ns"; on success
+# "[mab] clone took S.CCs (path: ...)", "[mab] build took S.CCs", "[mab] push took S.CCs"; on success
 # the LAST TWO lines on stdout are, in this order, with nothing after them on stdout or stderr:
 #   commit: <40 lowercase hex>        the commit that was built (the revision label)
 #   digest: sha256:<64 hex>           the pushed manifest digest
@@ -115,6 +115,28 @@ last_line() {
         _l='(no output)'
     fi
     printf '%s' "$_l"
+}
+
+# now_cs: a monotonic clock in centiseconds (/proc/uptime; the host's, also in a container),
+# else whole seconds from date. Phase times are logged to 1/100 s so short fetches compare.
+now_cs() {
+    _up=''
+    read -r _up _idle </proc/uptime 2>/dev/null || _up=''
+    case $_up in
+        *[0-9].[0-9][0-9])
+            _up="${_up%.*}${_up#*.}"
+            _up=${_up#"${_up%%[!0]*}"} # no leading zeros: sh reads them as octal
+            printf '%s\n' "${_up:-0}"
+            return
+            ;;
+    esac
+    printf '%s\n' "$(($(date +%s) * 100))"
+}
+
+# secs_since START: seconds since START (a now_cs value), as S.CC.
+secs_since() {
+    _d=$(($(now_cs) - $1))
+    printf '%d.%02d\n' $((_d / 100)) $((_d % 100))
 }
 
 # matches ERE VALUE: VALUE is a single line that matches ERE entirely (anchors in ERE).
@@ -499,7 +521,7 @@ fi
 src="$work/src"
 tab=$(printf '\t')
 step='cloning the repository'
-clone_start=$(date +%s)
+clone_start=$(now_cs)
 log "fetching $MAB_GIT_URL"
 
 # fresh_repo: an empty repository in $src with the remote origin, and cd into it.
@@ -686,7 +708,7 @@ if [ -f .gitmodules ]; then
         die "git submodule update failed: $(last_line "$work/submodules.log")"
     fi
 fi
-clone_secs=$(($(date +%s) - clone_start))
+clone_secs=$(secs_since "$clone_start")
 log "clone took ${clone_secs}s (path: $clone_path)"
 # The token is not needed any more: drop it before anything else runs.
 auth_header=''
@@ -761,7 +783,7 @@ done
 unset IFS
 set -- "$@" "$ctx"
 log "docker $1 for $MAB_PLATFORM"
-build_start=$(date +%s)
+build_start=$(now_cs)
 if ! run_step "$work/build.log" docker "$@"; then
     die "docker build failed for $MAB_PLATFORM: $(last_line "$work/build.log")"
 fi
@@ -779,12 +801,12 @@ if [ -n "$plat_variant" ]; then
         die "the built image is $built/$built_variant, not $MAB_PLATFORM"
     fi
 fi
-build_secs=$(($(date +%s) - build_start))
+build_secs=$(secs_since "$build_start")
 log "build took ${build_secs}s"
 
 # --- push (retried: registries have transient failures)
 step="pushing $MAB_IMAGE"
-push_start=$(date +%s)
+push_start=$(now_cs)
 _try=1
 while :; do
     log "pushing $MAB_IMAGE (attempt $_try)"
@@ -812,7 +834,7 @@ fi
 # Untag locally (the pushed image is in the registry; keep the Batch host's disk tidy).
 docker image rm "$MAB_IMAGE" >/dev/null 2>&1 || true
 log "pushed $image_repo@$digest"
-push_secs=$(($(date +%s) - push_start))
+push_secs=$(secs_since "$push_start")
 log "push took ${push_secs}s"
 log "times: clone ${clone_secs}s ($clone_path), build ${build_secs}s, push ${push_secs}s"
 # The last two stdout lines, read by the controller from the job's log: keep them last.

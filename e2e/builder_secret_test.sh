@@ -402,17 +402,17 @@ in_log() {
     not_ok "$n: stdout has '$want'" "$(grep '^\[mab\]' "$T/$n.out" | tail -n 12)"
 }
 
-# timing NAME: "[mab] clone took Ns (path: ...)", "build took Ns", "push took Ns" in this order,
+# timing NAME: "[mab] clone took S.CCs (path: ...)", "build took S.CCs", "push took S.CCs" in this order,
 # all before the last two stdout lines
 timing() {
     local n=$1 body
-    body=$(head -n -2 "$T/$n.out" | grep -E '^\[mab\] (clone|build|push) took [0-9]+s( \(path: [A-Za-z0-9 -]+\))?$' |
+    body=$(head -n -2 "$T/$n.out" | grep -E '^\[mab\] (clone|build|push) took [0-9]+\.[0-9]{2}s( \(path: [A-Za-z0-9 -]+\))?$' |
         sed -E 's/^\[mab\] ([a-z]+) took.*/\1/' | tr '\n' ' ')
     if [ "$body" = "clone build push " ] && tail -n 2 "$T/$n.out" | grep -q '^commit: ' &&
-        grep -qE '^\[mab\] times: clone [0-9]+s \(.+\), build [0-9]+s, push [0-9]+s$' "$T/$n.out"; then
-        ok "$n: 'clone/build/push took Ns' lines (and the times summary) come before the last two lines"
+        grep -qE '^\[mab\] times: clone [0-9]+\.[0-9]{2}s \(.+\), build [0-9]+\.[0-9]{2}s, push [0-9]+\.[0-9]{2}s$' "$T/$n.out"; then
+        ok "$n: 'clone/build/push took S.CCs' lines (and the times summary) come before the last two lines"
     else
-        not_ok "$n: 'clone/build/push took Ns' lines come before the last two lines" "got: $body" \
+        not_ok "$n: 'clone/build/push took S.CCs' lines come before the last two lines" "got: $body" \
             "$(tail -n 5 "$T/$n.out")"
     fi
 }
