@@ -61,7 +61,7 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
 
     let aws = config::aws().await?;
     let allowed = config::allowed_registries(&aws, &args.allow).await?;
-    if let Some(refusal) = allowed.refusal(&object.spec.output.repository) {
+    if let Some(refusal) = allowed.spec_refusal(&object.spec) {
         return Err(format!("{}: {refusal}", args.file.display()));
     }
     let engine = config::engine(

@@ -81,7 +81,8 @@ struct Inputs<'a> {
 }
 
 /// `sha256:<hex>` of the build's inputs (git URL, context, Dockerfile, build args, platforms).
-/// The commit is not in it: it is compared on its own label.
+/// The commit is not in it: it is compared on its own label. Nor is `spec.output` (tag, cache):
+/// where the image goes and how fast it is built do not change what is built.
 pub fn inputs_hash(spec: &MultiArchBuildSpec) -> String {
     let mut platforms: Vec<String> = spec.platforms.iter().map(|p| p.platform.to_string()).collect();
     platforms.sort();
@@ -142,6 +143,12 @@ mod tests {
         retagged.output.tag = "other".into();
         retagged.source.git.revision = "main".into();
         assert_eq!(inputs_hash(&retagged), hash, "tag and revision are not inputs");
+        // The layer cache makes a build faster, not different: an index built with any cache is
+        // reused by a build with another.
+        let mut cached = base.clone();
+        cached.output.cache.mode = crate::api::CacheMode::Off;
+        cached.output.cache.repository = format!("{}-cache", base.output.repository);
+        assert_eq!(inputs_hash(&cached), hash, "the cache is not an input");
     }
 
     #[test]

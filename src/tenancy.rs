@@ -3,6 +3,8 @@
 //! request is made for a build, so a spec cannot point the controller (and its credentials) at an
 //! arbitrary host.
 
+use crate::api::MultiArchBuildSpec;
+
 /// An ECR registry host: `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` or the dual-stack
 /// `<account>.dkr-ecr[-fips].<region>.on.aws`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +95,20 @@ impl AllowedRegistries {
             "registry {host} is not allowed: {why}; an administrator can allow it with {ALLOWED_REGISTRIES_SETTING}"
         ))
     }
+
+    /// Why `spec` may not run here: the first repository it pushes to (the output repository, then
+    /// the cache repository) whose host is not allowed. The cache repository's refusal names its
+    /// field: a cache in a foreign registry could feed another team's layers into this build.
+    pub fn spec_refusal(&self, spec: &MultiArchBuildSpec) -> Option<String> {
+        spec.pushed_repositories().into_iter().find_map(|(field, repository)| {
+            let refusal = self.refusal(repository)?;
+            Some(if field == "spec.output.repository" {
+                refusal
+            } else {
+                format!("{field} {repository:?}: {refusal}")
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +170,34 @@ mod tests {
                 .refusal("123456789012.dkr.ecr.us-east-1.amazonaws.com/app")
                 .unwrap()
                 .contains("account is unknown")
+        );
+    }
+
+    #[test]
+    fn the_cache_repository_is_held_to_the_same_registries_and_named_in_the_refusal() {
+        let build: crate::api::MultiArchBuild =
+            serde_yaml::from_str(include_str!("../config/samples/vecoli.yaml")).unwrap();
+        let mut spec = build.spec;
+        let a = allowed();
+        assert_eq!(a.spec_refusal(&spec), None);
+        spec.output.cache.repository = "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/cache".into();
+        assert_eq!(a.spec_refusal(&spec), None);
+        // validate() refuses a cache on another host; this holds even if something skipped it.
+        spec.output.cache.repository = "210987654321.dkr.ecr.us-gov-west-1.amazonaws.com/theirs".into();
+        let refusal = a.spec_refusal(&spec).unwrap();
+        assert!(
+            refusal.starts_with(
+                "spec.output.cache.repository \"210987654321.dkr.ecr.us-gov-west-1.amazonaws.com/theirs\": registry"
+            ),
+            "{refusal}"
+        );
+        assert!(refusal.contains("account 210987654321"), "{refusal}");
+        // The output repository first, with the message it always had.
+        spec.output.repository = "registry.example.com/app".into();
+        assert_eq!(
+            a.spec_refusal(&spec),
+            a.refusal("registry.example.com/app"),
+            "the output repository is named first"
         );
     }
 

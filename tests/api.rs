@@ -340,3 +340,146 @@ fn the_status_only_moves_forward() {
     let errors = status_update_errors(steps[3].clone(), steps[2].clone());
     assert!(errors.iter().any(|m| m.contains("jobId never changes")), "{errors:?}");
 }
+
+/// `spec.output.cache`: what `validate()` and the CRD's CEL rules accept, and the messages both
+/// give. An object without `cache` (every object made before it existed) stays valid.
+#[test]
+fn the_cache_repository_is_checked_by_validate_and_by_the_cel_rules_alike() {
+    const ECR: &str = "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com";
+    /// The cache, the tag, the field and message validate() gives, the CEL message; None: accepted.
+    type Case = (
+        Value,
+        &'static str,
+        Option<(&'static str, &'static str)>,
+        Option<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
+        (Value::Null, "3f2a9c1", None, None),
+        (serde_json::json!({}), "3f2a9c1", None, None),
+        (serde_json::json!({"mode": "off"}), "3f2a9c1", None, None),
+        (
+            serde_json::json!({"mode": "min", "repository": format!("{ECR}/cache/vecoli")}),
+            "3f2a9c1",
+            None,
+            None,
+        ),
+        (
+            serde_json::json!({"repository": format!("{ECR}/vecoli")}),
+            "3f2a9c1",
+            None,
+            None,
+        ),
+        (
+            serde_json::json!({"repository": "ghcr.io/team/cache"}),
+            "3f2a9c1",
+            Some((
+                "spec.output.cache.repository",
+                "must be on the same registry host as spec.output.repository",
+            )),
+            Some("spec.output.cache.repository must be on the same registry host as spec.output.repository"),
+        ),
+        (
+            // The same host name with a port is another registry to log in to.
+            serde_json::json!({"repository": format!("{ECR}:443/vecoli-cache")}),
+            "3f2a9c1",
+            Some((
+                "spec.output.cache.repository",
+                "must be on the same registry host as spec.output.repository",
+            )),
+            Some("same registry host"),
+        ),
+        (
+            serde_json::json!({"repository": format!("{ECR}/vecoli-cache:main")}),
+            "3f2a9c1",
+            Some(("spec.output.cache.repository", "allowed: a repository without a tag")),
+            Some("spec.output.cache.repository must not include a tag"),
+        ),
+        (
+            serde_json::json!({"repository": format!("{ECR}/vecoli-cache@sha256:{}", "0".repeat(64))}),
+            "3f2a9c1",
+            Some(("spec.output.cache.repository", "allowed: a repository without a digest")),
+            Some("spec.output.cache.repository must not include a digest"),
+        ),
+        (
+            serde_json::json!({"repository": format!("{ECR}/Vecoli-Cache")}),
+            "3f2a9c1",
+            Some((
+                "spec.output.cache.repository",
+                "empty (the output repository) or host[:port]/path",
+            )),
+            None,
+        ),
+        // The cache tags: buildcache-<arch>[-<variant>], in the output repository unless moved.
+        (
+            Value::Null,
+            "buildcache",
+            Some(("spec.output.tag", "must not be buildcache or start with buildcache-")),
+            Some("spec.output.tag must not be buildcache or start with buildcache-"),
+        ),
+        (
+            serde_json::json!({"repository": format!("{ECR}/vecoli")}),
+            "buildcache-amd64",
+            Some(("spec.output.tag", "must not be buildcache")),
+            Some("spec.output.tag must not be buildcache"),
+        ),
+        (serde_json::json!({"mode": "off"}), "buildcache", None, None),
+        (
+            serde_json::json!({"repository": format!("{ECR}/vecoli-cache")}),
+            "buildcache-amd64",
+            None,
+            None,
+        ),
+        (Value::Null, "buildcache2", None, None),
+    ];
+    for (cache, tag, expected, cel) in cases {
+        let mut object = as_object(&vecoli());
+        object["spec"]["output"]["tag"] = tag.into();
+        if !cache.is_null() {
+            object["spec"]["output"]["cache"] = cache.clone();
+        }
+        let case = format!("cache {cache}, tag {tag}");
+        let build: MultiArchBuild = serde_json::from_value(object.clone()).unwrap();
+        match (api::validate(&build.spec), expected) {
+            (Ok(()), None) => {}
+            (Err(invalid), Some((field, message))) => {
+                assert_eq!(invalid.0.len(), 1, "{case}: {invalid}");
+                assert_eq!(invalid.0[0].field, field, "{case}: {invalid}");
+                assert!(invalid.0[0].problem.contains(message), "{case}: {invalid}");
+            }
+            (got, _) => panic!("{case}: validate() gave {got:?}, expected {expected:?}"),
+        }
+        let errors: Vec<String> = match Validator::new().validate(&schema(), &object, None) {
+            Ok(()) => vec![],
+            Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
+        };
+        match cel {
+            None => assert!(
+                errors.is_empty() || expected.is_some(),
+                "{case}: the CEL rules refused: {errors:?}"
+            ),
+            Some(message) => assert!(
+                errors.iter().any(|e| e.contains(message)),
+                "{case}: no CEL error containing {message:?}: {errors:?}"
+            ),
+        }
+        // What the controller sends is what validate() accepted: serialising the typed build
+        // gives an object the CEL rules accept too.
+        if expected.is_none() {
+            Validator::new()
+                .validate(&schema(), &as_object(&build), None)
+                .unwrap_or_else(|e| panic!("{case}: {e:?}"));
+        }
+    }
+
+    // Part of spec.output: immutable like the rest of it.
+    let old = vecoli();
+    let mut uncached = old.clone();
+    uncached.spec.output.cache.mode = api::CacheMode::Off;
+    assert!(
+        update_errors(&old, &uncached)
+            .iter()
+            .any(|m| m.contains("spec.output is immutable")),
+        "{:?}",
+        update_errors(&old, &uncached)
+    );
+}

@@ -166,6 +166,11 @@ async fn find_or_submit_twice_submits_once_and_sends_the_contract() {
     assert_eq!(container_env["MAB_REGISTRY_AUTH"], "ecr");
     assert_eq!(container_env["MAB_BUILD_ARG_NAMES"], "VERSION");
     assert_eq!(container_env["MAB_BUILD_ARG_VERSION"], "1.0");
+    assert_eq!(container_env["MAB_CACHE_MODE"], "max");
+    assert_eq!(
+        container_env["MAB_CACHE_IMAGE"],
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/app:buildcache-arm64"
+    );
     assert_eq!(
         job.tags().unwrap()["multiarch.dev/build-uid"],
         "00000001-0000-4000-8000-000000000000"

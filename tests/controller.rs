@@ -1105,11 +1105,16 @@ async fn a_namespace_policy_refuses_what_it_does_not_allow(env: Arc<Env>) {
         change(&mut object);
         create_build(&fake, object)
     };
-    let cases: [(&str, &Change<'_>, &str); 6] = [
+    let cases: [(&str, &Change<'_>, &str); 7] = [
         (
             "repo",
             &|o| o["spec"]["output"]["repository"] = format!("{}/team-b/x", env.registry.host).into(),
             "spec.output.repository",
+        ),
+        (
+            "cache",
+            &|o| o["spec"]["output"]["cache"] = json!({"repository": format!("{}/team-b/cache", env.registry.host)}),
+            "spec.output.cache.repository",
         ),
         (
             "secret",

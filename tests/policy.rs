@@ -455,6 +455,60 @@ fn cases() -> Vec<Case> {
             refused: &["spec.output.repository"],
         },
         Case {
+            name: "cache repository under the prefix",
+            namespace: "sims",
+            labels: TEAM_A_NS,
+            policies: &[TEAM_A],
+            edit: |b| {
+                b["spec"]["output"]["cache"] =
+                    json!({"mode": "min", "repository": format!("{ECR}/team-a/cache/vecoli")})
+            },
+            refused: &[],
+        },
+        Case {
+            name: "cache repository empty: the output repository, already checked",
+            namespace: "sims",
+            labels: TEAM_A_NS,
+            policies: &[TEAM_A],
+            edit: |b| b["spec"]["output"]["cache"] = json!({"repository": ""}),
+            refused: &[],
+        },
+        Case {
+            name: "cache repository of another team (poisoning its builds' layers)",
+            namespace: "sims",
+            labels: TEAM_A_NS,
+            policies: &[TEAM_A],
+            edit: |b| b["spec"]["output"]["cache"] = json!({"repository": format!("{ECR}/team-b/vecoli")}),
+            refused: &["spec.output.cache.repository"],
+        },
+        Case {
+            name: "cache repository sharing only a string prefix (team-ab)",
+            namespace: "sims",
+            labels: TEAM_A_NS,
+            policies: &[TEAM_A],
+            edit: |b| b["spec"]["output"]["cache"] = json!({"mode": "max", "repository": format!("{ECR}/team-ab")}),
+            refused: &["spec.output.cache.repository"],
+        },
+        Case {
+            name: "cache off but its repository still outside the prefixes",
+            namespace: "sims",
+            labels: TEAM_A_NS,
+            policies: &[TEAM_A],
+            edit: |b| b["spec"]["output"]["cache"] = json!({"mode": "off", "repository": format!("{ECR}/team-b/x")}),
+            refused: &["spec.output.cache.repository"],
+        },
+        Case {
+            name: "output and cache repositories both of another team",
+            namespace: "sims",
+            labels: TEAM_A_NS,
+            policies: &[TEAM_A],
+            edit: |b| {
+                b["spec"]["output"]["repository"] = format!("{ECR}/team-b/vecoli").into();
+                b["spec"]["output"]["cache"] = json!({"repository": format!("{ECR}/team-b/cache")});
+            },
+            refused: &["spec.output.repository", "spec.output.cache.repository"],
+        },
+        Case {
             name: "credentials not listed",
             namespace: "sims",
             labels: TEAM_A_NS,
@@ -936,6 +990,14 @@ fn messages_name_the_field_the_value_the_namespace_the_policy_and_what_is_allowe
         api::violations("team-a", &policy.spec, "sims", &build.spec),
         vec![format!(
             "spec.output.repository \"{ECR}/team-ab\" is not allowed in namespace sims by MultiArchBuildPolicy team-a (allowed prefixes: {ECR}/team-a)"
+        )]
+    );
+    build.spec.output.repository = format!("{ECR}/team-a/vecoli");
+    build.spec.output.cache.repository = format!("{ECR}/team-b/vecoli");
+    assert_eq!(
+        api::violations("team-a", &policy.spec, "sims", &build.spec),
+        vec![format!(
+            "spec.output.cache.repository \"{ECR}/team-b/vecoli\" is not allowed in namespace sims by MultiArchBuildPolicy team-a (allowed prefixes: {ECR}/team-a)"
         )]
     );
 }

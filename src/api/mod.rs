@@ -170,6 +170,8 @@ pub struct GitSource {
 /// Where the images go.
 #[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.cache) || !has(self.cache.repository) || self.cache.repository == '' || self.cache.repository.split('/')[0] == self.repository.split('/')[0]").message("spec.output.cache.repository must be on the same registry host as spec.output.repository: the builder logs in to one registry"))]
+#[x_kube(validation = Rule::new("!(self.tag == 'buildcache' || self.tag.startsWith('buildcache-')) || (has(self.cache) && ((has(self.cache.mode) && self.cache.mode == 'off') || (has(self.cache.repository) && self.cache.repository != '' && self.cache.repository != self.repository)))").message("spec.output.tag must not be buildcache or start with buildcache- while the layer cache is in the output repository: the cache images are tagged buildcache-<arch>[-<variant>]"))]
 pub struct Output {
     /// The image repository, registry host included, without tag or digest, e.g.
     /// `123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/vecoli`.
@@ -179,7 +181,8 @@ pub struct Output {
     pub repository: String,
 
     /// The tag of the image index. Each platform is pushed first as `<tag>-<arch>[-<variant>]`, so
-    /// the tag is at most 119 characters: [A-Za-z0-9_][A-Za-z0-9._-]{0,118}.
+    /// the tag is at most 119 characters: [A-Za-z0-9_][A-Za-z0-9._-]{0,118}. While the layer cache
+    /// is in this repository, the tag cannot be `buildcache` or start with `buildcache-`.
     #[schemars(length(min = 1, max = 119), pattern(patterns::TAG))]
     pub tag: String,
 
@@ -194,6 +197,69 @@ pub struct Output {
     /// platforms). Only a full commit SHA revision can be reused. Default true.
     #[serde(default = "default_true")]
     pub reuse_existing: bool,
+
+    /// The registry layer cache of each platform's build: each build reads and writes the cache
+    /// image `<cache repository>:buildcache-<arch>[-<variant>]`. A cache that is missing,
+    /// unreadable or foreign makes the build slower, never failed. Default: mode `max`, in the
+    /// output repository. Not an input of the build: an index built with one cache setting is
+    /// reused by a build with another.
+    #[serde(default, skip_serializing_if = "Cache::is_default")]
+    pub cache: Cache,
+}
+
+/// The registry layer cache of each platform's build.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cache {
+    /// What is cached: `max` (the default) every stage's layers, which needs an engine that can
+    /// export a registry cache (otherwise the builder falls back to an inline cache and says so in
+    /// the job log); `min` only the final image's layers (an inline cache); `off` no cache flags
+    /// at all (and no cache image).
+    #[serde(default)]
+    pub mode: CacheMode,
+
+    /// The repository of the cache images, registry host included, without tag or digest. Empty
+    /// (the default): `spec.output.repository`. It must be on the same registry host as
+    /// `spec.output.repository` (the builder logs in to one registry), and it is held to the same
+    /// allowed registries and MultiArchBuildPolicy repository prefixes.
+    #[serde(default)]
+    #[schemars(length(max = 512), pattern(patterns::CACHE_REPOSITORY))]
+    #[x_kube(validation = Rule::new("!self.contains('@')").message("spec.output.cache.repository must not include a digest (@sha256:...): each platform's cache image is tagged buildcache-<arch>[-<variant>]"))]
+    #[x_kube(validation = Rule::new("!self.matches('/[^/]*:')").message("spec.output.cache.repository must not include a tag: each platform's cache image is tagged buildcache-<arch>[-<variant>]"))]
+    pub repository: String,
+}
+
+impl Cache {
+    fn is_default(&self) -> bool {
+        *self == Cache::default()
+    }
+}
+
+/// The tag prefix of the cache images, `buildcache-<arch>[-<variant>]`.
+pub const CACHE_TAG_PREFIX: &str = "buildcache";
+
+/// What a build caches in the registry.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Every stage's layers (BuildKit `mode=max`), in a separate cache image.
+    #[default]
+    Max,
+    /// Only the final image's layers (an inline cache).
+    Min,
+    /// No cache.
+    Off,
+}
+
+impl CacheMode {
+    /// The name in the spec and in `MAB_CACHE_MODE`: `max`, `min` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Max => "max",
+            CacheMode::Min => "min",
+            CacheMode::Off => "off",
+        }
+    }
 }
 
 /// The media type of the pushed index.
@@ -452,6 +518,37 @@ impl MultiArchBuildSpec {
             self.output.tag,
             platform.tag_suffix()
         )
+    }
+
+    /// The repository of the cache images: `spec.output.cache.repository`, or the output
+    /// repository when that is empty.
+    pub fn cache_repository(&self) -> &str {
+        match self.output.cache.repository.as_str() {
+            "" => &self.output.repository,
+            repository => repository,
+        }
+    }
+
+    /// The repositories this build pushes to, with their field paths: the output repository and,
+    /// when set, the cache repository. What the allowed registries and the policies check.
+    pub fn pushed_repositories(&self) -> Vec<(&'static str, &str)> {
+        let mut repositories = vec![("spec.output.repository", self.output.repository.as_str())];
+        if !self.output.cache.repository.is_empty() {
+            repositories.push(("spec.output.cache.repository", self.output.cache.repository.as_str()));
+        }
+        repositories
+    }
+
+    /// This platform's cache image, `<cache repository>:buildcache-<suffix>`; `None` when the
+    /// cache is off.
+    pub fn cache_image(&self, platform: Platform) -> Option<String> {
+        (self.output.cache.mode != CacheMode::Off).then(|| {
+            format!(
+                "{}:{CACHE_TAG_PREFIX}-{}",
+                self.cache_repository(),
+                platform.tag_suffix()
+            )
+        })
     }
 
     /// The index image reference, `<repository>:<tag>`.

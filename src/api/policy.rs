@@ -65,10 +65,11 @@ pub struct MultiArchBuildPolicySpec {
     #[serde(default)]
     pub namespace_selector: NamespaceSelector,
 
-    /// `spec.output.repository` must be one of these or lie under one, compared on whole path
-    /// segments: `r.example/team-a` allows `r.example/team-a` and `r.example/team-a/app`, not
-    /// `r.example/team-ab`; a registry host alone (`123456789012.dkr.ecr.us-east-1.amazonaws.com`)
-    /// allows every repository in it. At most 64 entries. Empty list: no repository is allowed.
+    /// `spec.output.repository`, and `spec.output.cache.repository` when set, must be one of these
+    /// or lie under one, compared on whole path segments: `r.example/team-a` allows
+    /// `r.example/team-a` and `r.example/team-a/app`, not `r.example/team-ab`; a registry host
+    /// alone (`123456789012.dkr.ecr.us-east-1.amazonaws.com`) allows every repository in it. At
+    /// most 64 entries. Empty list: no repository is allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = not_nullable)]
     #[schemars(length(max = 64), inner(length(min = 1, max = 512), pattern(REPOSITORY_PREFIX)))]
@@ -225,12 +226,15 @@ pub fn violations(
         ));
     }
     if let Some(prefixes) = &policy.repository_prefixes {
-        let repository = &spec.output.repository;
-        if !prefixes.iter().any(|prefix| under_prefix(repository, prefix)) {
-            out.push(format!(
-                "spec.output.repository \"{repository}\" is not allowed{scope} (allowed prefixes: {})",
-                listed(prefixes)
-            ));
+        // The cache repository too: a cache under another team's prefix would let this namespace
+        // write the layers that team's builds read.
+        for (field, repository) in spec.pushed_repositories() {
+            if !prefixes.iter().any(|prefix| under_prefix(repository, prefix)) {
+                out.push(format!(
+                    "{field} \"{repository}\" is not allowed{scope} (allowed prefixes: {})",
+                    listed(prefixes)
+                ));
+            }
         }
     }
     if let Some(max) = policy.max_platforms

@@ -9,15 +9,23 @@ use std::{
 
 use regex::Regex;
 
-use super::{MultiArchBuildSpec, Platform};
+use super::{CACHE_TAG_PREFIX, CacheMode, MultiArchBuildSpec, Platform};
 
 /// Patterns shared by the CRD schema (`#[schemars(pattern(..))]`) and [`validate()`]. They use
 /// only syntax that ECMA-262 (OpenAPI), RE2 (CEL) and the `regex` crate read alike.
 pub mod patterns {
     /// OCI tag grammar, leaving room for the longest `-<arch>-<variant>` suffix.
     pub const TAG: &str = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,118}$";
+    /// [`REPOSITORY`] without its anchors, so [`CACHE_REPOSITORY`] is the same grammar.
+    macro_rules! repository {
+        () => {
+            r"(localhost|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+)(:[0-9]{1,5})?(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)+"
+        };
+    }
     /// `host[:port]/path`, lower-case path components as the distribution spec allows.
-    pub const REPOSITORY: &str = r"^(localhost|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+)(:[0-9]{1,5})?(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)+$";
+    pub const REPOSITORY: &str = concat!("^", repository!(), "$");
+    /// [`REPOSITORY`], or empty (`spec.output.cache.repository`: empty means the output repository).
+    pub const CACHE_REPOSITORY: &str = concat!("^(", repository!(), ")?$");
     /// https, ssh:// or scp-like ssh; no credentials, no spaces, no leading `-` in the path.
     pub const GIT_URL: &str = r"^(https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~][A-Za-z0-9._~/-]*|ssh://([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~][A-Za-z0-9._~/-]*|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~][A-Za-z0-9._~/-]*)$";
     /// A commit SHA, branch or tag; never starting with `-`, so it can never read as an option.
@@ -210,7 +218,7 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
             &out.repository,
             "a repository without a digest (@sha256:...): the index digest is an output, see status.image",
         );
-    } else if out.repository.rsplit('/').next().is_some_and(|last| last.contains(':')) && out.repository.contains('/') {
+    } else if has_tag(&out.repository) {
         errors.bad_value(
             "spec.output.repository",
             &out.repository,
@@ -223,8 +231,52 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
             "host[:port]/path with lower-case path components, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/app",
         );
     }
+    let cache = &out.cache.repository;
+    let cache_in_output = out.cache.mode != CacheMode::Off && (cache.is_empty() || *cache == out.repository);
     if !p.tag.is_match(&out.tag) {
         errors.bad_value("spec.output.tag", &out.tag, "the OCI tag grammar [A-Za-z0-9_][A-Za-z0-9._-]* with at most 119 characters, leaving room for the -<arch> suffix of the per-platform tags");
+    } else if cache_in_output
+        && out
+            .tag
+            .strip_prefix(CACHE_TAG_PREFIX)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    {
+        errors.push(
+            "spec.output.tag",
+            format!(
+                "{:?} must not be {CACHE_TAG_PREFIX} or start with {CACHE_TAG_PREFIX}- while the layer cache is in the output repository: the cache images are tagged {CACHE_TAG_PREFIX}-<arch>[-<variant>]; use another tag, another spec.output.cache.repository, or spec.output.cache.mode off",
+                out.tag
+            ),
+        );
+    }
+    if cache.is_empty() {
+        // The output repository.
+    } else if cache.contains('@') {
+        errors.bad_value(
+            "spec.output.cache.repository",
+            cache,
+            "a repository without a digest (@sha256:...): each platform's cache image is tagged buildcache-<arch>[-<variant>]",
+        );
+    } else if has_tag(cache) {
+        errors.bad_value(
+            "spec.output.cache.repository",
+            cache,
+            "a repository without a tag: each platform's cache image is tagged buildcache-<arch>[-<variant>]",
+        );
+    } else if !p.repository.is_match(cache) {
+        errors.bad_value(
+            "spec.output.cache.repository",
+            cache,
+            "empty (the output repository) or host[:port]/path with lower-case path components, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/app-cache",
+        );
+    } else if host_of(cache) != host_of(&out.repository) {
+        errors.push(
+            "spec.output.cache.repository",
+            format!(
+                "{cache:?} must be on the same registry host as spec.output.repository ({}): the builder logs in to one registry",
+                host_of(&out.repository)
+            ),
+        );
     }
 
     if spec.platforms.is_empty() || spec.platforms.len() > MAX_PLATFORMS {
@@ -283,6 +335,16 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
     errors.into_result()
 }
 
+/// Whether a repository ends in `:tag` (a `:` in its last path segment; the host's port is not).
+fn has_tag(repository: &str) -> bool {
+    repository.contains('/') && repository.rsplit('/').next().is_some_and(|last| last.contains(':'))
+}
+
+/// The registry host of a repository, `host[:port]`: what comes before the first `/`.
+fn host_of(repository: &str) -> &str {
+    repository.split('/').next().unwrap_or_default()
+}
+
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
 
@@ -316,6 +378,7 @@ mod tests {
         for pattern in [
             patterns::TAG,
             patterns::REPOSITORY,
+            patterns::CACHE_REPOSITORY,
             patterns::GIT_URL,
             patterns::LOCAL_GIT_URL,
             patterns::GIT_REVISION,

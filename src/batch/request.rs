@@ -42,6 +42,11 @@ pub mod env {
     pub const BUILD_UID: &str = "MAB_BUILD_UID";
     /// The hash of the build's inputs, labelled on the image (reuse compares it).
     pub const INPUT_HASH: &str = "MAB_INPUT_HASH";
+    /// `max`, `min` or `off` (`spec.output.cache.mode`), always set.
+    pub const CACHE_MODE: &str = "MAB_CACHE_MODE";
+    /// `<cache repository>:buildcache-<arch>[-<variant>]`, the layer cache this platform's build
+    /// reads and writes; set only when the cache mode is not `off`.
+    pub const CACHE_IMAGE: &str = "MAB_CACHE_IMAGE";
 }
 
 /// The build a job belongs to. Also the key under which the [`JobPoller`](super::JobPoller)
@@ -273,7 +278,11 @@ pub fn submit_request(
         ),
         (env::BUILD_UID.to_owned(), build.uid.clone()),
         (env::INPUT_HASH.to_owned(), crate::provenance::inputs_hash(spec)),
+        (env::CACHE_MODE.to_owned(), spec.output.cache.mode.as_str().to_owned()),
     ]);
+    if let Some(cache_image) = spec.cache_image(platform) {
+        environment.push((env::CACHE_IMAGE.to_owned(), cache_image));
+    }
 
     let tags = BTreeMap::from([
         (TAG_BUILD_UID.to_owned(), build.uid.clone()),
@@ -448,6 +457,11 @@ timeoutSeconds: 7200
                 ("MAB_REGISTRY_AUTH", "ecr"),
                 ("MAB_BUILD_UID", "3f2a9c1e-7b6d-4e0a-9f1b-2c3d4e5f6a7b"),
                 ("MAB_INPUT_HASH", crate::provenance::inputs_hash(&spec).as_str()),
+                ("MAB_CACHE_MODE", "max"),
+                (
+                    "MAB_CACHE_IMAGE",
+                    "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/vecoli:buildcache-arm64"
+                ),
             ]
         );
         assert!(req.environment.iter().all(|(n, _)| !n.starts_with("AWS_BATCH")));
@@ -512,7 +526,9 @@ timeoutSeconds: 7200
                 "MAB_PLATFORM",
                 "MAB_REGISTRY_AUTH",
                 "MAB_BUILD_UID",
-                "MAB_INPUT_HASH"
+                "MAB_INPUT_HASH",
+                "MAB_CACHE_MODE",
+                "MAB_CACHE_IMAGE"
             ]
         );
         let get = |n: &str| req.environment.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
@@ -521,6 +537,46 @@ timeoutSeconds: 7200
         assert_eq!(get("MAB_IMAGE"), Some("registry.example.com:5000/team/app:v1-amd64"));
         assert_eq!(req.job_definition, "builder:7");
         assert_eq!(req.job_queue, "amd64-queue");
+        assert_eq!(get("MAB_CACHE_MODE"), Some("max"));
+        assert_eq!(
+            get("MAB_CACHE_IMAGE"),
+            Some("registry.example.com:5000/team/app:buildcache-amd64")
+        );
+    }
+
+    #[test]
+    fn the_cache_is_a_mode_and_one_image_per_platform_in_the_chosen_repository() {
+        let env_of = |spec: &MultiArchBuildSpec, platform| {
+            let req = submit_request(&build(), spec, platform, "d").unwrap();
+            let get = |n: &str| req.environment.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            (get("MAB_CACHE_MODE"), get("MAB_CACHE_IMAGE"))
+        };
+        let mut spec = sample_spec();
+        spec.platforms[1].platform = Platform::LinuxArm64V8;
+        let uncached = spec.clone();
+        spec.output.cache = crate::api::Cache {
+            mode: crate::api::CacheMode::Min,
+            repository: "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/cache/vecoli".into(),
+        };
+        // The per-platform suffix, variant included, as in the platform image `<tag>-arm64-v8`.
+        assert_eq!(
+            env_of(&spec, Platform::LinuxArm64V8),
+            (
+                Some("min".into()),
+                Some("123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/cache/vecoli:buildcache-arm64-v8".into())
+            )
+        );
+        assert!(spec.platform_image(Platform::LinuxArm64V8).ends_with(":v1-arm64-v8"));
+
+        // Off: the mode says so, and no cache image is sent at all.
+        spec.output.cache.mode = crate::api::CacheMode::Off;
+        assert_eq!(env_of(&spec, Platform::LinuxAmd64), (Some("off".into()), None));
+
+        // The cache does not change what is built: the inputs hash ignores it.
+        assert_eq!(
+            crate::provenance::inputs_hash(&spec),
+            crate::provenance::inputs_hash(&uncached)
+        );
     }
 
     #[test]

@@ -443,7 +443,7 @@ async fn refusal(
     if submitted || status.phase.is_some_and(Phase::is_terminal) {
         return Ok(None);
     }
-    if let Some(message) = ctx.config.allowed.refusal(&build.spec.output.repository) {
+    if let Some(message) = ctx.config.allowed.spec_refusal(&build.spec) {
         return Ok(Some(Refusal {
             reason: reason::REGISTRY_NOT_ALLOWED,
             message,
