@@ -224,7 +224,17 @@ impl Progress {
         for p in &status.platforms {
             let state = p.state.clone().unwrap_or_else(|| "waiting".into());
             let job = p.job_id.as_deref().map(|id| format!(" job {id}")).unwrap_or_default();
-            let line = format!("{} {state}{job}", p.platform);
+            // Where the time went: each part once known, so the line changes only when it grows.
+            let times: Vec<String> = [("queued", p.queued_seconds), ("ran", p.run_seconds)]
+                .into_iter()
+                .filter_map(|(what, seconds)| Some(format!("{what} {}s", seconds?)))
+                .collect();
+            let times = if times.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", times.join(", "))
+            };
+            let line = format!("{} {state}{job}{times}", p.platform);
             if self.last.insert(p.platform.to_string(), line.clone()).as_ref() != Some(&line) {
                 lines.push(line);
             }

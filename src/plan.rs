@@ -70,6 +70,9 @@ pub struct JobSnapshot {
     /// The last attempt's container `reason` (e.g. `OutOfMemoryError: Container killed due to memory usage`).
     pub container_reason: Option<String>,
     pub log_stream_name: Option<String>,
+    /// When the job was submitted (Batch `createdAt`).
+    pub created_at: Option<Timestamp>,
+    /// When the current attempt started running (Batch `startedAt`).
     pub started_at: Option<Timestamp>,
     pub stopped_at: Option<Timestamp>,
 }
@@ -86,6 +89,7 @@ impl JobSnapshot {
             exit_code: None,
             container_reason: None,
             log_stream_name: None,
+            created_at: None,
             started_at: None,
             stopped_at: None,
         }

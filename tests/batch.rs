@@ -271,6 +271,7 @@ async fn describe_chunks_by_100_and_leaves_unknown_ids_out() {
         );
         assert_eq!(snap.attempts, 1);
         assert!(snap.started_at.is_some() && snap.stopped_at.is_some());
+        assert!(snap.created_at.is_some_and(|c| Some(c) <= snap.started_at), "{snap:?}");
     }
     assert!(unknown.iter().all(|id| !found.contains_key(id)));
     // Nothing to ask: no call (moto would answer an empty list with every job).

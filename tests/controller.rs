@@ -313,6 +313,15 @@ async fn status_is_written_once_per_change_with_observed_generation(env: Arc<Env
         (200, digest.to_string()),
         "status.image resolves"
     );
+    // Where each job's time went, from Batch's own times (moto: created, started, stopped).
+    for platform in s["platforms"].as_array().unwrap() {
+        for field in ["queuedSeconds", "runSeconds"] {
+            assert!(
+                platform[field].as_i64().is_some_and(|seconds| seconds >= 0),
+                "{field}: {platform}"
+            );
+        }
+    }
     let after_success = fake.status_writes("sims", "once");
     assert!(after_success > after_submit);
     reconcile_now(&fake, &ctx, &key).await;

@@ -207,6 +207,17 @@ fn a_two_platform_build_pushes_a_verified_index_and_a_rerun_reuses_it() {
         stderr.contains("linux/amd64 SUCCEEDED") && stderr.contains("linux/arm64 SUCCEEDED"),
         "{stderr}"
     );
+    // Where each job's time went (status.platforms[].queuedSeconds and runSeconds), from Batch's
+    // createdAt, startedAt and stoppedAt: moto gives all three.
+    let timed = regex::Regex::new(r" SUCCEEDED job \S+ \(queued \d+s, ran \d+s\)$").unwrap();
+    for platform in ["linux/amd64", "linux/arm64"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("] {platform} SUCCEEDED")) && timed.is_match(l)),
+            "no run time for {platform}:\n{stderr}"
+        );
+    }
 
     // The digest is the sha256 of the exact index bytes the registry serves for the tag.
     let raw = skopeo_raw(&format!("{}:{}", build.repository, build.tag)).expect("skopeo is installed by make test");

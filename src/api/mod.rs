@@ -465,6 +465,19 @@ pub struct PlatformStatus {
     /// When the job stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<Time>,
+
+    /// Seconds from the Batch job's creation to its current attempt starting to run: the wait in
+    /// the queue, for compute to scale up and for the builder image (set once the job started).
+    /// With `runSeconds`, it shows where a build's time went (`kubectl get mab NAME -o yaml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub queued_seconds: Option<i64>,
+
+    /// Seconds the job's current attempt ran, from `startedAt` to `stoppedAt`: the clone, the
+    /// build and the push (set once the job stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_seconds: Option<i64>,
 }
 
 impl From<Platform> for PlatformStatus {
@@ -485,6 +498,8 @@ impl From<Platform> for PlatformStatus {
             commit: None,
             started_at: None,
             stopped_at: None,
+            queued_seconds: None,
+            run_seconds: None,
         }
     }
 }

@@ -368,6 +368,7 @@ pub fn snapshot_from_detail(detail: &JobDetail) -> Option<JobSnapshot> {
         exit_code,
         container_reason,
         log_stream_name,
+        created_at: detail.created_at().and_then(millis),
         started_at: detail.started_at().and_then(millis),
         stopped_at: detail.stopped_at().and_then(millis),
     })
@@ -461,10 +462,13 @@ mod tests {
                     )
                     .build(),
             )
+            .created_at(1_699_999_990_000)
             .started_at(1_700_000_200_000)
             .stopped_at(1_700_000_900_000)
             .build();
         let snap = snapshot_from_detail(&detail).unwrap();
+        assert_eq!(snap.created_at.unwrap().as_millisecond(), 1_699_999_990_000);
+        assert_eq!(snap.started_at.unwrap().as_millisecond(), 1_700_000_200_000);
         assert_eq!(snap.state, JobState::Failed);
         assert_eq!(snap.attempts, 2);
         assert_eq!(snap.exit_code, Some(1));

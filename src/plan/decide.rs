@@ -518,6 +518,14 @@ fn apply_snapshot(entry: &mut PlatformStatus, job: &JobSnapshot) {
     }
     entry.started_at = job.started_at.map(Time);
     entry.stopped_at = job.stopped_at.map(Time);
+    entry.queued_seconds = seconds_between(job.created_at, job.started_at);
+    entry.run_seconds = seconds_between(job.started_at, job.stopped_at);
+}
+
+/// Whole seconds from `from` to `to` when both are known; 0 when Batch's times disagree (never
+/// negative).
+fn seconds_between(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<i64> {
+    Some(from?.duration_until(to?).as_secs().max(0))
 }
 
 fn terminate_live(status: &MultiArchBuildStatus, why: &str) -> Vec<Action> {

@@ -662,6 +662,76 @@ fn retried_attempts_show_in_the_progress_message() {
 }
 
 #[test]
+fn each_platform_shows_how_long_its_job_queued_and_ran() {
+    let spec = sample_spec();
+    let status = building(&spec);
+    let times = |status: &MultiArchBuildStatus, platform| {
+        let entry = status.platforms.iter().find(|p| p.platform == platform).unwrap();
+        (entry.queued_seconds, entry.run_seconds)
+    };
+
+    // Waiting in the queue: nothing measured yet.
+    let queued = JobSnapshot {
+        created_at: Some(t0()),
+        ..snapshot("a", JobState::Runnable)
+    };
+    let plan = step(&spec, &status, &seen(&[(ARM, queued.clone())]), at(30));
+    assert_eq!(times(&plan.status, ARM), (None, None));
+
+    // Running: the wait is known, the run not yet.
+    let running = JobSnapshot {
+        started_at: Some(at(41)),
+        ..JobSnapshot {
+            state: JobState::Running,
+            ..queued.clone()
+        }
+    };
+    let plan = step(&spec, &plan.status, &seen(&[(ARM, running.clone())]), at(60));
+    assert_eq!(times(&plan.status, ARM), (Some(41), None));
+
+    // Stopped: both, whole seconds (612.9 s ran 612).
+    let stopped = JobSnapshot {
+        stopped_at: Some(at(653) + SignedDuration::from_millis(900)),
+        log_stream_name: Some("stream-a".into()),
+        ..JobSnapshot {
+            state: JobState::Succeeded,
+            ..running.clone()
+        }
+    };
+    let plan = step(&spec, &plan.status, &seen(&[(ARM, stopped)]), at(700));
+    assert_eq!(times(&plan.status, ARM), (Some(41), Some(612)));
+    assert_eq!(times(&plan.status, AMD), (None, None), "the other job was not seen");
+
+    // A retried job: the current attempt's start, so the run covers only that attempt.
+    let retried = JobSnapshot {
+        attempts: 2,
+        started_at: Some(at(500)),
+        ..running.clone()
+    };
+    let plan = step(&spec, &status, &seen(&[(ARM, retried)]), at(520));
+    assert_eq!(times(&plan.status, ARM), (Some(500), None));
+
+    // Clocks that disagree never give a negative time; a job stopped before it started (terminated
+    // while queued) has no run time.
+    let skewed = JobSnapshot {
+        created_at: Some(at(10)),
+        started_at: Some(at(9)),
+        stopped_at: Some(at(8)),
+        state: JobState::Failed,
+        ..snapshot("a", JobState::Failed)
+    };
+    let plan = step(&spec, &status, &seen(&[(ARM, skewed)]), at(20));
+    assert_eq!(times(&plan.status, ARM), (Some(0), Some(0)));
+    let never_started = JobSnapshot {
+        created_at: Some(t0()),
+        stopped_at: Some(at(5)),
+        ..snapshot("a", JobState::Failed)
+    };
+    let plan = step(&spec, &status, &seen(&[(ARM, never_started)]), at(20));
+    assert_eq!(times(&plan.status, ARM), (None, None));
+}
+
+#[test]
 fn an_unchanged_step_keeps_the_condition_transition_time() {
     let spec = sample_spec();
     let status = building(&spec);
