@@ -27,6 +27,24 @@
 #                                   cluster uses 64 hex): [A-Za-z0-9][A-Za-z0-9-]{0,127}.
 #   MAB_INPUT_HASH                  sha256:<64 lowercase hex>, the controller's hash of the
 #                                   build inputs.
+#   MAB_CACHE_MODE                  max, min or off (default off): the registry layer cache.
+#   MAB_CACHE_IMAGE                 <registry>/<repository>:<tag>, the cache image this platform
+#                                   reads and writes (required unless MAB_CACHE_MODE=off); on
+#                                   the same registry as MAB_IMAGE (one login).
+#
+# The layer cache (what the engine can do decides the path; logged as "cache: ..."):
+#   registry  buildx and an engine with the containerd image store: --cache-from
+#             type=registry, and after the push a second, fully cached build exports
+#             --cache-to type=registry,mode=<max|min>,image-manifest=true,oci-mediatypes=true
+#             (image-manifest: ECR stores the cache as an image manifest).
+#   inline    any other BuildKit (docker CLI < 23, or buildx on the classic image store):
+#             --cache-from <cache image> --build-arg BUILDKIT_INLINE_CACHE=1, and after the push
+#             the image is tagged and pushed as the cache image (mode max falls back to this,
+#             which caches the final stage only, and says so).
+#   none      the classic builder, or MAB_CACHE_MODE=off: no cache flags at all.
+# Reading the cache never fails a build: BuildKit skips a missing or foreign cache, and a build
+# that fails with the cache is run once more without it. Writing it happens after the push;
+# a failure there is a warning.
 #
 # The image gets these labels (what the controller checks before it puts the image in the
 # multi-platform index):
@@ -265,12 +283,19 @@ plat_arch=$(printf '%s\n' "$MAB_PLATFORM" | cut -d/ -f2)
 plat_variant=$(printf '%s\n' "$MAB_PLATFORM" | cut -s -d/ -f3)
 
 # --- MAB_IMAGE
+# image_ref_ok REF: REF is <registry>/<repository>:<tag> (no digest).
+image_ref_ok() {
+    case $1 in
+        *@*) return 1 ;;
+    esac
+    matches '^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?/[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$' "$1"
+}
 MAB_IMAGE=${MAB_IMAGE:-}
 [ -n "$MAB_IMAGE" ] || die_config "MAB_IMAGE is required (<registry>/<repository>:<tag>-<arch>)"
 case $MAB_IMAGE in
     *@*) die_config "MAB_IMAGE must be <registry>/<repository>:<tag>, not a digest reference: '$MAB_IMAGE'" ;;
 esac
-matches '^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?/[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$' "$MAB_IMAGE" ||
+image_ref_ok "$MAB_IMAGE" ||
     die_config "MAB_IMAGE must be <registry>/<repository>:<tag> (lowercase repository, tag of letters, digits, _ . -), got '$MAB_IMAGE'"
 image_registry=${MAB_IMAGE%%/*}
 image_tag=${MAB_IMAGE##*:}
@@ -305,6 +330,25 @@ case $MAB_REGISTRY_AUTH in
     *) die_config "MAB_REGISTRY_AUTH must be 'ecr' or 'none', got '$MAB_REGISTRY_AUTH'" ;;
 esac
 
+# --- MAB_CACHE_MODE / MAB_CACHE_IMAGE
+MAB_CACHE_MODE=${MAB_CACHE_MODE:-off}
+MAB_CACHE_IMAGE=${MAB_CACHE_IMAGE:-}
+case $MAB_CACHE_MODE in
+    max | min) ;;
+    off) [ -z "$MAB_CACHE_IMAGE" ] || die_config "MAB_CACHE_IMAGE must not be set when MAB_CACHE_MODE=off" ;;
+    *) die_config "MAB_CACHE_MODE must be 'max', 'min' or 'off', got '$MAB_CACHE_MODE'" ;;
+esac
+if [ "$MAB_CACHE_MODE" != off ]; then
+    [ -n "$MAB_CACHE_IMAGE" ] ||
+        die_config "MAB_CACHE_IMAGE is required when MAB_CACHE_MODE=$MAB_CACHE_MODE (<registry>/<repository>:<tag>)"
+    image_ref_ok "$MAB_CACHE_IMAGE" ||
+        die_config "MAB_CACHE_IMAGE must be <registry>/<repository>:<tag> (lowercase repository, tag of letters, digits, _ . -), got '$MAB_CACHE_IMAGE'"
+    [ "${MAB_CACHE_IMAGE%%/*}" = "$image_registry" ] ||
+        die_config "MAB_CACHE_IMAGE must be on the registry of MAB_IMAGE ($image_registry), got '$MAB_CACHE_IMAGE'"
+    [ "$MAB_CACHE_IMAGE" != "$MAB_IMAGE" ] ||
+        die_config "MAB_CACHE_IMAGE must not be MAB_IMAGE itself ('$MAB_IMAGE')"
+fi
+
 # --- MAB_ALLOW_EMULATION
 MAB_ALLOW_EMULATION=${MAB_ALLOW_EMULATION:-false}
 case $MAB_ALLOW_EMULATION in
@@ -336,6 +380,8 @@ for _name in $MAB_BUILD_ARG_NAMES; do
     case $_name in
         TARGETPLATFORM | TARGETOS | TARGETARCH | TARGETVARIANT | BUILDPLATFORM | BUILDOS | BUILDARCH | BUILDVARIANT)
             die_config "MAB_BUILD_ARG_NAMES: '$_name' is set by the builder from MAB_PLATFORM and cannot be overridden" ;;
+        BUILDKIT_INLINE_CACHE)
+            die_config "MAB_BUILD_ARG_NAMES: '$_name' is set by the builder from MAB_CACHE_MODE and cannot be overridden" ;;
     esac
     case $seen_names in
         *" $_name "*) die_config "MAB_BUILD_ARG_NAMES lists '$_name' twice" ;;
@@ -478,10 +524,34 @@ else
     esac
 fi
 
+# --- which layer cache can this engine read and write? (see "The layer cache" above)
+# engine_has_containerd_store: the engine stores images in containerd (daemon.json features
+# containerd-snapshotter), so its BuildKit can export a registry cache.
+engine_has_containerd_store() {
+    docker info --format '{{range .DriverStatus}}{{index . 0}}={{index . 1}};{{end}}' 2>/dev/null |
+        grep -q 'driver-type=io.containerd.snapshotter'
+}
+cache_path=none
+if [ "$MAB_CACHE_MODE" = off ]; then
+    cache_note='off (MAB_CACHE_MODE=off): no cache flags'
+elif [ "$builder" = classic ]; then
+    cache_note="none: the classic builder cannot read or write a registry cache (MAB_CACHE_MODE=$MAB_CACHE_MODE not applied)"
+elif [ "$builder" = buildx ] && engine_has_containerd_store; then
+    cache_path=registry
+    cache_note="registry cache $MAB_CACHE_IMAGE, mode $MAB_CACHE_MODE (containerd image store)"
+else
+    cache_path=inline
+    cache_note="inline cache $MAB_CACHE_IMAGE (final stage only)"
+    if [ "$MAB_CACHE_MODE" = max ]; then
+        cache_note="$cache_note: this engine cannot export a registry cache (mode max needs buildx and the containerd image store), falling back to the inline cache"
+    fi
+fi
+
 log "platform $MAB_PLATFORM on host $host_arch, Docker engine $server_version, builder $builder"
 log "source $MAB_GIT_URL revision $MAB_GIT_REVISION, context $MAB_CONTEXT_DIR, dockerfile $MAB_DOCKERFILE, $build_arg_count build arg(s)"
 log "target $MAB_IMAGE (registry auth: $MAB_REGISTRY_AUTH)"
 log "build uid $MAB_BUILD_UID, inputs $MAB_INPUT_HASH"
+log "cache: $cache_note"
 
 # --- git credentials (never printed, never in argv)
 if [ -n "$MAB_GIT_CREDENTIALS_SECRET_ARN" ]; then
@@ -750,16 +820,8 @@ fi
 
 # --- build
 step="building $MAB_PLATFORM"
-set -- build
 case $builder in
-    buildx)
-        set -- buildx build --progress=plain --load
-        if docker buildx build --help 2>/dev/null | grep -q -- '--provenance'; then
-            set -- "$@" --provenance=false
-        fi
-        ;;
     buildkit)
-        set -- build --progress=plain
         DOCKER_BUILDKIT=1
         export DOCKER_BUILDKIT
         ;;
@@ -769,23 +831,69 @@ case $builder in
         log "warning: no BuildKit in this docker CLI: the classic builder does not set TARGETARCH and its cache is not per platform"
         ;;
 esac
-set -- "$@" --platform "$MAB_PLATFORM" --file "$dockerfile" --tag "$MAB_IMAGE" \
-    --label "org.opencontainers.image.revision=$commit" \
-    --label "org.opencontainers.image.source=$MAB_GIT_URL" \
-    --label "dev.multiarch.build-uid=$MAB_BUILD_UID" \
-    --label "dev.multiarch.inputs=$MAB_INPUT_HASH"
-_val=''
-IFS=' '
-for _name in $MAB_BUILD_ARG_NAMES; do
-    build_arg_value "$_name"
-    set -- "$@" --build-arg "$_name=$_val"
-done
-unset IFS
-set -- "$@" "$ctx"
-log "docker $1 for $MAB_PLATFORM"
+buildx_provenance=no
+if [ "$builder" = buildx ] && docker buildx build --help 2>/dev/null | grep -q -- '--provenance'; then
+    buildx_provenance=yes
+fi
+
+# docker_build LOG FLAG...: build MAB_IMAGE from the checkout with the extra FLAGs (the cache
+# flags), output streamed and kept in LOG. Every build of this job has the same arguments
+# otherwise, so a second build finds all its steps in the engine's cache.
+docker_build() {
+    _build_log=$1
+    shift
+    case $builder in
+        buildx)
+            if [ "$buildx_provenance" = yes ]; then
+                set -- --provenance=false "$@"
+            fi
+            set -- buildx build --progress=plain --load "$@"
+            ;;
+        buildkit) set -- build --progress=plain "$@" ;;
+        classic) set -- build "$@" ;;
+    esac
+    set -- "$@" --platform "$MAB_PLATFORM" --file "$dockerfile" --tag "$MAB_IMAGE" \
+        --label "org.opencontainers.image.revision=$commit" \
+        --label "org.opencontainers.image.source=$MAB_GIT_URL" \
+        --label "dev.multiarch.build-uid=$MAB_BUILD_UID" \
+        --label "dev.multiarch.inputs=$MAB_INPUT_HASH"
+    _val=''
+    IFS=' '
+    for _name in $MAB_BUILD_ARG_NAMES; do
+        build_arg_value "$_name"
+        set -- "$@" --build-arg "$_name=$_val"
+    done
+    unset IFS
+    set -- "$@" "$ctx"
+    run_step "$_build_log" docker "$@"
+}
+
+# The cache flags of the build: read the cache (and, inline, write it into the image).
+case $cache_path in
+    registry) set -- --cache-from "type=registry,ref=$MAB_CACHE_IMAGE" ;;
+    inline)
+        if [ "$builder" = buildx ]; then
+            set -- --cache-from "type=registry,ref=$MAB_CACHE_IMAGE" --build-arg BUILDKIT_INLINE_CACHE=1
+        else
+            set -- --cache-from "$MAB_CACHE_IMAGE" --build-arg BUILDKIT_INLINE_CACHE=1
+        fi
+        ;;
+    none) set -- ;;
+esac
+log "docker build for $MAB_PLATFORM"
 build_start=$(now_cs)
-if ! run_step "$work/build.log" docker "$@"; then
-    die "docker build failed for $MAB_PLATFORM: $(last_line "$work/build.log")"
+if ! docker_build "$work/build.log" "$@"; then
+    [ "$cache_path" != none ] || die "docker build failed for $MAB_PLATFORM: $(last_line "$work/build.log")"
+    # A broken cache must not fail the build: once more without reading it. Steps that
+    # succeeded are in the engine's own cache now, so this re-runs only what failed.
+    log "the build with the layer cache failed: $(last_line "$work/build.log"); building once more without reading the cache"
+    if [ "$cache_path" = inline ]; then
+        set -- --build-arg BUILDKIT_INLINE_CACHE=1
+    else
+        set --
+    fi
+    docker_build "$work/build-nocache.log" "$@" ||
+        die "docker build failed for $MAB_PLATFORM: $(last_line "$work/build-nocache.log")"
 fi
 
 # --- the image really is for the requested platform
@@ -831,11 +939,37 @@ if [ -z "$digest" ]; then
 fi
 [ -n "$digest" ] || die "pushed $MAB_IMAGE but could not read its digest from docker push or docker inspect"
 
-# Untag locally (the pushed image is in the registry; keep the Batch host's disk tidy).
-docker image rm "$MAB_IMAGE" >/dev/null 2>&1 || true
 log "pushed $image_repo@$digest"
 push_secs=$(secs_since "$push_start")
 log "push took ${push_secs}s"
+
+# --- write the layer cache (after the push: a failure here is a warning, never a failed build)
+step="writing the layer cache $MAB_CACHE_IMAGE"
+cache_start=$(now_cs)
+case $cache_path in
+    registry)
+        log "writing the layer cache $MAB_CACHE_IMAGE (mode $MAB_CACHE_MODE; every step is cached locally now)"
+        if docker_build "$work/cache-write.log" --cache-to \
+            "type=registry,ref=$MAB_CACHE_IMAGE,mode=$MAB_CACHE_MODE,image-manifest=true,oci-mediatypes=true"; then
+            log "wrote the layer cache $MAB_CACHE_IMAGE in $(secs_since "$cache_start")s"
+        else
+            log "warning: could not write the layer cache $MAB_CACHE_IMAGE (the image is pushed; the next build is slower): $(last_line "$work/cache-write.log")"
+        fi
+        ;;
+    inline)
+        log "writing the layer cache $MAB_CACHE_IMAGE (the image with its inline cache)"
+        if docker tag "$MAB_IMAGE" "$MAB_CACHE_IMAGE" >"$work/cache-write.log" 2>&1 &&
+            run_step "$work/cache-write.log" docker push "$MAB_CACHE_IMAGE"; then
+            log "wrote the layer cache $MAB_CACHE_IMAGE in $(secs_since "$cache_start")s"
+        else
+            log "warning: could not write the layer cache $MAB_CACHE_IMAGE (the image is pushed; the next build is slower): $(last_line "$work/cache-write.log")"
+        fi
+        docker image rm "$MAB_CACHE_IMAGE" >/dev/null 2>&1 || true
+        ;;
+esac
+
+# Untag locally (the pushed image is in the registry; keep the Batch host's disk tidy).
+docker image rm "$MAB_IMAGE" >/dev/null 2>&1 || true
 log "times: clone ${clone_secs}s ($clone_path), build ${build_secs}s, push ${push_secs}s"
 # The last two stdout lines, read by the controller from the job's log: keep them last.
 printf 'commit: %s\ndigest: %s\n' "$commit" "$digest"

@@ -148,6 +148,30 @@ line2"
         "MAB_IMAGE=123456789012.dkr.ecr.us-east-1.amazonaws.com/app:3f2a9c1-amd64"
     expect "$sh" 2 "MAB_IMAGE must be" "MAB_IMAGE with a space" "MAB_IMAGE=registry.example.com/app:t -arm64"
 
+    # --- MAB_CACHE_MODE / MAB_CACHE_IMAGE
+    C=123456789012.dkr.ecr.us-east-1.amazonaws.com
+    expect "$sh" 3 "required command" "cache mode max with a cache image" \
+        "MAB_CACHE_MODE=max" "MAB_CACHE_IMAGE=$C/app:buildcache-arm64"
+    expect "$sh" 3 "required command" "cache mode min in another repository of the registry" \
+        "MAB_CACHE_MODE=min" "MAB_CACHE_IMAGE=$C/team/cache:buildcache-arm64"
+    expect "$sh" 3 "required command" "cache mode off" "MAB_CACHE_MODE=off"
+    expect "$sh" 2 "MAB_CACHE_MODE must be 'max', 'min' or 'off'" "unknown cache mode" "MAB_CACHE_MODE=inline"
+    expect "$sh" 2 "MAB_CACHE_IMAGE is required when MAB_CACHE_MODE=max" "cache mode without an image" "MAB_CACHE_MODE=max"
+    expect "$sh" 2 "MAB_CACHE_IMAGE must not be set when MAB_CACHE_MODE=off" "cache image with mode off" \
+        "MAB_CACHE_MODE=off" "MAB_CACHE_IMAGE=$C/app:buildcache-arm64"
+    expect "$sh" 2 "MAB_CACHE_IMAGE must be <registry>/<repository>:<tag>" "cache image without a tag" \
+        "MAB_CACHE_MODE=max" "MAB_CACHE_IMAGE=$C/app"
+    expect "$sh" 2 "MAB_CACHE_IMAGE must be <registry>/<repository>:<tag>" "cache image by digest" \
+        "MAB_CACHE_MODE=max" "MAB_CACHE_IMAGE=$C/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    expect "$sh" 2 "MAB_CACHE_IMAGE must be <registry>/<repository>:<tag>" "cache image with CSV (,mode=...) in it" \
+        "MAB_CACHE_MODE=max" "MAB_CACHE_IMAGE=$C/app:c,mode=max"
+    expect "$sh" 2 "MAB_CACHE_IMAGE must be on the registry of MAB_IMAGE" "cache image on another registry" \
+        "MAB_CACHE_MODE=max" "MAB_CACHE_IMAGE=registry.example.com/app:buildcache-arm64"
+    expect "$sh" 2 "MAB_CACHE_IMAGE must not be MAB_IMAGE itself" "cache image is the output image" \
+        "MAB_CACHE_MODE=min" "MAB_CACHE_IMAGE=$C/app:3f2a9c1-arm64"
+    expect "$sh" 2 "'BUILDKIT_INLINE_CACHE' is set by the builder" "reserved build-arg BUILDKIT_INLINE_CACHE" \
+        "MAB_BUILD_ARG_NAMES=BUILDKIT_INLINE_CACHE" "MAB_BUILD_ARG_BUILDKIT_INLINE_CACHE=0"
+
     # --- MAB_CONTEXT_DIR / MAB_DOCKERFILE
     expect "$sh" 2 "MAB_CONTEXT_DIR must not contain '..'" "'..' in MAB_CONTEXT_DIR" "MAB_CONTEXT_DIR=../other"
     expect "$sh" 2 "MAB_CONTEXT_DIR must not contain '..'" "'..' inside MAB_CONTEXT_DIR" "MAB_CONTEXT_DIR=a/../../b"
