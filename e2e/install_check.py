@@ -21,8 +21,11 @@ Needs PyYAML (scripts/install-tools.sh puts it in the tools' virtualenv).
 
 import copy
 import json
+import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -592,6 +595,50 @@ def cmd_iam(template, actions_file):
     finish(f"ControllerRole grants exactly the {len(wanted)} actions of {actions_file.split('/')[-1]} ({statements} statements)")
 
 
+def check_cache_setup(res):
+    """The layer cache: the containerd image store turned on at boot (run the boothook's merge for
+    real on a scratch daemon.json), and the cache repository's lifecycle and IAM."""
+    data = res.get("BuildLaunchTemplate", {}).get("Properties", {}).get("LaunchTemplateData", {})
+    user_data = data.get("UserData", {}).get("Fn::If", [None, {}])
+    if user_data[0] != "UseContainerdImageStore":
+        bad("the launch template's UserData should depend on the UseContainerdImageStore condition")
+        return
+    mime = user_data[1].get("Fn::Base64", "")
+    if "multipart/mixed" not in mime or "text/cloud-boothook" not in mime:
+        bad("the launch template's UserData should be MIME multi-part with a cloud-boothook (Batch merges it)")
+    merge = re.search(r"python3 - <<'PY'\n(.*?)\nPY\n", mime, re.S)
+    if not merge:
+        bad("the boothook has no python3 merge of daemon.json")
+        return
+    with tempfile.TemporaryDirectory() as d:
+        for before in (None, {"log-driver": "json-file", "features": {"buildkit": True}}):
+            path = os.path.join(d, "daemon.json")
+            if before is not None:
+                with open(path, "w") as f:
+                    json.dump(before, f)
+            elif os.path.exists(path):
+                os.remove(path)
+            subprocess.run(["python3", "-c", merge.group(1).replace("/etc/docker/daemon.json", path)], check=True)
+            after = json.load(open(path))
+            want = dict(before or {})
+            want["features"] = {**(before or {}).get("features", {}), "containerd-snapshotter": True}
+            if after != want:
+                bad(f"the boothook turned daemon.json {before} into {after}, wanted {want}")
+    repo = res.get("CacheRepository", {})
+    if repo.get("Condition") != "MakeCacheRepository":
+        bad("the CacheRepository should exist only when CacheRepositoryName is set")
+        return
+    text = repo["Properties"]["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::Sub"].replace("${CacheExpiryDays}", "14")
+    rules = json.loads(text)["rules"]
+    tagged = [r for r in rules if r["selection"].get("tagPatternList") == ["buildcache-*"]]
+    if not tagged or tagged[0]["selection"]["countNumber"] != 14:
+        bad("the cache repository's lifecycle policy should expire buildcache-* after CacheExpiryDays")
+    push = [st for pol in res["JobRole"]["Properties"]["Policies"] for st in pol["PolicyDocument"]["Statement"]
+            if isinstance(st, dict) and st.get("Sid") == "EcrPushAndCache"]
+    if not push or {"Fn::If": ["MakeCacheRepository", {"Fn::GetAtt": "CacheRepository.Arn"}, {"Ref": "AWS::NoValue"}]} not in push[0]["Resource"]:
+        bad("the builder's job role should push and pull the cache repository")
+
+
 def cmd_cfn_shape(template, values_path):
     with open(template) as f:
         text = f.read()
@@ -646,6 +693,7 @@ def cmd_cfn_shape(template, values_path):
             bad("the builder image should be the BuilderImage parameter")
         if jd[0]["Properties"].get("PlatformCapabilities") != ["EC2"]:
             bad("the job definition should be for EC2 only")
+    check_cache_setup(res)
     # The IRSA defaults match the chart's defaults (release multiarch-operator in multiarch-system).
     values = load(values_path)
     if params.get("ControllerServiceAccount", {}).get("Default") != "multiarch-operator":
