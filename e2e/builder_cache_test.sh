@@ -24,22 +24,8 @@ BUILD_SH=$(dirname "$HERE")/builder/build.sh
 BUILD_UID=0f8e2c4a-1b3d-4e5f-8a9b-0c1d2e3f4a5b
 INPUT_HASH=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 
-passed=0
-failed=0
-ok() {
-    passed=$((passed + 1))
-    echo "ok - $1"
-}
-not_ok() {
-    failed=$((failed + 1))
-    echo "not ok - $1"
-    [ $# -gt 1 ] && printf '    %s\n' "${@:2}"
-}
-check() { # DESCRIPTION COMMAND...
-    local d=$1
-    shift
-    if "$@"; then ok "$d"; else not_ok "$d"; fi
-}
+# shellcheck source=e2e/tap.sh
+. "$HERE/tap.sh"
 
 for tool in git python3 sh; do
     command -v "$tool" >/dev/null || {
@@ -378,6 +364,4 @@ PY
     fresh_host
 fi
 
-echo
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+tap_summary

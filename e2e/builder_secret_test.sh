@@ -27,22 +27,8 @@ ARN=arn:aws:secretsmanager:us-east-1:123456789012:secret:mab-test-pat
 # the shell that runs build.sh: dash as sh on Debian; MAB_TEST_SHELL="busybox sh" for busybox
 read -r -a SH <<<"${MAB_TEST_SHELL:-sh}"
 
-passed=0
-failed=0
-ok() {
-    passed=$((passed + 1))
-    echo "ok - $1"
-}
-not_ok() {
-    failed=$((failed + 1))
-    echo "not ok - $1"
-    [ $# -gt 1 ] && printf '    %s\n' "${@:2}"
-}
-check() { # DESCRIPTION COMMAND...
-    local d=$1
-    shift
-    if "$@"; then ok "$d"; else not_ok "$d"; fi
-}
+# shellcheck source=e2e/tap.sh
+. "$HERE/tap.sh"
 
 for tool in git python3 openssl base64; do
     command -v "$tool" >/dev/null || {
@@ -479,6 +465,4 @@ if [ "$SHA256_REPO" = yes ]; then
     check "SHA-256 repository: nothing was built" test ! -e "$T/docker-build-argv.log"
 fi
 
-echo
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+tap_summary
