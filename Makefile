@@ -16,7 +16,7 @@ test: deps ## The whole suite (installs and starts what it needs)
 	e2e/local-stack up
 	MAB_E2E_REQUIRED=1 $(CARGO) test --all-targets --locked
 	shellcheck -s sh builder/build.sh
-	shellcheck e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/builder_cache_test.sh e2e/controller_e2e.sh e2e/image_test.sh benches/clone_large_repo.sh scripts/*.sh
+	shellcheck -x e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/builder_cache_test.sh e2e/controller_e2e.sh e2e/image_test.sh benches/clone_large_repo.sh benches/rebuild_cold_host.sh scripts/*.sh
 	e2e/builder_validation_test.sh
 	e2e/builder_secret_test.sh
 	e2e/builder_cache_test.sh
@@ -55,6 +55,7 @@ run: ## Run the controller against the current kubeconfig context and the AWS de
 bench: deps ## Benchmarks; each figure prints as `bench <name> <value> <unit>`
 	e2e/local-stack up
 	benches/clone_large_repo.sh
+	benches/rebuild_cold_host.sh
 	$(CARGO) bench --locked --profile dev --bench describe_calls
 	$(CARGO) bench --locked --profile dev --bench engine_memory
 	$(CARGO) bench --locked --bench index_assembly
