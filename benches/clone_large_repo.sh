@@ -44,22 +44,9 @@ RUNS=3
 TOKEN=mab-bench-token
 ARN=arn:aws:secretsmanager:us-east-1:123456789012:secret:mab-bench-git-token
 
-say() { printf 'clone_large_repo: %s\n' "$*"; }
-die() {
-    printf 'clone_large_repo: %s\n' "$*" >&2
-    exit 1
-}
-now_cs() { # the monotonic clock build.sh uses, in centiseconds
-    local up _idle
-    read -r up _idle </proc/uptime
-    echo $((10#${up%.*}${up#*.}))
-}
-secs() { # CENTISECONDS -> S.CC
-    printf '%d.%02d' $(($1 / 100)) $(($1 % 100))
-}
-median() { # VALUES... (an odd number of them)
-    printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
-}
+BENCH_NAME=clone_large_repo
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"
 
 bench_start=$(now_cs)
 for tool in git python3 openssl base64 sha256sum docker; do
@@ -69,17 +56,7 @@ done
 [ -f "$SERVER_PY" ] || die "$SERVER_PY not found"
 
 # ------------------------------------------------------------------ the local stack
-stack_env=$("$REPO/e2e/local-stack" env) || die "e2e/local-stack env failed (run e2e/local-stack up)"
-eval "$stack_env"
-IMAGE=${MAB_BUILDER_IMAGE:-mab-local-builder:latest}
-REGISTRY=${MAB_REGISTRY:-127.0.0.1:5000}
-[ -S "$DOCKER_SOCK" ] || die "no Docker socket at $DOCKER_SOCK (run e2e/local-stack up)"
-docker image inspect "$IMAGE" >/dev/null 2>&1 || die "builder image $IMAGE not found (run e2e/local-stack up)"
-case $(uname -m) in
-    x86_64 | amd64) ARCH=amd64 ;;
-    aarch64 | arm64) ARCH=arm64 ;;
-    *) die "unsupported host architecture $(uname -m)" ;;
-esac
+use_local_stack
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/mab-bench-clone.XXXXXX")
 SERVER_PID=''
@@ -270,15 +247,6 @@ for run in $(seq 1 "$RUNS"); do
 done
 a=$(median "${fetch_cs[@]}")
 b=$(median "${full_cs[@]}")
-[ "$b" -gt 0 ] || die "the full clone took 0.00 s: cannot make a ratio"
-ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", a / b }')
-echo "bench clone_fetch_one_commit $(secs "$a") s"
-echo "bench clone_full_single_branch $(secs "$b") s"
-echo "bench clone_ratio_large_repo $ratio ratio"
 total="total $(secs $(($(now_cs) - bench_start)))s${gen_secs:+, of which generation ${gen_secs}s}"
-if [ $((10 * a)) -le "$b" ]; then
-    say "target clone_ratio_large_repo <= $TARGET_RATIO met: $(secs "$a") s / $(secs "$b") s = $ratio ($n_commits commits, $pack_bytes bytes of history; $total)"
-else
-    say "target clone_ratio_large_repo <= $TARGET_RATIO NOT met: $(secs "$a") s / $(secs "$b") s = $ratio ($n_commits commits, $pack_bytes bytes of history; $total)"
-    exit 1
-fi
+report_ratio clone_fetch_one_commit clone_full_single_branch clone_ratio_large_repo "$a" "$b" 10 "$TARGET_RATIO" \
+    "$n_commits commits, $pack_bytes bytes of history; $total"

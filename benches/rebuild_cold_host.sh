@@ -42,19 +42,9 @@ TARGET_RATIO=0.25 # (A)/(B) at most this; checked as 4 * A <= B in centiseconds
 BUILD_UID=mab-bench-rebuild-cold-host
 INPUT_HASH=sha256:$(printf 'rebuild_cold_host rounds=%s mib=%s' "$ROUNDS" "$ROUND_MIB" | sha256sum | cut -c1-64)
 
-say() { printf 'rebuild_cold_host: %s\n' "$*"; }
-die() {
-    printf 'rebuild_cold_host: %s\n' "$*" >&2
-    exit 1
-}
-now_cs() { # the monotonic clock build.sh uses, in centiseconds
-    local up _idle
-    read -r up _idle </proc/uptime
-    echo $((10#${up%.*}${up#*.}))
-}
-secs() { # CENTISECONDS -> S.CC
-    printf '%d.%02d' $(($1 / 100)) $(($1 % 100))
-}
+BENCH_NAME=rebuild_cold_host
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"
 
 bench_start=$(now_cs)
 for tool in git busybox tar awk sha256sum docker; do
@@ -63,17 +53,7 @@ done
 [ -f "$BUILD_SH" ] || die "$BUILD_SH not found"
 
 # ------------------------------------------------------------------ the local stack
-stack_env=$("$REPO/e2e/local-stack" env) || die "e2e/local-stack env failed (run e2e/local-stack up)"
-eval "$stack_env"
-IMAGE=${MAB_BUILDER_IMAGE:-mab-local-builder:latest}
-REGISTRY=${MAB_REGISTRY:-127.0.0.1:5000}
-[ -S "$DOCKER_SOCK" ] || die "no Docker socket at $DOCKER_SOCK (run e2e/local-stack up)"
-docker image inspect "$IMAGE" >/dev/null 2>&1 || die "builder image $IMAGE not found (run e2e/local-stack up)"
-case $(uname -m) in
-    x86_64 | amd64) ARCH=amd64 ;;
-    aarch64 | arm64) ARCH=arm64 ;;
-    *) die "unsupported host architecture $(uname -m)" ;;
-esac
+use_local_stack
 
 BASE_REF=$REGISTRY/mab-bench/busybox:1
 APP=$REGISTRY/mab-bench/rebuild-$$ # one repository per run: no run sees another's cache
@@ -211,15 +191,5 @@ say "3. r2, cache off, fresh host: job $(secs "$b")s, build $(secs "$(build_took
 awk -v s="$sb" -v m="$MIN_STEP_SECS" 'BEGIN { exit !(s >= m) }' ||
     die "the uncached RUN step took ${sb}s, under ${MIN_STEP_SECS}s: this machine is faster than the reference; raise ROUNDS (now $ROUNDS) in $0"
 
-[ "$b" -gt 0 ] || die "the build without the cache took 0.00 s: cannot make a ratio"
-ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", a / b }')
-echo "bench rebuild_cold_host_with_cache $(secs "$a") s"
-echo "bench rebuild_cold_host_without_cache $(secs "$b") s"
-echo "bench rebuild_cold_host_ratio $ratio ratio"
-total="RUN step ${sb}s uncached; total $(secs $(($(now_cs) - bench_start)))s"
-if [ $((4 * a)) -le "$b" ]; then
-    say "target rebuild_cold_host_ratio <= $TARGET_RATIO met: $(secs "$a") s / $(secs "$b") s = $ratio ($total)"
-else
-    say "target rebuild_cold_host_ratio <= $TARGET_RATIO NOT met: $(secs "$a") s / $(secs "$b") s = $ratio ($total)"
-    exit 1
-fi
+report_ratio rebuild_cold_host_with_cache rebuild_cold_host_without_cache rebuild_cold_host_ratio "$a" "$b" 4 \
+    "$TARGET_RATIO" "RUN step ${sb}s uncached; total $(secs $(($(now_cs) - bench_start)))s"
