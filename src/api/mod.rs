@@ -575,5 +575,81 @@ impl MultiArchBuildSpec {
 /// The CRD as YAML, exactly as committed in `crds/`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&MultiArchBuild::crd())
+    to_yaml_for_kubernetes(&MultiArchBuild::crd())
+}
+
+/// `value` as YAML that YAML 1.1 readers load the same way. serde_yaml writes YAML 1.2, where an
+/// enum value such as `off` is a plain string; kubectl and Helm read YAML 1.1 (go-yaml), where
+/// `off`, `on`, `yes`, `no`, `y` and `n` are booleans, so those scalars are quoted.
+pub(crate) fn to_yaml_for_kubernetes<T: serde::Serialize>(value: &T) -> Result<String, serde_yaml::Error> {
+    let yaml = serde_yaml::to_string(value)?;
+    let mut out = String::with_capacity(yaml.len());
+    // The indentation of the line that opened a block scalar (`|`, `>`): its text is not touched.
+    let mut block_parent: Option<usize> = None;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if block_parent.is_some_and(|parent| line.trim().is_empty() || indent > parent) {
+            out.push_str(line);
+        } else {
+            block_parent = None;
+            let opens_block = line
+                .trim_end()
+                .rsplit(' ')
+                .next()
+                .is_some_and(|last| ["|", "|-", "|+", ">", ">-", ">+"].contains(&last));
+            if opens_block {
+                block_parent = Some(indent);
+            }
+            out.push_str(&quote_yaml11_boolean(line));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `line` with its plain scalar value (after `- ` or `: `) quoted when YAML 1.1 reads it as a boolean.
+fn quote_yaml11_boolean(line: &str) -> std::borrow::Cow<'_, str> {
+    const YAML11_BOOLEANS: [&str; 6] = ["y", "n", "yes", "no", "on", "off"];
+    let start = line.rfind(": ").map(|i| i + 2).or_else(|| {
+        let trimmed = line.trim_start();
+        trimmed.starts_with("- ").then(|| line.len() - trimmed.len() + 2)
+    });
+    match start {
+        Some(start) if YAML11_BOOLEANS.contains(&line[start..].to_ascii_lowercase().as_str()) => {
+            format!("{}'{}'", &line[..start], &line[start..]).into()
+        }
+        _ => line.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{quote_yaml11_boolean, to_yaml_for_kubernetes};
+
+    #[test]
+    fn block_scalars_are_left_alone() {
+        let value = serde_json::json!({"description": "first line\n- no\nlast", "enum": ["max", "off"]});
+        let yaml = to_yaml_for_kubernetes(&value).unwrap();
+        assert!(yaml.contains("\n  - no\n"), "{yaml}");
+        assert!(yaml.contains("- 'off'"), "{yaml}");
+        let back: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn yaml11_booleans_are_quoted_and_nothing_else() {
+        for (line, want) in [
+            ("  - off", "  - 'off'"),
+            ("    - On", "    - 'On'"),
+            ("  default: no", "  default: 'no'"),
+            ("  - y", "  - 'y'"),
+            ("  - max", "  - max"),
+            ("  - offline", "  - offline"),
+            ("  description: turn it off", "  description: turn it off"),
+            ("  default: 'off'", "  default: 'off'"),
+            ("  off:", "  off:"),
+        ] {
+            assert_eq!(quote_yaml11_boolean(line), want, "{line}");
+        }
+    }
 }

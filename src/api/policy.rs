@@ -316,7 +316,7 @@ fn listed(values: &[String]) -> String {
 /// The policy CRD as YAML, exactly as committed in `crds/multiarch.dev_multiarchbuildpolicies.yaml`.
 pub fn policy_crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&MultiArchBuildPolicy::crd())
+    super::to_yaml_for_kubernetes(&MultiArchBuildPolicy::crd())
 }
 
 #[cfg(test)]
