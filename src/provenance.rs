@@ -94,7 +94,7 @@ pub fn inputs_hash(spec: &MultiArchBuildSpec) -> String {
             .build_args
             .iter()
             .flatten()
-            .map(|a| (a.name.as_str(), a.value.as_str()))
+            .map(|a| (a.name.as_str(), a.value.as_deref().unwrap_or_default()))
             .collect(),
         platforms,
     };
@@ -121,10 +121,7 @@ mod tests {
         assert_eq!(inputs_hash(&base), hash, "deterministic");
 
         let mut other = base.clone();
-        other.build_args = Some(vec![BuildArg {
-            name: "PYTHON_VERSION".into(),
-            value: "3.13".into(),
-        }]);
+        other.build_args = Some(vec![BuildArg::value("PYTHON_VERSION", "3.13")]);
         assert_ne!(inputs_hash(&other), hash, "build args");
         let mut other = base.clone();
         other.source.dockerfile = "Dockerfile.other".into();
