@@ -512,11 +512,11 @@ async fn dependencies(
             .get_opt(&next)
             .await
             .map_err(Error::kube("read a build named in valueFrom"))?;
-        let (observed, edges) = match found.map(|g| g.0) {
+        let (observed, edges) = match found {
             None => (Dependency::NotFound, None),
             // Its own reconcile reports why it cannot be read; meanwhile it is waited for.
-            Some(Err(_)) => (Dependency::Running(None), None),
-            Some(Ok(other)) => {
+            Some(DeserializeGuard(Err(_))) => (Dependency::Running(None), None),
+            Some(DeserializeGuard(Ok(other))) => {
                 let edges: Vec<String> = dependency_names(&other.spec).into_iter().map(str::to_owned).collect();
                 let other_status = other.status.unwrap_or_default();
                 let observed = match (other_status.phase, other_status.image) {
