@@ -149,6 +149,37 @@ mod tests {
     }
 
     #[test]
+    fn the_inputs_hash_covers_what_value_from_resolved_to() {
+        use crate::api::{BuildArgSource, BuildReference, InputsStatus, MultiArchBuildStatus, ResolvedBuildArg};
+        let mut spec = spec();
+        spec.build_args = Some(vec![BuildArg {
+            name: "BASE".into(),
+            value: None,
+            value_from: Some(BuildArgSource {
+                multi_arch_build: BuildReference { name: "base".into() },
+            }),
+        }]);
+        let resolved_to = |value: &str| {
+            let status = MultiArchBuildStatus {
+                inputs: Some(InputsStatus {
+                    build_args: vec![ResolvedBuildArg {
+                        name: "BASE".into(),
+                        value: value.into(),
+                    }],
+                }),
+                ..Default::default()
+            };
+            inputs_hash(&crate::plan::resolved_spec(&spec, &status).unwrap())
+        };
+        let a = resolved_to("r.example/base@sha256:aa");
+        assert_eq!(a, resolved_to("r.example/base@sha256:aa"));
+        assert_ne!(a, resolved_to("r.example/base@sha256:bb"), "another digest of the base");
+        let mut literal = spec.clone();
+        literal.build_args = Some(vec![BuildArg::value("BASE", "r.example/base@sha256:aa")]);
+        assert_eq!(inputs_hash(&literal), a, "the same as passing the pinned value by hand");
+    }
+
+    #[test]
     fn only_a_full_sha_pins_the_commit() {
         let mut s = spec();
         s.source.git.revision = "3F2A9C1E0B5D4C3B2A1908F7E6D5C4B3A2918070".into();
