@@ -72,6 +72,7 @@ async fn main() -> ExitCode {
                     git_sources: GitSources::Remote,
                     generation: Some(1),
                     refusal: None,
+                    dependencies: None,
                 };
                 engine
                     .step(
@@ -111,6 +112,7 @@ async fn main() -> ExitCode {
                 git_sources: GitSources::Remote,
                 generation: Some(1),
                 refusal: None,
+                dependencies: None,
                 status,
                 observed: &observed,
                 now: Timestamp::now(),

@@ -57,6 +57,8 @@ pub struct Build<'a> {
     pub generation: Option<i64>,
     /// Why this build may not run here (a registry not allowed, a namespace policy).
     pub refusal: Option<plan::Refusal>,
+    /// What the builds named in `valueFrom` looked like (`None`: not looked at).
+    pub dependencies: Option<plan::Dependencies>,
 }
 
 /// What a step left: the status stored, and when the planner wants to look again.
@@ -99,6 +101,7 @@ impl Engine {
                 git_sources: build.git_sources,
                 generation: build.generation,
                 refusal: build.refusal.as_ref(),
+                dependencies: build.dependencies.as_ref(),
                 status,
                 observed,
                 now: now(),
@@ -121,7 +124,7 @@ impl Engine {
                 jobs,
                 ..Default::default()
             };
-            if let Err(error) = self.apply(build, plan.actions, &mut observed).await {
+            if let Err(error) = self.apply(build, &status, plan.actions, &mut observed).await {
                 // Record what did happen (a submitted job id above all) before reporting.
                 let plan = decide(&status, &observed);
                 if plan.status != status {
@@ -137,14 +140,28 @@ impl Engine {
     async fn apply(
         &self,
         build: &Build<'_>,
+        status: &MultiArchBuildStatus,
         actions: Vec<Action>,
         observed: &mut Observations,
     ) -> Result<(), EngineError> {
-        let spec = build.spec;
+        // What the jobs build: every valueFrom as recorded in status.inputs. The planner looks for,
+        // submits and assembles only once they are all recorded.
+        let resolved = match plan::resolved_spec(build.spec, status) {
+            Ok(spec) => Some(spec),
+            Err(_)
+                if actions
+                    .iter()
+                    .all(|a| matches!(a, Action::Terminate { .. } | Action::FetchLogs { .. })) =>
+            {
+                None
+            }
+            Err(name) => return Err(BatchError::UnresolvedBuildArg { name }.into()),
+        };
+        let spec = resolved.as_ref().unwrap_or(build.spec);
         for action in actions {
             match action {
                 Action::CheckExistingIndex => {
-                    observed.existing_index = Some(self.check_existing(build).await?);
+                    observed.existing_index = Some(self.check_existing(spec).await?);
                 }
                 Action::Submit(platform) => {
                     let request = submit_request(build.reference, spec, platform, &self.default_job_definition)?;
@@ -271,8 +288,7 @@ pub fn job_observations(
 impl Engine {
     /// Whether `<tag>` holds an index this input provably built. A registry that refuses the
     /// question permanently (a missing repository, a bad answer) means building, not failing.
-    async fn check_existing(&self, build: &Build<'_>) -> Result<ExistingIndex, EngineError> {
-        let spec = build.spec;
+    async fn check_existing(&self, spec: &MultiArchBuildSpec) -> Result<ExistingIndex, EngineError> {
         let platforms: Vec<Platform> = spec.platforms.iter().map(|p| p.platform).collect();
         let pinned = pinned_commit(spec).map(|commit| Expected {
             build_uid: None,

@@ -44,6 +44,17 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
     };
     api::validate_with(&object.spec, git_sources).map_err(|e| format!("{}: invalid spec: {e}", args.file.display()))?;
     let reference = build_ref(&object)?;
+    if let Some(arg) = object.spec.build_args.iter().flatten().find(|a| a.value_from.is_some()) {
+        return Err(format!(
+            "{}: spec.buildArgs {} takes its value from MultiArchBuild {} (valueFrom), which only the controller \
+             can read: `build -f` has no cluster. Put that build's pinned image (kubectl get mab {} -o \
+             jsonpath='{{.status.image}}') in value instead",
+            args.file.display(),
+            arg.name,
+            arg.dependency().unwrap_or_default(),
+            arg.dependency().unwrap_or_default()
+        ));
+    }
 
     if args.dry_run {
         let mut text = String::new();
@@ -131,6 +142,8 @@ async fn step_once(
         generation: object.metadata.generation,
         // The registry was checked before the first step; there is no cluster policy here.
         refusal: None,
+        // `run` refuses valueFrom: there is no cluster to read other builds from.
+        dependencies: None,
     };
     engine
         .step(&build, status.clone(), jobs, Timestamp::now, |next| {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Platform, PlatformStatus};
+use crate::api::{BuildArg, GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus};
 
 /// A Batch job status, as Batch spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -218,6 +218,94 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// What one build named in `valueFrom.multiArchBuild` looked like in this step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Dependency {
+    /// No such MultiArchBuild in the namespace (yet: objects may be applied in any order).
+    NotFound,
+    /// It exists and has not ended; its phase, if it has one.
+    Running(Option<Phase>),
+    /// It succeeded with this pinned image (`status.image`).
+    Succeeded { image: String },
+    /// It failed or was cancelled, and why (its `status.message`).
+    Ended { phase: Phase, message: String },
+}
+
+/// What the caller saw of the builds a build's arguments take their values from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Dependencies {
+    /// By build name.
+    pub builds: BTreeMap<String, Dependency>,
+    /// A dependency cycle through this build, as the names from this build back to itself
+    /// (`[a, b, a]`; `[a, a]` for a build that names itself).
+    pub cycle: Option<Vec<String>>,
+}
+
+/// The builds a spec's arguments take their values from, each once, in spec order.
+pub fn dependency_names(spec: &MultiArchBuildSpec) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for name in spec.build_args.iter().flatten().filter_map(BuildArg::dependency) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The cycle through `start`, following each build's dependencies as `dependencies_of` gives
+/// them (`None` for a build that does not exist or cannot be read): the names from `start` back
+/// to itself, or `None`. Depth-first, each build visited once.
+pub fn find_cycle(start: &str, mut dependencies_of: impl FnMut(&str) -> Option<Vec<String>>) -> Option<Vec<String>> {
+    fn visit(
+        name: &str,
+        start: &str,
+        path: &mut Vec<String>,
+        seen: &mut std::collections::BTreeSet<String>,
+        dependencies_of: &mut dyn FnMut(&str) -> Option<Vec<String>>,
+    ) -> bool {
+        for next in dependencies_of(name).unwrap_or_default() {
+            if next == start {
+                path.push(next);
+                return true;
+            }
+            if seen.insert(next.clone()) {
+                path.push(next.clone());
+                if visit(&next, start, path, seen, dependencies_of) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = vec![start.to_string()];
+    let mut seen = std::collections::BTreeSet::from([start.to_string()]);
+    visit(start, start, &mut path, &mut seen, &mut dependencies_of).then_some(path)
+}
+
+/// The spec the jobs build: every `valueFrom` argument replaced by the value recorded in
+/// `status.inputs.buildArgs`. Errs with the name of an argument that has no recorded value.
+pub fn resolved_spec(spec: &MultiArchBuildSpec, status: &MultiArchBuildStatus) -> Result<MultiArchBuildSpec, String> {
+    let mut resolved = spec.clone();
+    let recorded = status
+        .inputs
+        .as_ref()
+        .map(|i| i.build_args.as_slice())
+        .unwrap_or_default();
+    for arg in resolved.build_args.iter_mut().flatten() {
+        if arg.value_from.is_none() {
+            continue;
+        }
+        let value = recorded
+            .iter()
+            .find(|r| r.name == arg.name)
+            .ok_or_else(|| arg.name.clone())?;
+        arg.value = Some(value.value.clone());
+        arg.value_from = None;
+    }
+    Ok(resolved)
+}
+
 /// Everything `plan` decides from.
 pub struct Input<'a> {
     pub spec: &'a MultiArchBuildSpec,
@@ -226,6 +314,9 @@ pub struct Input<'a> {
     pub generation: Option<i64>,
     /// Set when the build may not run here; it then fails before anything is submitted.
     pub refusal: Option<&'a Refusal>,
+    /// What the builds named in `valueFrom` looked like; `None` when nobody looked (the build then
+    /// waits).
+    pub dependencies: Option<&'a Dependencies>,
     pub status: &'a MultiArchBuildStatus,
     pub observed: &'a Observations,
     pub now: Timestamp,
@@ -253,6 +344,11 @@ pub const READY: &str = "Ready";
 /// The condition saying why an existing index at `<tag>` was not reused.
 pub const INDEX_REUSED: &str = "IndexReused";
 
+/// The condition of a build whose arguments take values from other builds: False while it waits
+/// (its `lastTransitionTime` is when the waiting began) or when they failed, True once every value
+/// is recorded in `status.inputs`.
+pub const DEPENDENCIES_READY: &str = "DependenciesReady";
+
 /// Condition reasons (also event reasons).
 pub mod reason {
     pub const PENDING: &str = "Pending";
@@ -270,6 +366,11 @@ pub mod reason {
     pub const NOT_REUSABLE: &str = "NotReusable";
     pub const REGISTRY_NOT_ALLOWED: &str = "RegistryNotAllowed";
     pub const POLICY_VIOLATION: &str = "PolicyViolation";
+    pub const WAITING_FOR_DEPENDENCIES: &str = "WaitingForDependencies";
+    pub const DEPENDENCIES_SUCCEEDED: &str = "DependenciesSucceeded";
+    pub const DEPENDENCY_FAILED: &str = "DependencyFailed";
+    pub const DEPENDENCY_CYCLE: &str = "DependencyCycle";
+    pub const DEPENDENCY_NOT_FOUND: &str = "DependencyNotFound";
 }
 
 /// The last known Batch state of a platform's job, if it has one.

@@ -94,7 +94,7 @@ pub fn inputs_hash(spec: &MultiArchBuildSpec) -> String {
             .build_args
             .iter()
             .flatten()
-            .map(|a| (a.name.as_str(), a.value.as_str()))
+            .map(|a| (a.name.as_str(), a.value.as_deref().unwrap_or_default()))
             .collect(),
         platforms,
     };
@@ -121,10 +121,7 @@ mod tests {
         assert_eq!(inputs_hash(&base), hash, "deterministic");
 
         let mut other = base.clone();
-        other.build_args = Some(vec![BuildArg {
-            name: "PYTHON_VERSION".into(),
-            value: "3.13".into(),
-        }]);
+        other.build_args = Some(vec![BuildArg::value("PYTHON_VERSION", "3.13")]);
         assert_ne!(inputs_hash(&other), hash, "build args");
         let mut other = base.clone();
         other.source.dockerfile = "Dockerfile.other".into();
@@ -149,6 +146,37 @@ mod tests {
         cached.output.cache.mode = crate::api::CacheMode::Off;
         cached.output.cache.repository = format!("{}-cache", base.output.repository);
         assert_eq!(inputs_hash(&cached), hash, "the cache is not an input");
+    }
+
+    #[test]
+    fn the_inputs_hash_covers_what_value_from_resolved_to() {
+        use crate::api::{BuildArgSource, BuildReference, InputsStatus, MultiArchBuildStatus, ResolvedBuildArg};
+        let mut spec = spec();
+        spec.build_args = Some(vec![BuildArg {
+            name: "BASE".into(),
+            value: None,
+            value_from: Some(BuildArgSource {
+                multi_arch_build: BuildReference { name: "base".into() },
+            }),
+        }]);
+        let resolved_to = |value: &str| {
+            let status = MultiArchBuildStatus {
+                inputs: Some(InputsStatus {
+                    build_args: vec![ResolvedBuildArg {
+                        name: "BASE".into(),
+                        value: value.into(),
+                    }],
+                }),
+                ..Default::default()
+            };
+            inputs_hash(&crate::plan::resolved_spec(&spec, &status).unwrap())
+        };
+        let a = resolved_to("r.example/base@sha256:aa");
+        assert_eq!(a, resolved_to("r.example/base@sha256:aa"));
+        assert_ne!(a, resolved_to("r.example/base@sha256:bb"), "another digest of the base");
+        let mut literal = spec.clone();
+        literal.build_args = Some(vec![BuildArg::value("BASE", "r.example/base@sha256:aa")]);
+        assert_eq!(inputs_hash(&literal), a, "the same as passing the pinned value by hand");
     }
 
     #[test]

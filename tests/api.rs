@@ -326,6 +326,26 @@ fn the_status_only_moves_forward() {
     let mut other_image = succeeded.clone();
     other_image["image"] = "r.example/other@sha256:0".into();
     refused(other_image, "status.image is written once");
+    // The resolved build arguments are written once.
+    let inputs = serde_json::json!({"buildArgs": [{"name": "BASE", "value": image.clone()}]});
+    let mut resolved = serde_json::json!({"phase": "Pending", "inputs": inputs});
+    assert_eq!(
+        status_update_errors(serde_json::json!({"phase": "Waiting"}), resolved.clone()),
+        Vec::<String>::new()
+    );
+    let mut changed = resolved.clone();
+    changed["inputs"]["buildArgs"][0]["value"] = "r.example/other@sha256:0".into();
+    assert!(
+        status_update_errors(resolved.clone(), changed)
+            .iter()
+            .any(|m| m.contains("status.inputs is written once"))
+    );
+    resolved.as_object_mut().unwrap().remove("inputs");
+    assert!(
+        status_update_errors(serde_json::json!({"phase": "Pending", "inputs": inputs}), resolved)
+            .iter()
+            .any(|m| m.contains("status.inputs is written once"))
+    );
     let mut other_job = succeeded.clone();
     other_job["platforms"] = serde_json::json!([platform(Some("job-2"), "SUCCEEDED")]);
     refused(other_job, "jobId never changes once set");

@@ -576,6 +576,279 @@ async fn gating_releases_exactly_the_waiting_jobs_and_only_after_success(env: Ar
     );
 }
 
+/// A build whose `ARG` takes the pinned image of `from` (`valueFrom.multiArchBuild`).
+fn dependent_build(namespace: &str, name: &str, arg: &str, from: &str, repository: &str) -> Value {
+    let mut object = good_build(namespace, name, repository);
+    object["spec"]["buildArgs"] = json!([{"name": arg, "valueFrom": {"multiArchBuild": {"name": from}}}]);
+    object
+}
+
+/// A suspended Job waiting on several builds: label present (empty), annotation listing them.
+fn job_waiting_on(namespace: &str, name: &str, builds: &str) -> Value {
+    let mut job = job_object(namespace, name, Some(""), true);
+    job["metadata"]["annotations"] = json!({"multiarch.dev/after-builds": builds});
+    job
+}
+
+fn phase_and_reason(fake: &FakeKube, key: &Key) -> (String, String) {
+    let s = status(fake, key);
+    (
+        s["phase"].as_str().unwrap_or_default().to_string(),
+        ready(&s)["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// A Job waiting on two builds (annotation multiarch.dev/after-builds) is released only once both
+/// succeeded, with both pinned images in its `<job>-images` ConfigMap; when one of its builds
+/// fails it stays suspended and gets one Warning event naming that build.
+async fn a_job_waiting_on_two_builds_is_released_only_after_both_succeed(env: Arc<Env>) {
+    let fake = env.fake();
+    let ctx = env.context(&fake, env.metrics());
+    fake.create(
+        "batch",
+        "jobs",
+        job_waiting_on("sims", "pipeline", "two-base, two-submit"),
+    );
+    fake.create("batch", "jobs", job_waiting_on("sims", "doomed", "two-base,two-broken"));
+    let base = create_build(&fake, good_build("sims", "two-base", &env.registry.repo("two-base")));
+    build_to_success(&env, &fake, &ctx, &base).await;
+    let pipeline = Key::job("sims", "pipeline");
+    assert_eq!(
+        fake.get(&pipeline).unwrap()["spec"]["suspend"],
+        json!(true),
+        "one of two succeeded"
+    );
+    assert!(
+        fake.get(&Key::new("", "configmaps", "sims", "pipeline-images"))
+            .is_none()
+    );
+
+    let submit = create_build(
+        &fake,
+        good_build("sims", "two-submit", &env.registry.repo("two-submit")),
+    );
+    build_to_success(&env, &fake, &ctx, &submit).await;
+    let job = fake.get(&pipeline).unwrap();
+    assert_eq!(job["spec"]["suspend"], json!(false), "both succeeded: released");
+    let cm = fake
+        .get(&Key::new("", "configmaps", "sims", "pipeline-images"))
+        .expect("the <job>-images ConfigMap");
+    assert_eq!(cm["data"]["two-base"], status(&fake, &base)["image"]);
+    assert_eq!(cm["data"]["two-submit"], status(&fake, &submit)["image"]);
+    assert!(cm["data"]["two-base"].as_str().unwrap().contains("@sha256:"));
+    let owner = &cm["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("Job"), Some("pipeline"))
+    );
+    assert_eq!(owner["uid"], job["metadata"]["uid"]);
+    let released = fake.events_about("Job", "pipeline");
+    assert!(
+        released
+            .iter()
+            .any(|(r, _, note)| r == "Released" && note.contains("two-base, two-submit")),
+        "{released:?}"
+    );
+
+    // two-broken fails (an invalid spec): doomed stays suspended, warned once, naming it.
+    let broken = create_build(
+        &fake,
+        build_object(
+            "sims",
+            "two-broken",
+            "registry.invalid/broken",
+            "http://insecure.example/app.git",
+        ),
+    );
+    reconcile_now(&fake, &ctx, &broken).await;
+    reconcile_now(&fake, &ctx, &broken).await;
+    reconcile_now(&fake, &ctx, &base).await;
+    let doomed = fake.get(&Key::job("sims", "doomed")).unwrap();
+    assert_eq!(doomed["spec"]["suspend"], json!(true));
+    assert!(fake.get(&Key::new("", "configmaps", "sims", "doomed-images")).is_none());
+    let warnings = fake.events_about("Job", "doomed");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        (warnings[0].0.as_str(), warnings[0].1.as_str()),
+        ("InvalidSpec", "Warning")
+    );
+    assert!(
+        warnings[0].2.contains("MultiArchBuild two-broken ended Failed"),
+        "{}",
+        warnings[0].2
+    );
+}
+
+/// A cycle of two builds, one of three, and a build naming itself: every build in a cycle fails
+/// with reason DependencyCycle and the cycle in its message, and nothing is submitted.
+async fn dependency_cycles_fail_every_build_in_them_and_submit_nothing(env: Arc<Env>) {
+    let fake = env.fake();
+    let metrics = env.metrics();
+    let ctx = env.context(&fake, Arc::clone(&metrics));
+    let repo = "registry.invalid/cycle";
+    let cycles: [&[&str]; 3] = [&["c2-a", "c2-b"], &["c3-a", "c3-b", "c3-c"], &["self"]];
+    for cycle in cycles {
+        let keys: Vec<Key> = cycle
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let next = cycle[(i + 1) % cycle.len()];
+                create_build(&fake, dependent_build("sims", name, "BASE", next, repo))
+            })
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            // The first reconcile adds the finalizer.
+            reconcile_now(&fake, &ctx, key).await;
+            reconcile_now(&fake, &ctx, key).await;
+            let s = status(&fake, key);
+            assert_eq!(
+                phase_and_reason(&fake, key),
+                ("Failed".into(), "DependencyCycle".into()),
+                "{s}"
+            );
+            let names: Vec<&str> = (0..=cycle.len()).map(|j| cycle[(i + j) % cycle.len()]).collect();
+            let expected = format!("dependency cycle: {}; no job submitted", names.join(" -> "));
+            assert_eq!(s["message"], expected);
+            assert!(s["startTime"].is_null() && s["platforms"][0]["jobId"].is_null(), "{s}");
+        }
+    }
+    assert_eq!(aws_calls(&metrics, "SubmitJob"), 0);
+}
+
+/// base runs while dev (BASE from base) and app (DEV from dev) wait; cancelling base fails dev,
+/// then app, with DependencyFailed naming the build each waited on.
+async fn cancelling_a_dependency_fails_the_builds_waiting_on_it(env: Arc<Env>) {
+    let fake = env.fake();
+    let ctx = env.context(&fake, env.metrics());
+    let base = create_build(&fake, good_build("sims", "cx-base", &env.registry.repo("cx-base")));
+    let dev = create_build(
+        &fake,
+        dependent_build("sims", "cx-dev", "BASE", "cx-base", &env.registry.repo("cx-dev")),
+    );
+    let app = create_build(
+        &fake,
+        dependent_build("sims", "cx-app", "DEV", "cx-dev", &env.registry.repo("cx-app")),
+    );
+    reconcile_now(&fake, &ctx, &base).await;
+    reconcile_now(&fake, &ctx, &base).await;
+    assert_eq!(status(&fake, &base)["phase"], "Building");
+    for key in [&dev, &app] {
+        reconcile_now(&fake, &ctx, key).await;
+        reconcile_now(&fake, &ctx, key).await;
+        assert_eq!(
+            phase_and_reason(&fake, key),
+            ("Waiting".into(), "WaitingForDependencies".into())
+        );
+    }
+    assert_eq!(
+        status(&fake, &dev)["message"],
+        "waiting for MultiArchBuild cx-base (Building) to succeed"
+    );
+    assert_eq!(
+        status(&fake, &app)["message"],
+        "waiting for MultiArchBuild cx-dev (Waiting) to succeed"
+    );
+    fake.edit(&base, |o| o["spec"]["cancel"] = true.into());
+    reconcile_now(&fake, &ctx, &base).await;
+    assert_eq!(status(&fake, &base)["phase"], "Cancelled");
+    for (key, on) in [(&dev, "cx-base ended Cancelled"), (&app, "cx-dev ended Failed")] {
+        reconcile_now(&fake, &ctx, key).await;
+        let s = status(&fake, key);
+        assert_eq!(
+            phase_and_reason(&fake, key),
+            ("Failed".into(), "DependencyFailed".into()),
+            "{s}"
+        );
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("dependency MultiArchBuild {on}")),
+            "{s}"
+        );
+        assert!(s["inputs"].is_null() && s["startTime"].is_null(), "{s}");
+    }
+}
+
+/// The whole controller: app (FROM ${DEV}), dev (FROM ${BASE}) and base, applied in that
+/// (reverse) order, wait without a timer, then build one after the other as the watch reports
+/// each success; each records and builds on its dependency's pinned digest.
+async fn a_chain_applied_in_reverse_order_builds_on_pinned_digests(env: Arc<Env>) {
+    let fake = env.fake();
+    let (replica, _health) = start_replica(&env, &fake, "replica-chain");
+    let app = create_build(
+        &fake,
+        dependent_build("chain", "app", "DEV", "dev", &env.registry.repo("chain-app")),
+    );
+    let dev = create_build(
+        &fake,
+        dependent_build("chain", "dev", "BASE", "base", &env.registry.repo("chain-dev")),
+    );
+    eventually(
+        "dev waits for base, which does not exist",
+        Duration::from_secs(20),
+        || {
+            fake.get(&dev)
+                .is_some_and(|o| o["status"]["message"] == "waiting for MultiArchBuild base (not found) to succeed")
+        },
+    )
+    .await;
+    eventually("app waits for dev", Duration::from_secs(10), || {
+        fake.get(&app).is_some_and(|o| o["status"]["phase"] == "Waiting")
+    })
+    .await;
+    let base = create_build(&fake, good_build("chain", "base", &env.registry.repo("chain-base")));
+    eventually("the chain succeeds", Duration::from_secs(60), || {
+        [&base, &dev, &app].iter().all(|k| succeeded(&fake, k))
+    })
+    .await;
+    let base_image = status(&fake, &base)["image"].clone();
+    let dev_image = status(&fake, &dev)["image"].clone();
+    assert!(base_image.as_str().unwrap().contains("@sha256:"), "{base_image}");
+    assert_eq!(
+        status(&fake, &dev)["inputs"],
+        json!({"buildArgs": [{"name": "BASE", "value": base_image}]})
+    );
+    assert_eq!(
+        status(&fake, &app)["inputs"],
+        json!({"buildArgs": [{"name": "DEV", "value": dev_image}]})
+    );
+    let dev_ready = status(&fake, &dev)["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "DependenciesReady")
+        .cloned()
+        .unwrap();
+    assert_eq!(dev_ready["status"], "True");
+    // What dev's jobs got: exactly base's pinned image.
+    let uid = fake.get(&dev).unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    let batch = aws_sdk_batch::Client::new(&env.aws);
+    let ids: Vec<String> = status(&fake, &dev)["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["jobId"].as_str().unwrap().to_string())
+        .collect();
+    let jobs = batch.describe_jobs().set_jobs(Some(ids)).send().await.unwrap();
+    assert_eq!(jobs.jobs().len(), 2);
+    for job in jobs.jobs() {
+        let env_of = |name: &str| {
+            job.container()
+                .unwrap()
+                .environment()
+                .iter()
+                .find(|kv| kv.name() == Some(name))
+                .and_then(|kv| kv.value())
+                .map(str::to_string)
+        };
+        assert_eq!(env_of("MAB_BUILD_UID").as_deref(), Some(uid.as_str()));
+        assert_eq!(env_of("MAB_BUILD_ARG_BASE").as_deref(), base_image.as_str());
+    }
+    replica.shutdown.trigger();
+    replica.task.await.unwrap().unwrap();
+}
+
 fn metric(metrics: &Metrics, line_prefix: &str) -> f64 {
     metrics
         .encode()
@@ -1426,6 +1699,10 @@ fn main() -> ExitCode {
         a_stale_status_write_loses_to_the_newer_one,
         a_registry_that_is_not_allowed_is_never_contacted,
         a_namespace_policy_refuses_what_it_does_not_allow,
+        a_job_waiting_on_two_builds_is_released_only_after_both_succeed,
+        dependency_cycles_fail_every_build_in_them_and_submit_nothing,
+        cancelling_a_dependency_fails_the_builds_waiting_on_it,
+        a_chain_applied_in_reverse_order_builds_on_pinned_digests,
     ];
     if args.iter().any(|a| a == "--list") {
         for (name, _) in &scenarios {

@@ -544,3 +544,89 @@ fn a_bad_spec_is_rejected_before_any_job_is_submitted() {
         "no job may be submitted for a bad spec"
     );
 }
+
+/// The files of `reference`'s image for `arch`, from its layers (skopeo copy to a directory).
+fn image_files(reference: &str, arch: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--override-os",
+            "linux",
+            "--override-arch",
+            arch,
+        ])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    let mut files = Vec::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let blob = dir
+            .path()
+            .join(layer["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+        let listed = Command::new("tar").arg("-tzf").arg(&blob).output().unwrap();
+        assert!(listed.status.success(), "tar -tzf {}", blob.display());
+        files.extend(
+            String::from_utf8_lossy(&listed.stdout)
+                .lines()
+                .map(|l| l.trim_start_matches("./").to_string()),
+        );
+    }
+    files
+}
+
+/// base -> dev -> app with real builds: dev builds `FROM ${BASE}` where BASE is base's pinned
+/// `repository@sha256:` index (what valueFrom resolves to in the controller; `build -f` has no
+/// cluster, so it refuses valueFrom and takes the pinned value), app `FROM ${DEV}`. The app image
+/// holds base's, dev's and its own files on both platforms.
+#[test]
+fn a_chain_builds_each_image_from_the_pinned_digest_of_the_one_before() {
+    let Some(env) = stack() else { return };
+    let from = |arg: &str, build: &str| {
+        format!("  buildArgs:\n    - name: {arg}\n      valueFrom:\n        multiArchBuild:\n          name: {build}\n")
+    };
+    let refused = write_build(&env, "chain-refused", "chain", &from("BASE", "chain-base"));
+    let (out, _, stderr) = run(&env, &refused.file, &["--wait"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("spec.buildArgs BASE takes its value from MultiArchBuild chain-base (valueFrom), which only the controller can read"),
+        "{stderr}"
+    );
+
+    let base = write_build(&env, "chain-base", &env["MAB_SAMPLE_REVISION"], "");
+    let (out, stdout, stderr) = run(&env, &base.file, &["--wait"]);
+    assert!(out.status.success(), "base failed:\n{stderr}");
+    let base_image = stdout.trim().to_string();
+    let layered = |arg: &str, image: &str, layer: &str| {
+        format!("  buildArgs:\n    - name: {arg}\n      value: {image}\n    - name: LAYER\n      value: {layer}\n")
+    };
+    // The chain branch's Dockerfile takes BASE; app passes dev's image under that name too.
+    let dev = write_build(&env, "chain-dev", "chain", &layered("BASE", &base_image, "dev"));
+    let (out, stdout, stderr) = run(&env, &dev.file, &["--wait"]);
+    assert!(out.status.success(), "dev failed:\n{stderr}");
+    let dev_image = stdout.trim().to_string();
+    let app = write_build(&env, "chain-app", "chain", &layered("BASE", &dev_image, "app"));
+    let (out, stdout, stderr) = run(&env, &app.file, &["--wait"]);
+    assert!(out.status.success(), "app failed:\n{stderr}");
+    let app_image = stdout.trim().to_string();
+    for image in [&base_image, &dev_image, &app_image] {
+        assert!(image.contains("@sha256:"), "{image}");
+    }
+    for arch in ["amd64", "arm64"] {
+        let files = image_files(&app_image, arch);
+        for file in ["hello.txt", "platform/arch.txt", "layers/dev.txt", "layers/app.txt"] {
+            assert!(files.iter().any(|f| f == file), "{arch}: no {file} in {files:?}");
+        }
+        let dev_files = image_files(&dev_image, arch);
+        assert!(!dev_files.iter().any(|f| f == "layers/app.txt"), "{dev_files:?}");
+    }
+}

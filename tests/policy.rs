@@ -1148,7 +1148,7 @@ fn the_controller_writes_only_its_own_image_configmaps() {
     refused(
         configmap_write("UPDATE", disguised, Some(aws_auth())),
         "aws-auth with the label",
-        "writes only the ConfigMap <build>-image",
+        "writes only the ConfigMaps <build>-image",
     );
 
     let mut unlabelled = own.clone();
@@ -1178,6 +1178,45 @@ fn the_controller_writes_only_its_own_image_configmaps() {
         configmap_write("CREATE", misnamed, None),
         "an image ConfigMap of another build's name",
         "<build>-image",
+    );
+
+    // The <job>-images ConfigMap of a Job waiting on several builds, owned by that Job.
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+                     "metadata": {"name": "nextflow-head", "namespace": "sims", "uid": "job-uid",
+                                  "labels": {AFTER_LABEL: ""},
+                                  "annotations": {gating::AFTER_BUILDS_ANNOTATION: "base,vecoli-3f2a9c1"}},
+                     "spec": {"suspend": true, "template": {"spec": {"containers": []}}}});
+    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(job).unwrap();
+    let succeeded = |name: &str| {
+        let mut build: MultiArchBuild = serde_json::from_value(base_build("sims")).unwrap();
+        build.metadata.name = Some(name.into());
+        build.status = Some(MultiArchBuildStatus {
+            phase: Some(Phase::Succeeded),
+            image: Some(format!("{ECR}/team-a/{name}@sha256:{}", "a".repeat(64))),
+            ..Default::default()
+        });
+        (name.to_string(), Some(build))
+    };
+    let builds = [succeeded("base"), succeeded("vecoli-3f2a9c1")].into_iter().collect();
+    let images = serde_json::to_value(gating::images_configmap(&job, &builds).unwrap()).unwrap();
+    assert_eq!(images["metadata"]["name"], "nextflow-head-images");
+    allowed(
+        configmap_write("CREATE", images.clone(), None),
+        "creating the <job>-images ConfigMap of a waiting Job",
+    );
+    let mut other_job = images.clone();
+    other_job["metadata"]["name"] = "other-job-images".into();
+    refused(
+        configmap_write("CREATE", other_job, None),
+        "a <job>-images ConfigMap of another Job's name",
+        "<job>-images (owned by that Job)",
+    );
+    let mut job_owned_image = images.clone();
+    job_owned_image["metadata"]["name"] = "nextflow-head-image".into();
+    refused(
+        configmap_write("CREATE", job_owned_image, None),
+        "a <name>-image ConfigMap owned by a Job",
+        "<build>-image (controlled by that MultiArchBuild)",
     );
 
     refused(

@@ -42,7 +42,7 @@ use validate::patterns;
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Where the build is: Pending, Building, Assembling, Succeeded, Failed or Cancelled"
+        description = "Where the build is: Waiting, Pending, Building, Assembling, Succeeded, Failed or Cancelled"
     ),
     printcolumn(
         name = "Platforms",
@@ -56,7 +56,20 @@ use validate::patterns;
         json_path = ".status.shortDigest",
         description = "The index digest, shortened"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the build is where it is (the Ready condition's reason), e.g. WaitingForDependencies"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = 1,
+        description = "The Ready condition's message: what the build waits for, or why it failed"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.buildArgs) == has(oldSelf.buildArgs) && has(self.jobDefinition) == has(oldSelf.jobDefinition)").message("spec is immutable except spec.cancel: buildArgs and jobDefinition cannot be added or removed after creation; create a new MultiArchBuild to build again"))]
@@ -66,7 +79,8 @@ pub struct MultiArchBuildSpec {
     pub source: Source,
 
     /// Docker build arguments (`--build-arg NAME=value`), the same for every platform, as a list
-    /// of name/value pairs like a container's `env`. At most 32, names unique.
+    /// of name/value pairs like a container's `env`. At most 32, names unique. An entry's value
+    /// may come from another build's pinned image (`valueFrom.multiArchBuild`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -112,16 +126,59 @@ pub struct MultiArchBuildSpec {
     pub cancel: bool,
 }
 
-/// One docker build argument.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+/// One docker build argument: a name and exactly one of `value` and `valueFrom`.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("spec.buildArgs: set exactly one of value and valueFrom in each entry"))]
 pub struct BuildArg {
     /// The argument's name, an identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters.
     #[schemars(length(min = 1, max = 128), pattern(patterns::BUILD_ARG_NAME))]
     pub name: String,
-    /// The argument's value, at most 1024 characters.
-    #[serde(default)]
+    /// The argument's value, at most 1024 characters (`""` for an empty value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
-    pub value: String,
+    pub value: Option<String>,
+    /// Where the value comes from, instead of `value`: the pinned image of another build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<BuildArgSource>,
+}
+
+impl BuildArg {
+    /// An argument with a literal value.
+    pub fn value(name: impl Into<String>, value: impl Into<String>) -> BuildArg {
+        BuildArg {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        }
+    }
+
+    /// The build whose image this argument takes (`valueFrom.multiArchBuild.name`), if any.
+    pub fn dependency(&self) -> Option<&str> {
+        Some(self.value_from.as_ref()?.multi_arch_build.name.as_str())
+    }
+}
+
+/// Where a build argument's value comes from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildArgSource {
+    /// Another MultiArchBuild in the same namespace. The value is its `status.image`, the pinned
+    /// `<repository>@sha256:<digest>` it pushed and verified, so `FROM ${ARG}` builds on exactly
+    /// that index. The build waits (phase `Waiting`) until that build has Succeeded, also while it
+    /// does not exist yet (at most `spec.timeoutSeconds`), and fails with `DependencyFailed` if it
+    /// fails or is cancelled. The value is recorded in `status.inputs.buildArgs` before anything is
+    /// built and never changes afterwards.
+    pub multi_arch_build: BuildReference,
+}
+
+/// A MultiArchBuild in the same namespace, by name.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct BuildReference {
+    /// The MultiArchBuild's name (a DNS subdomain: lower-case letters, digits, '-' and '.', at
+    /// most 253 characters).
+    #[schemars(length(min = 1, max = 253), pattern(patterns::BUILD_NAME))]
+    pub name: String,
 }
 
 /// Where the source comes from.
@@ -314,6 +371,7 @@ impl Default for Retry {
 #[x_kube(validation = Rule::new("!has(oldSelf.digest) || (has(self.digest) && self.digest == oldSelf.digest)").message("status.digest is written once"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.image) || (has(self.image) && self.image == oldSelf.image)").message("status.image is written once"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.platforms) || (has(self.platforms) && self.platforms.size() >= oldSelf.platforms.size())").message("status.platforms: an entry is never removed"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.inputs) || (has(self.inputs) && self.inputs == oldSelf.inputs)").message("status.inputs is written once"))]
 pub struct MultiArchBuildStatus {
     /// Where the build is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +392,12 @@ pub struct MultiArchBuildStatus {
     /// What was built: the commit the revision resolved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceStatus>,
+
+    /// What the build arguments taken from other builds (`valueFrom`) resolved to. Written once,
+    /// before anything is built: the jobs get exactly these values, and the inputs hash covers
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<InputsStatus>,
 
     /// One entry per platform: its Batch job and what it pushed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -379,9 +443,34 @@ pub struct SourceStatus {
     pub commit: Option<String>,
 }
 
+/// What a build's inputs resolved to.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InputsStatus {
+    /// Each build argument with `valueFrom`, and the value it resolved to (the other build's
+    /// `status.image`), in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub build_args: Vec<ResolvedBuildArg>,
+}
+
+/// A build argument's resolved value.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedBuildArg {
+    /// The argument's name.
+    #[schemars(length(max = 128))]
+    pub name: String,
+    /// The value the jobs got.
+    #[schemars(length(max = 1024))]
+    pub value: String,
+}
+
 /// The phase of a build. Succeeded, Failed and Cancelled are terminal and never change again.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting for the builds its arguments take their values from (`valueFrom`) to succeed;
+    /// nothing submitted yet.
+    Waiting,
     /// Accepted, no job submitted yet.
     Pending,
     /// Batch jobs submitted and not all pushed.

@@ -44,6 +44,8 @@ pub mod patterns {
     pub const LOCAL_GIT_URL: &str = r"^file:///[A-Za-z0-9._][A-Za-z0-9._/-]*$";
     /// A docker build-arg name.
     pub const BUILD_ARG_NAME: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$";
+    /// A Kubernetes object name (DNS subdomain, RFC 1123), the length checked apart.
+    pub const BUILD_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 }
 
 /// One problem with one field.
@@ -75,6 +77,7 @@ impl fmt::Display for InvalidSpec {
 const MAX_PLATFORMS: usize = 8;
 const MAX_BUILD_ARGS: usize = 32;
 const MAX_BUILD_ARG_VALUE: usize = 1024;
+const MAX_BUILD_NAME: usize = 253;
 const TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 60..=604_800;
 const ATTEMPTS_RANGE: std::ops::RangeInclusive<i32> = 1..=10;
 
@@ -95,6 +98,7 @@ struct Patterns {
     job_definition: Regex,
     secret_arn: Regex,
     build_arg_name: Regex,
+    build_name: Regex,
     dotdot_segment: Regex,
 }
 
@@ -109,6 +113,7 @@ static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     job_definition: compiled(patterns::JOB_DEFINITION),
     secret_arn: compiled(patterns::SECRET_ARN),
     build_arg_name: compiled(patterns::BUILD_ARG_NAME),
+    build_name: compiled(patterns::BUILD_NAME),
     dotdot_segment: compiled(r"(^|/)\.\.(/|$)"),
 });
 
@@ -201,12 +206,33 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
                     format!("{:?} is listed more than once; each name may appear once", arg.name),
                 );
             }
-            let length = arg.value.chars().count();
-            if length > MAX_BUILD_ARG_VALUE {
-                errors.push(
-                    &format!("spec.buildArgs[{i}].value"),
-                    format!("is {length} characters long; at most {MAX_BUILD_ARG_VALUE} are allowed"),
-                );
+            match (&arg.value, &arg.value_from) {
+                (Some(_), Some(_)) | (None, None) => errors.push(
+                    &format!("spec.buildArgs[{i}]"),
+                    format!(
+                        "{:?} must set exactly one of value and valueFrom in each entry (an empty value is value: \"\")",
+                        arg.name
+                    ),
+                ),
+                (Some(value), None) => {
+                    let length = value.chars().count();
+                    if length > MAX_BUILD_ARG_VALUE {
+                        errors.push(
+                            &format!("spec.buildArgs[{i}].value"),
+                            format!("is {length} characters long; at most {MAX_BUILD_ARG_VALUE} are allowed"),
+                        );
+                    }
+                }
+                (None, Some(from)) => {
+                    let name = &from.multi_arch_build.name;
+                    if name.len() > MAX_BUILD_NAME || !p.build_name.is_match(name) {
+                        errors.bad_value(
+                            &format!("spec.buildArgs[{i}].valueFrom.multiArchBuild.name"),
+                            name,
+                            "the name of a MultiArchBuild in the same namespace: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters",
+                        );
+                    }
+                }
             }
         }
     }
@@ -387,6 +413,7 @@ mod tests {
             patterns::JOB_DEFINITION,
             patterns::SECRET_ARN,
             patterns::BUILD_ARG_NAME,
+            patterns::BUILD_NAME,
         ] {
             Regex::new(pattern).unwrap();
         }

@@ -57,6 +57,11 @@ pub enum BatchError {
     #[error("platform {platform} is not in spec.platforms")]
     PlatformNotInSpec { platform: Platform },
 
+    /// A build argument's `valueFrom` was not resolved (a planner bug: it submits only after
+    /// recording every resolved value).
+    #[error("build argument {name} takes its value from another build and was not resolved")]
+    UnresolvedBuildArg { name: String },
+
     /// AWS answered without a field it always sends (e.g. SubmitJob without `jobId`).
     #[error("{operation} answered without {field}")]
     InvalidResponse {
@@ -74,6 +79,7 @@ impl BatchError {
             BatchError::Rejected { .. } => "AwsRejected",
             BatchError::RequestTooLarge { .. } => "SubmitRequestTooLarge",
             BatchError::PlatformNotInSpec { .. } => "PlatformNotInSpec",
+            BatchError::UnresolvedBuildArg { .. } => "UnresolvedBuildArg",
             BatchError::InvalidResponse { .. } => "AwsInvalidResponse",
         }
     }

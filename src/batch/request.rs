@@ -264,11 +264,14 @@ pub fn submit_request(
                 .join(" "),
         ),
     ]);
-    environment.extend(
-        build_args
-            .iter()
-            .map(|arg| (format!("{}{}", env::BUILD_ARG_PREFIX, arg.name), arg.value.clone())),
-    );
+    for arg in build_args {
+        let value = arg
+            .value
+            .clone()
+            .filter(|_| arg.value_from.is_none())
+            .ok_or_else(|| BatchError::UnresolvedBuildArg { name: arg.name.clone() })?;
+        environment.push((format!("{}{}", env::BUILD_ARG_PREFIX, arg.name), value));
+    }
     environment.extend([
         (env::IMAGE.to_owned(), spec.platform_image(platform)),
         (env::PLATFORM.to_owned(), platform.as_str().to_owned()),
@@ -588,10 +591,7 @@ timeoutSeconds: 7200
         let mut big = sample_spec();
         big.build_args = Some(
             (0..32)
-                .map(|i| BuildArg {
-                    name: format!("ARG_{i}_{}", "N".repeat(100)),
-                    value: "v".repeat(1024),
-                })
+                .map(|i| BuildArg::value(format!("ARG_{i}_{}", "N".repeat(100)), "v".repeat(1024)))
                 .collect(),
         );
         let err = submit_request(&build(), &big, Platform::LinuxAmd64, "d").unwrap_err();

@@ -85,7 +85,8 @@ pub struct Metrics {
     poller: Mutex<Option<JobPoller>>,
 }
 
-const PHASES: [Phase; 6] = [
+const PHASES: [Phase; 7] = [
+    Phase::Waiting,
     Phase::Pending,
     Phase::Building,
     Phase::Assembling,
@@ -346,6 +347,7 @@ impl RequestObserver for RegistryRequestCounter {
 
 fn phase_name(phase: Phase) -> &'static str {
     match phase {
+        Phase::Waiting => "Waiting",
         Phase::Pending => "Pending",
         Phase::Building => "Building",
         Phase::Assembling => "Assembling",

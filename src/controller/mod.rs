@@ -27,7 +27,11 @@ use kube::{
     Api, Client, ResourceExt,
     api::ListParams,
     core::DeserializeGuard,
-    runtime::{Controller, controller, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, controller,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -302,20 +306,57 @@ fn controller(
         let in_scope = namespace.as_ref().is_none_or(|ns| *ns == change.owner.namespace);
         std::future::ready(in_scope.then(|| ObjectRef::new(&change.owner.name).within(&change.owner.namespace)))
     });
-    Controller::new(builds, watcher::Config::default().any_semantic())
+    let controller = Controller::new(builds.clone(), watcher::Config::default().any_semantic());
+    let store = controller.store();
+    controller
         .watches(jobs, watcher::Config::default().labels(AFTER_LABEL), waiting_on)
+        // A build's change (created, succeeded, failed) reconciles the builds of its namespace whose
+        // arguments take values from it: a lookup in the Controller's own store of builds.
+        .watches(builds, watcher::Config::default().any_semantic(), move |changed| {
+            dependents(&store, &changed)
+        })
         .reconcile_on(job_changes)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
 }
 
-/// The build a suspended Job waits on (`multiarch.dev/after`, same namespace).
-fn waiting_on(job: Job) -> Option<ObjectRef<DeserializeGuard<MultiArchBuild>>> {
+/// The builds a suspended Job waits on (`multiarch.dev/after`, `multiarch.dev/after-builds`, same
+/// namespace).
+fn waiting_on(job: Job) -> Vec<ObjectRef<DeserializeGuard<MultiArchBuild>>> {
     let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
-    let build = job.labels().get(AFTER_LABEL)?;
-    let namespace = job.namespace()?;
-    suspended.then(|| ObjectRef::new(build).within(&namespace))
+    let Some(namespace) = job.namespace().filter(|_| suspended) else {
+        return Vec::new();
+    };
+    gating::awaited(&job)
+        .iter()
+        .map(|build| ObjectRef::new(build).within(&namespace))
+        .collect()
+}
+
+/// The builds in the namespace of `changed` that name it in `valueFrom.multiArchBuild`.
+fn dependents(
+    store: &Store<DeserializeGuard<MultiArchBuild>>,
+    changed: &DeserializeGuard<MultiArchBuild>,
+) -> Vec<ObjectRef<DeserializeGuard<MultiArchBuild>>> {
+    let name = changed.name_any();
+    let namespace = changed.namespace();
+    store
+        .state()
+        .iter()
+        .filter(|other| other.namespace() == namespace)
+        .filter(|other| {
+            other.0.as_ref().is_ok_and(|build| {
+                build
+                    .spec
+                    .build_args
+                    .iter()
+                    .flatten()
+                    .any(|arg| arg.dependency() == Some(name.as_str()))
+            })
+        })
+        .map(|other| ObjectRef::from_obj(other.as_ref()))
+        .collect()
 }
 
 /// Waits until MultiArchBuilds can be listed (the CRD is established); false when shut down first.

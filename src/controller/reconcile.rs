@@ -6,7 +6,7 @@
 //! jobs, and gives up with a Warning event once the grace period after deletion has passed.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -44,7 +44,7 @@ use crate::{
     cli::RegistryArgs,
     config,
     engine::{Build, Engine, EngineError, job_observations, live_job_ids},
-    plan::{JobObservation, JobState, READY, Refusal, reason},
+    plan::{Dependencies, Dependency, JobObservation, JobState, READY, Refusal, dependency_names, find_cycle, reason},
     registry::RegistryClient,
     tenancy::AllowedRegistries,
 };
@@ -234,7 +234,9 @@ impl Error {
             Error::Engine(EngineError::Batch(e)) if e.is_throttling() => Retry::Throttled,
             Error::Engine(EngineError::Batch(e)) if e.is_transient() => Retry::Transient,
             Error::Engine(EngineError::Batch(
-                BatchError::RequestTooLarge { .. } | BatchError::PlatformNotInSpec { .. },
+                BatchError::RequestTooLarge { .. }
+                | BatchError::PlatformNotInSpec { .. }
+                | BatchError::UnresolvedBuildArg { .. },
             )) => Retry::AwaitChange,
             Error::Engine(EngineError::Batch(_)) => Retry::Rejected,
             Error::Engine(EngineError::Registry(e)) if !e.is_transient() => Retry::Rejected,
@@ -380,6 +382,7 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
                 git_sources: GitSources::Remote,
                 generation: build.metadata.generation,
                 refusal: refusal(build, &previous, ctx).await?,
+                dependencies: dependencies(build, &previous, ctx).await?,
             },
             previous.clone(),
             jobs,
@@ -474,6 +477,70 @@ async fn refusal(
         reason: reason::POLICY_VIOLATION,
         message: violations.join("; "),
     }))
+}
+
+/// The most builds a dependency walk reads: far more than any real chain, and a bound on the
+/// API calls one reconcile can make.
+const MAX_DEPENDENCY_WALK: usize = 64;
+
+/// What the builds named in `valueFrom` look like now, and the dependency cycle through this
+/// build if there is one; `None` once the values are recorded (they never change) or when the
+/// build names none. Read afresh from the API server (the watch cache may lag), following the
+/// dependencies of dependencies only as far as needed to find a cycle through this build.
+async fn dependencies(
+    build: &MultiArchBuild,
+    status: &MultiArchBuildStatus,
+    ctx: &Context,
+) -> Result<Option<Dependencies>, Error> {
+    let direct: Vec<String> = dependency_names(&build.spec).into_iter().map(str::to_owned).collect();
+    if direct.is_empty() || status.inputs.is_some() || status.phase.is_some_and(Phase::is_terminal) {
+        return Ok(None);
+    }
+    let namespace = build.namespace().unwrap_or_default();
+    let name = build.name_any();
+    let api: Api<DeserializeGuard<MultiArchBuild>> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Every build reachable from this one, by name: its dependencies (None: missing or unreadable).
+    let mut graph: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
+    graph.insert(name.clone(), Some(direct.clone()));
+    let mut deps = Dependencies::default();
+    let mut queue: Vec<String> = direct.clone();
+    while let Some(next) = queue.pop() {
+        if graph.contains_key(&next) || graph.len() >= MAX_DEPENDENCY_WALK {
+            continue;
+        }
+        let found = api
+            .get_opt(&next)
+            .await
+            .map_err(Error::kube("read a build named in valueFrom"))?;
+        let (observed, edges) = match found {
+            None => (Dependency::NotFound, None),
+            // Its own reconcile reports why it cannot be read; meanwhile it is waited for.
+            Some(DeserializeGuard(Err(_))) => (Dependency::Running(None), None),
+            Some(DeserializeGuard(Ok(other))) => {
+                let edges: Vec<String> = dependency_names(&other.spec).into_iter().map(str::to_owned).collect();
+                let other_status = other.status.unwrap_or_default();
+                let observed = match (other_status.phase, other_status.image) {
+                    (Some(Phase::Succeeded), Some(image)) => Dependency::Succeeded { image },
+                    (Some(phase @ (Phase::Failed | Phase::Cancelled)), _) => Dependency::Ended {
+                        phase,
+                        message: other_status.message.unwrap_or_default(),
+                    },
+                    (phase, _) => Dependency::Running(phase),
+                };
+                // A dependency that already ended or resolved its own values cannot be on a cycle
+                // that is still forming; stop there.
+                let settled = other_status.inputs.is_some() || matches!(observed, Dependency::Succeeded { .. });
+                (observed, (!settled).then_some(edges))
+            }
+        };
+        if direct.contains(&next) {
+            deps.builds.insert(next.clone(), observed);
+        }
+        queue.extend(edges.iter().flatten().cloned());
+        graph.insert(next, edges);
+    }
+    deps.cycle = find_cycle(&name, |n| graph.get(n).cloned().flatten());
+    Ok(Some(deps))
 }
 
 /// How long until the planner's wake-up (a deadline, a grace period ending), a second late so the

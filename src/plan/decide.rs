@@ -8,12 +8,13 @@ use k8s_openapi::{
 };
 
 use super::{
-    Action, AssemblyOutcome, ExistingIndex, INDEX_REUSED, IndexRef, Input, JobObservation, JobResult, JobSnapshot,
-    JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY, RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS,
-    SUBMIT_SETTLE_SECONDS, is_live, live_job, reason, state_of,
+    Action, AssemblyOutcome, DEPENDENCIES_READY, Dependencies, Dependency, ExistingIndex, INDEX_REUSED, IndexRef,
+    Input, JobObservation, JobResult, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY,
+    RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, SUBMIT_SETTLE_SECONDS, is_live, live_job, reason, state_of,
 };
 use crate::api::{
-    MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, SourceStatus, validate_with,
+    InputsStatus, MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, ResolvedBuildArg,
+    SourceStatus, validate_with,
 };
 use crate::provenance::pinned_commit;
 
@@ -105,6 +106,10 @@ impl Decision<'_, '_> {
             );
         }
 
+        if self.status.inputs.is_none() && !super::dependency_names(spec).is_empty() && !self.resolve_dependencies() {
+            return;
+        }
+
         if let Some(start) = self.status.start_time.as_ref().map(|t| t.0) {
             let deadline = start + SignedDuration::from_secs(spec.timeout_seconds);
             if self.now() >= deadline {
@@ -185,6 +190,127 @@ impl Decision<'_, '_> {
             message,
             self.input.now,
         );
+    }
+
+    /// Before anything is submitted, for a build whose arguments take values from other builds:
+    /// fail on a cycle or a failed dependency, wait for the others (a missing one at most
+    /// `spec.timeoutSeconds`), or record every resolved value in `status.inputs`. True when the
+    /// values are recorded and the build goes on.
+    fn resolve_dependencies(&mut self) -> bool {
+        let spec = self.input.spec;
+        let now = self.now();
+        let names = super::dependency_names(spec);
+        let empty = Dependencies::default();
+        let deps = self.input.dependencies.unwrap_or(&empty);
+        if let Some(cycle) = &deps.cycle {
+            let message = format!("dependency cycle: {}; no job submitted", cycle.join(" -> "));
+            return self.dependencies_failed(reason::DEPENDENCY_CYCLE, message);
+        }
+        for name in &names {
+            if let Some(Dependency::Ended { phase, message }) = deps.builds.get(*name) {
+                let message = format!(
+                    "dependency MultiArchBuild {name} ended {phase:?}: {}; no job submitted",
+                    crate::util::cut(&crate::util::one_line(message), 300, "…")
+                );
+                return self.dependencies_failed(reason::DEPENDENCY_FAILED, message);
+            }
+        }
+        let mut waiting = Vec::new();
+        let mut missing = Vec::new();
+        for name in &names {
+            match deps.builds.get(*name) {
+                Some(Dependency::Succeeded { .. }) => {}
+                Some(Dependency::Running(phase)) => {
+                    waiting.push(format!(
+                        "{name} ({})",
+                        phase.map_or("Pending".into(), |p| format!("{p:?}"))
+                    ));
+                }
+                Some(Dependency::NotFound) | Some(Dependency::Ended { .. }) => {
+                    waiting.push(format!("{name} (not found)"));
+                    missing.push(*name);
+                }
+                None if self.input.dependencies.is_none() => waiting.push(format!("{name} (not looked at)")),
+                None => {
+                    waiting.push(format!("{name} (not found)"));
+                    missing.push(*name);
+                }
+            }
+        }
+        if waiting.is_empty() {
+            let build_args: Vec<ResolvedBuildArg> = spec
+                .build_args
+                .iter()
+                .flatten()
+                .filter_map(|arg| match deps.builds.get(arg.dependency()?) {
+                    Some(Dependency::Succeeded { image }) => Some(ResolvedBuildArg {
+                        name: arg.name.clone(),
+                        value: image.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let message = build_args
+                .iter()
+                .map(|a| format!("{}={}", a.name, a.value))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.status.inputs = Some(InputsStatus { build_args });
+            let message = format!("every dependency succeeded: {message}");
+            set_condition(
+                &mut self.status,
+                DEPENDENCIES_READY,
+                true,
+                reason::DEPENDENCIES_SUCCEEDED,
+                &message,
+                now,
+            );
+            return true;
+        }
+        let message = format!("waiting for MultiArchBuild {} to succeed", waiting.join(", "));
+        set_condition(
+            &mut self.status,
+            DEPENDENCIES_READY,
+            false,
+            reason::WAITING_FOR_DEPENDENCIES,
+            &message,
+            now,
+        );
+        if !missing.is_empty() {
+            let since = self
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == DEPENDENCIES_READY)
+                .map_or(now, |c| c.last_transition_time.0);
+            let deadline = since + SignedDuration::from_secs(spec.timeout_seconds);
+            if now >= deadline {
+                let message = format!(
+                    "MultiArchBuild {} not found in the namespace within spec.timeoutSeconds={}s of waiting; no job \
+                     submitted",
+                    missing.join(", "),
+                    spec.timeout_seconds
+                );
+                return self.dependencies_failed(reason::DEPENDENCY_NOT_FOUND, message);
+            }
+            self.wake(deadline);
+        }
+        set_phase(
+            &mut self.status,
+            Phase::Waiting,
+            reason::WAITING_FOR_DEPENDENCIES,
+            message,
+            now,
+        );
+        false
+    }
+
+    /// Ends a build whose dependencies cannot be resolved, before anything was submitted.
+    fn dependencies_failed(&mut self, why: &str, message: String) -> bool {
+        let now = self.now();
+        set_condition(&mut self.status, DEPENDENCIES_READY, false, why, &message, now);
+        self.end(Phase::Failed, why, message, "a dependency failed");
+        false
     }
 
     /// A live job that Batch has not returned for longer than the grace period after its own

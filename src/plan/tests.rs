@@ -4,7 +4,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
 use super::*;
-use crate::api::{GitSources, MultiArchBuild, MultiArchBuildStatus, Phase, Platform};
+use crate::api::{BuildArg, GitSources, MultiArchBuild, MultiArchBuildStatus, Phase, Platform};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 fn sample_spec() -> MultiArchBuildSpec {
@@ -26,6 +26,26 @@ fn step(spec: &MultiArchBuildSpec, status: &MultiArchBuildStatus, observed: &Obs
         git_sources: GitSources::Remote,
         generation: Some(1),
         refusal: None,
+        dependencies: None,
+        status,
+        observed,
+        now,
+    })
+}
+
+fn step_with(
+    spec: &MultiArchBuildSpec,
+    status: &MultiArchBuildStatus,
+    observed: &Observations,
+    now: Timestamp,
+    dependencies: Option<&Dependencies>,
+) -> Plan {
+    plan(&Input {
+        spec,
+        git_sources: GitSources::Remote,
+        generation: Some(1),
+        refusal: None,
+        dependencies,
         status,
         observed,
         now,
@@ -527,6 +547,7 @@ fn a_new_generation_of_an_ended_build_is_observed_without_changing_its_outcome()
         git_sources: GitSources::Remote,
         generation: Some(2),
         refusal: None,
+        dependencies: None,
         status: &ended,
         observed: &Observations::default(),
         now: at(20),
@@ -613,6 +634,7 @@ fn a_refused_build_fails_before_any_request_and_a_running_one_is_not_stopped() {
             git_sources: GitSources::Remote,
             generation: Some(1),
             refusal: Some(&refusal),
+            dependencies: None,
             status,
             observed: &Observations::default(),
             now: t0(),
@@ -817,6 +839,7 @@ fn run_engine(
     now: Timestamp,
     sim: &Sim,
     failing_write: Option<usize>,
+    dependencies: Option<&Dependencies>,
 ) -> Vec<Plan> {
     let mut plans = Vec::new();
     let mut observed = Observations::default();
@@ -839,7 +862,7 @@ fn run_engine(
     let mut status = stored.clone();
     let mut writes = 0;
     for _ in 0..8 {
-        let plan = step(spec, &status, &observed, now);
+        let plan = step_with(spec, &status, &observed, now, dependencies);
         if plan.status != status {
             if failing_write == Some(writes) {
                 plans.push(plan);
@@ -1006,7 +1029,7 @@ proptest! {
             let live_before: Vec<String> = crate::engine::live_job_ids(&status).into_iter().filter(running).collect();
             let was_terminal = status.phase.is_some_and(Phase::is_terminal);
             let before = status.clone();
-            let plans = run_engine(&spec, &mut status, &mut world, now, &sim, failing_write.take());
+            let plans = run_engine(&spec, &mut status, &mut world, now, &sim, failing_write.take(), None);
 
             // Never two jobs for one platform, whatever writes were lost and however ListJobs lags.
             for platform in platforms {
@@ -1053,6 +1076,334 @@ proptest! {
             let lost_before: Vec<&str> = before.platforms.iter().filter(|p| p.state.as_deref() == Some("LOST")).filter_map(|p| p.job_id.as_deref()).collect();
             let terminated: Vec<&str> = plans.iter().flat_map(|p| &p.actions).filter_map(|a| match a { Action::Terminate { job_id, .. } => Some(job_id.as_str()), _ => None }).collect();
             prop_assert!(lost_before.iter().all(|id| !terminated.contains(id)), "a lost job was terminated again");
+        }
+    }
+}
+
+// --- Dependencies (valueFrom.multiArchBuild) ---------------------------------------------------
+
+const BASE_IMAGE: &str = "registry.example/base@sha256:0123";
+
+/// The sample with `BASE` taken from the build `base`.
+fn dependent_spec() -> MultiArchBuildSpec {
+    let mut spec = sample_spec();
+    spec.build_args.get_or_insert_with(Vec::new).push(BuildArg {
+        name: "BASE".into(),
+        value: None,
+        value_from: Some(crate::api::BuildArgSource {
+            multi_arch_build: crate::api::BuildReference { name: "base".into() },
+        }),
+    });
+    spec
+}
+
+fn base_is(dependency: Dependency) -> Dependencies {
+    Dependencies {
+        builds: BTreeMap::from([("base".to_string(), dependency)]),
+        cycle: None,
+    }
+}
+
+#[test]
+fn a_build_waits_for_its_dependency_then_records_its_image_and_builds_on_it() {
+    let spec = dependent_spec();
+    let none = Observations::default();
+    let waiting = step_with(
+        &spec,
+        &MultiArchBuildStatus::default(),
+        &none,
+        t0(),
+        Some(&base_is(Dependency::Running(Some(Phase::Building)))),
+    );
+    assert!(waiting.actions.is_empty(), "{:?}", waiting.actions);
+    assert_eq!(waiting.status.phase, Some(Phase::Waiting));
+    assert_eq!(ready(&waiting.status), ("False", reason::WAITING_FOR_DEPENDENCIES));
+    assert_eq!(
+        waiting.status.message.as_deref(),
+        Some("waiting for MultiArchBuild base (Building) to succeed")
+    );
+    assert_eq!(
+        waiting.wake_at, None,
+        "an existing dependency is waited for by its watch, not a timer"
+    );
+
+    let done = base_is(Dependency::Succeeded {
+        image: BASE_IMAGE.into(),
+    });
+    let going = step_with(&spec, &waiting.status, &none, at(30), Some(&done));
+    let inputs = going.status.inputs.clone().unwrap();
+    assert_eq!(
+        inputs.build_args,
+        [crate::api::ResolvedBuildArg {
+            name: "BASE".into(),
+            value: BASE_IMAGE.into()
+        }]
+    );
+    assert_eq!(going.actions, [Action::CheckExistingIndex]);
+    let resolved = resolved_spec(&spec, &going.status).unwrap();
+    let base = resolved
+        .build_args
+        .unwrap()
+        .into_iter()
+        .find(|a| a.name == "BASE")
+        .unwrap();
+    assert_eq!((base.value.as_deref(), base.value_from), (Some(BASE_IMAGE), None));
+    assert!(
+        resolved_spec(&spec, &waiting.status).is_err(),
+        "nothing to build from before the values are recorded"
+    );
+
+    // Recorded values never change, whatever the dependency does later.
+    let later = step_with(
+        &spec,
+        &going.status,
+        &none,
+        at(60),
+        Some(&base_is(Dependency::Ended {
+            phase: Phase::Failed,
+            message: "x".into(),
+        })),
+    );
+    assert_eq!(later.status.inputs, going.status.inputs);
+    assert_ne!(later.status.phase, Some(Phase::Failed));
+}
+
+#[test]
+fn a_failed_or_cancelled_dependency_fails_the_build_naming_it() {
+    let spec = dependent_spec();
+    for phase in [Phase::Failed, Phase::Cancelled] {
+        let deps = base_is(Dependency::Ended {
+            phase,
+            message: "linux/arm64 failed\nlast lines".into(),
+        });
+        let p = step_with(
+            &spec,
+            &MultiArchBuildStatus::default(),
+            &Observations::default(),
+            t0(),
+            Some(&deps),
+        );
+        assert!(p.actions.is_empty());
+        assert_eq!(p.status.phase, Some(Phase::Failed));
+        assert_eq!(ready(&p.status), ("False", reason::DEPENDENCY_FAILED));
+        let message = p.status.message.unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "dependency MultiArchBuild base ended {phase:?}: linux/arm64 failed last lines"
+            )),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_cycle_fails_the_build_naming_the_cycle() {
+    let spec = dependent_spec();
+    let deps = Dependencies {
+        cycle: Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]),
+        ..base_is(Dependency::Running(None))
+    };
+    let p = step_with(
+        &spec,
+        &MultiArchBuildStatus::default(),
+        &Observations::default(),
+        t0(),
+        Some(&deps),
+    );
+    assert!(p.actions.is_empty());
+    assert_eq!(ready(&p.status), ("False", reason::DEPENDENCY_CYCLE));
+    assert_eq!(
+        p.status.message.as_deref(),
+        Some("dependency cycle: a -> b -> c -> a; no job submitted")
+    );
+}
+
+#[test]
+fn a_missing_dependency_is_waited_for_until_the_timeout() {
+    let spec = dependent_spec();
+    let none = Observations::default();
+    let missing = base_is(Dependency::NotFound);
+    let first = step_with(&spec, &MultiArchBuildStatus::default(), &none, t0(), Some(&missing));
+    assert_eq!(
+        first.status.message.as_deref(),
+        Some("waiting for MultiArchBuild base (not found) to succeed")
+    );
+    assert_eq!(first.wake_at, Some(at(spec.timeout_seconds)));
+    let still = step_with(
+        &spec,
+        &first.status,
+        &none,
+        at(spec.timeout_seconds - 1),
+        Some(&missing),
+    );
+    assert_eq!(still.status.phase, Some(Phase::Waiting));
+    let over = step_with(&spec, &still.status, &none, at(spec.timeout_seconds), Some(&missing));
+    assert_eq!(ready(&over.status), ("False", reason::DEPENDENCY_NOT_FOUND));
+    assert!(
+        over.status
+            .message
+            .unwrap()
+            .starts_with("MultiArchBuild base not found in the namespace within spec.timeoutSeconds=3600s")
+    );
+    // Cancelled while waiting: cancelled, nothing to terminate.
+    let mut cancelled = spec.clone();
+    cancelled.cancel = true;
+    let p = step_with(&cancelled, &first.status, &none, at(5), Some(&missing));
+    assert_eq!(p.status.phase, Some(Phase::Cancelled));
+}
+
+#[test]
+fn cycles_are_found_through_the_start_only() {
+    let graph = |edges: &'static [(&'static str, &'static [&'static str])]| {
+        move |name: &str| {
+            edges
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, d)| d.iter().map(|s| s.to_string()).collect())
+        }
+    };
+    assert_eq!(
+        find_cycle("a", graph(&[("a", &["a"])])),
+        Some(vec!["a".into(), "a".into()])
+    );
+    assert_eq!(
+        find_cycle("a", graph(&[("a", &["b"]), ("b", &["a"])])),
+        Some(vec!["a".into(), "b".into(), "a".into()])
+    );
+    assert_eq!(
+        find_cycle(
+            "a",
+            graph(&[("a", &["x", "b"]), ("b", &["c"]), ("c", &["a"]), ("x", &[])])
+        ),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    // b and c form a cycle that a only leads into: a waits (and fails when they do).
+    assert_eq!(
+        find_cycle("a", graph(&[("a", &["b"]), ("b", &["c"]), ("c", &["b"])])),
+        None
+    );
+    assert_eq!(find_cycle("a", graph(&[("a", &["missing"])])), None);
+}
+
+#[derive(Clone, Debug)]
+enum DepEvent {
+    /// The dependency is created (Pending), or moves on to Building.
+    Progress,
+    Succeed,
+    Fail,
+    CancelIt,
+    Cycle,
+    /// One of the build's own jobs moves on (as in the history test).
+    Job(Event),
+}
+
+fn dep_event() -> impl Strategy<Value = DepEvent> {
+    prop_oneof![
+        3 => Just(DepEvent::Progress),
+        2 => Just(DepEvent::Succeed),
+        1 => Just(DepEvent::Fail),
+        1 => Just(DepEvent::CancelIt),
+        1 => Just(DepEvent::Cycle),
+        6 => event().prop_map(DepEvent::Job),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+    /// Whatever the dependency does and whatever else happens: no job is submitted (and no index
+    /// looked for) while the dependency has not Succeeded; the recorded value is its image and
+    /// never changes; a dependency that failed first fails the build.
+    #[test]
+    fn a_build_never_submits_while_a_dependency_has_not_succeeded(
+        events in prop::collection::vec(dep_event(), 1..40),
+        exists in any::<bool>(),
+    ) {
+        let mut spec = dependent_spec();
+        spec.output.reuse_existing = true;
+        let sim = Sim { existing: false, assembly_ok: true, list_lag: 0 };
+        let platforms = [ARM, AMD];
+        let mut dependency = if exists { Dependency::Running(None) } else { Dependency::NotFound };
+        let mut cycle = false;
+        let mut status = MultiArchBuildStatus::default();
+        let mut world = World::default();
+        let mut now = t0();
+        let mut failing_write = None;
+        for event in events {
+            let settled = matches!(dependency, Dependency::Succeeded { .. } | Dependency::Ended { .. });
+            match event {
+                DepEvent::Progress if !settled => {
+                    dependency = match dependency {
+                        Dependency::NotFound => Dependency::Running(Some(Phase::Pending)),
+                        _ => Dependency::Running(Some(Phase::Building)),
+                    };
+                }
+                DepEvent::Succeed if !settled && dependency != Dependency::NotFound => {
+                    dependency = Dependency::Succeeded { image: BASE_IMAGE.into() };
+                }
+                DepEvent::Fail if !settled && dependency != Dependency::NotFound => {
+                    dependency = Dependency::Ended { phase: Phase::Failed, message: "boom".into() };
+                }
+                DepEvent::CancelIt if !settled && dependency != Dependency::NotFound => {
+                    dependency = Dependency::Ended { phase: Phase::Cancelled, message: "cancelled".into() };
+                }
+                DepEvent::Cycle if !settled => cycle = true,
+                DepEvent::Job(Event::Advance(p, s)) => {
+                    if let Some(job) = world.jobs.get_mut(&platforms[p]).and_then(|j| j.last_mut()).filter(|j| !j.state.is_terminal()) {
+                        job.state = [JobState::Pending, JobState::Runnable, JobState::Starting, JobState::Running, JobState::Succeeded][s as usize];
+                    }
+                }
+                DepEvent::Job(Event::Fail(p)) => {
+                    if let Some(job) = world.jobs.get_mut(&platforms[p]).and_then(|j| j.last_mut()) {
+                        job.state = JobState::Failed;
+                    }
+                }
+                DepEvent::Job(Event::Cancel) => spec.cancel = true,
+                DepEvent::Job(Event::Wait(s)) => now += SignedDuration::from_secs(s),
+                DepEvent::Job(Event::LoseWrite(n)) => {
+                    failing_write = Some(n);
+                    continue;
+                }
+                _ => {}
+            }
+            let observed = Dependencies {
+                builds: BTreeMap::from([("base".to_string(), dependency.clone())]),
+                cycle: cycle.then(|| vec!["b".into(), "base".into(), "b".into()]),
+            };
+            let before = status.clone();
+            let lost_write = failing_write.take();
+            let plans = run_engine(&spec, &mut status, &mut world, now, &sim, lost_write, Some(&observed));
+            let succeeded = matches!(dependency, Dependency::Succeeded { .. });
+            if before.inputs.is_none() && !succeeded {
+                for plan in &plans {
+                    prop_assert!(
+                        !plan.actions.iter().any(|a| matches!(a, Action::Submit(_) | Action::Adopt(_) | Action::CheckExistingIndex)),
+                        "acted before the dependency succeeded: {:?} with {:?}", plan.actions, dependency
+                    );
+                }
+                prop_assert!(world.jobs.is_empty(), "a job exists while the dependency is {:?}", dependency);
+                prop_assert!(status.inputs.is_none());
+            }
+            // No job without recorded values; the recorded value is the dependency's image, for good.
+            if !world.jobs.is_empty() {
+                prop_assert!(status.inputs.is_some());
+            }
+            if let Some(old) = &before.inputs {
+                prop_assert_eq!(Some(old), status.inputs.as_ref());
+            }
+            if let Some(inputs) = &status.inputs {
+                prop_assert_eq!(inputs.build_args.len(), 1);
+                prop_assert_eq!(inputs.build_args[0].value.as_str(), BASE_IMAGE);
+            }
+            // Ended first, before any value was recorded: the build fails, naming it (or the cycle).
+            if before.inputs.is_none() && !spec.cancel && !before.phase.is_some_and(Phase::is_terminal) && lost_write.is_none() {
+                let why = status.conditions.iter().find(|c| c.type_ == READY).map(|c| c.reason.clone()).unwrap_or_default();
+                if cycle {
+                    prop_assert_eq!(why.as_str(), reason::DEPENDENCY_CYCLE);
+                } else if matches!(dependency, Dependency::Ended { .. }) {
+                    prop_assert_eq!(why.as_str(), reason::DEPENDENCY_FAILED);
+                }
+            }
         }
     }
 }
