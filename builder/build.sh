@@ -16,6 +16,9 @@
 #   MAB_CONTEXT_DIR                 default "."; relative to the repository root, no "..".
 #   MAB_DOCKERFILE                  default "Dockerfile"; relative to the repository root (like
 #                                   `docker build -f` run at the root), no "..".
+#   MAB_TARGET                      optional; the Dockerfile stage to build (docker build
+#                                   --target), [A-Za-z0-9][A-Za-z0-9._-]{0,127}. Unset or empty:
+#                                   the last stage. The controller sets it per platform.
 #   MAB_BUILD_ARG_NAMES             optional; space-separated names [A-Za-z_][A-Za-z0-9_]*;
 #                                   the value of name N is in MAB_BUILD_ARG_N (may be empty).
 #   MAB_IMAGE                       <registry>/<repository>:<tag>-<arch>[-<variant>]
@@ -273,6 +276,13 @@ check_relpath MAB_DOCKERFILE "$MAB_DOCKERFILE"
 case $MAB_DOCKERFILE in
     */ | . | */.) die_config "MAB_DOCKERFILE must name a file, got '$MAB_DOCKERFILE'" ;;
 esac
+
+# --- MAB_TARGET
+MAB_TARGET=${MAB_TARGET:-}
+if [ -n "$MAB_TARGET" ]; then
+    matches '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' "$MAB_TARGET" ||
+        die_config "MAB_TARGET must be a Dockerfile stage name ([A-Za-z0-9][A-Za-z0-9._-]*, at most 128 characters), got '$MAB_TARGET'"
+fi
 
 # --- MAB_PLATFORM
 MAB_PLATFORM=${MAB_PLATFORM:-}
@@ -548,7 +558,7 @@ else
 fi
 
 log "platform $MAB_PLATFORM on host $host_arch, Docker engine $server_version, builder $builder"
-log "source $MAB_GIT_URL revision $MAB_GIT_REVISION, context $MAB_CONTEXT_DIR, dockerfile $MAB_DOCKERFILE, $build_arg_count build arg(s)"
+log "source $MAB_GIT_URL revision $MAB_GIT_REVISION, context $MAB_CONTEXT_DIR, dockerfile $MAB_DOCKERFILE, target ${MAB_TARGET:-(the last stage)}, $build_arg_count build arg(s)"
 log "target $MAB_IMAGE (registry auth: $MAB_REGISTRY_AUTH)"
 log "build uid $MAB_BUILD_UID, inputs $MAB_INPUT_HASH"
 log "cache: $cache_note"
@@ -857,6 +867,9 @@ docker_build() {
         --label "org.opencontainers.image.source=$MAB_GIT_URL" \
         --label "dev.multiarch.build-uid=$MAB_BUILD_UID" \
         --label "dev.multiarch.inputs=$MAB_INPUT_HASH"
+    if [ -n "$MAB_TARGET" ]; then
+        set -- "$@" --target "$MAB_TARGET"
+    fi
     _val=''
     IFS=' '
     for _name in $MAB_BUILD_ARG_NAMES; do

@@ -46,6 +46,8 @@ BASE=(
 )
 # 128 characters: the longest MAB_BUILD_UID
 UID_128=$(printf 'a%.0s' $(seq 1 128))
+# 128 characters: the longest MAB_TARGET
+TARGET_128=$(printf 's%.0s' $(seq 1 128))
 
 # run SHELL ARGS-FOR-BUILD.SH -- VAR=VALUE... (a VAR= with no "=" removes VAR from the base)
 run() {
@@ -182,6 +184,22 @@ line2"
     expect "$sh" 2 "MAB_DOCKERFILE must not contain '..'" "'..' in MAB_DOCKERFILE" "MAB_DOCKERFILE=../Dockerfile"
     expect "$sh" 2 "MAB_DOCKERFILE must be a relative path" "absolute MAB_DOCKERFILE" "MAB_DOCKERFILE=/etc/passwd"
     expect "$sh" 2 "MAB_DOCKERFILE must name a file" "MAB_DOCKERFILE is a directory" "MAB_DOCKERFILE=docker/"
+
+    # --- MAB_TARGET
+    expect "$sh" 3 "required command" "a stage name" "MAB_TARGET=runtime"
+    expect "$sh" 3 "required command" "a stage name with digits, '.', '_' and '-'" "MAB_TARGET=Build_2.stage-x"
+    expect "$sh" 3 "required command" "a stage name of 128 characters" "MAB_TARGET=$TARGET_128"
+    expect "$sh" 3 "required command" "an empty MAB_TARGET (the last stage)" "MAB_TARGET="
+    expect "$sh" 2 "MAB_TARGET must be a Dockerfile stage name" "MAB_TARGET of 129 characters" "MAB_TARGET=${TARGET_128}x"
+    expect "$sh" 2 "MAB_TARGET must be a Dockerfile stage name" "MAB_TARGET like an option" "MAB_TARGET=--help"
+    expect "$sh" 2 "MAB_TARGET must be a Dockerfile stage name" "MAB_TARGET starting with '.'" "MAB_TARGET=.hidden"
+    expect "$sh" 2 "MAB_TARGET must be a Dockerfile stage name" "MAB_TARGET with a space" "MAB_TARGET=run time"
+    expect "$sh" 2 "MAB_TARGET must be a Dockerfile stage name" "MAB_TARGET with a '/'" "MAB_TARGET=a/b"
+    expect "$sh" 2 "MAB_TARGET must be a Dockerfile stage name" "MAB_TARGET with a \$()" "MAB_TARGET=\$(touch $MARKER)"
+    expect "$sh" 2 "MAB_TARGET must be a Dockerfile stage name" "MAB_TARGET with shell code after a name" \
+        "MAB_TARGET=runtime;touch $MARKER"
+    expect "$sh" 2 "MAB_TARGET must be a Dockerfile stage name" "MAB_TARGET with a second line" "MAB_TARGET=runtime
+submit"
 
     # --- build args
     expect "$sh" 2 "'1BAD' is not a valid build-arg name" "build-arg name starting with a digit" \

@@ -12,7 +12,10 @@ use tracing::{info, warn};
 use crate::{
     api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Platform},
     batch::{BatchError, BatchExecutor, BuildRef, MAX_LOG_TAIL_LINES, SubmittedJob, submit_request},
-    plan::{self, Action, AssemblyOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult, Observations},
+    plan::{
+        self, Action, AssemblyOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult, Observations,
+        TagsOutcome,
+    },
     provenance::{CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL, inputs_hash, pinned_commit},
     registry::{Existing, IndexRequest, PushedIndex, RegistryClient, RegistryError, ReuseExpectation},
 };
@@ -255,6 +258,17 @@ impl Engine {
                         },
                     };
                     observed.assembly = Some(outcome);
+                }
+                Action::PushTags { digest, tags } => {
+                    let outcome = match self.registry.push_tags(&spec.output.repository, &digest, &tags).await {
+                        Ok(()) => TagsOutcome::Pushed(tags),
+                        Err(e) if e.is_transient() => return Err(e.into()),
+                        Err(e) => TagsOutcome::Rejected {
+                            reason: e.label().into(),
+                            message: e.to_string(),
+                        },
+                    };
+                    observed.tags = Some(outcome);
                 }
             }
         }

@@ -151,6 +151,15 @@ pub enum AssemblyOutcome {
     },
 }
 
+/// What came of a `PushTags` action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TagsOutcome {
+    /// These tags now hold the index (each push verified against its digest).
+    Pushed(Vec<String>),
+    /// A permanent failure (an immutable tag holding another image, a refused push…).
+    Rejected { reason: String, message: String },
+}
+
 /// Everything observed in this step. Absent means "not looked at", never "empty".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observations {
@@ -160,6 +169,8 @@ pub struct Observations {
     /// What succeeded jobs' logs say they pushed (`ReadResult`).
     pub results: BTreeMap<Platform, JobResult>,
     pub assembly: Option<AssemblyOutcome>,
+    /// The result of `PushTags`.
+    pub tags: Option<TagsOutcome>,
     /// The last log lines of failed platforms, as fetched by `FetchLogs` (empty when unreadable).
     pub failure_logs: BTreeMap<Platform, Vec<String>>,
 }
@@ -198,6 +209,9 @@ pub enum Action {
         /// The index's `org.opencontainers.image.created`: when the last job stopped.
         created: Timestamp,
     },
+    /// Push the index `digest` (already pushed as `<tag>` and verified, or reused) under each of
+    /// `tags` too: the same bytes, each push verified against the digest.
+    PushTags { digest: String, tags: Vec<String> },
 }
 
 /// The planner's decision.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::api::MultiArchBuildSpec;
+use crate::api::{BuildArg, MultiArchBuildSpec};
 
 /// The commit the image was built from (OCI annotation key, used as a label).
 pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
@@ -78,25 +78,59 @@ struct Inputs<'a> {
     build_args: BTreeMap<&'a str, &'a str>,
     /// Sorted: the order in the spec does not change the index's content.
     platforms: Vec<String>,
+    /// `spec.source.target`; left out when unset, so that the hash of a build without targets or
+    /// per-platform overrides is what it was before they existed (its indexes stay reusable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<&'a str>,
+    /// By platform, what each platform that builds differently from the above builds instead:
+    /// its effective stage and build args. Left out when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    variants: BTreeMap<String, Variant<'a>>,
 }
 
-/// `sha256:<hex>` of the build's inputs (git URL, context, Dockerfile, build args, platforms).
-/// The commit is not in it: it is compared on its own label. Nor is `spec.output` (tag, cache):
+/// What one platform builds when it is not the build's own stage and args.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Variant<'a> {
+    target: Option<&'a str>,
+    build_args: BTreeMap<&'a str, &'a str>,
+}
+
+/// Build args by name.
+fn by_name(args: Vec<&BuildArg>) -> BTreeMap<&str, &str> {
+    args.into_iter()
+        .map(|a| (a.name.as_str(), a.value.as_deref().unwrap_or_default()))
+        .collect()
+}
+
+/// `sha256:<hex>` of the build's inputs (git URL, context, Dockerfile, build args, target,
+/// platforms, and what each platform builds differently: its effective target and build args).
+/// One hash for the whole build, labelled on every child: any platform's variant changes it.
+/// The commit is not in it: it is compared on its own label. Nor is `spec.output` (tags, cache):
 /// where the image goes and how fast it is built do not change what is built.
 pub fn inputs_hash(spec: &MultiArchBuildSpec) -> String {
     let mut platforms: Vec<String> = spec.platforms.iter().map(|p| p.platform.to_string()).collect();
     platforms.sort();
+    let variants = spec
+        .platforms
+        .iter()
+        .filter(|p| spec.is_variant(p.platform))
+        .map(|p| {
+            let variant = Variant {
+                target: spec.target_of(p.platform),
+                build_args: by_name(spec.build_args_of(p.platform)),
+            };
+            (p.platform.to_string(), variant)
+        })
+        .collect();
     let inputs = Inputs {
         git_url: &spec.source.git.url,
         context_dir: &spec.source.context_dir,
         dockerfile: &spec.source.dockerfile,
-        build_args: spec
-            .build_args
-            .iter()
-            .flatten()
-            .map(|a| (a.name.as_str(), a.value.as_deref().unwrap_or_default()))
-            .collect(),
+        build_args: by_name(spec.build_args.iter().flatten().collect()),
         platforms,
+        target: spec.source.target.as_deref(),
+        variants,
     };
     // Serialising plain strings and maps cannot fail; an empty input would still hash.
     let bytes = serde_json::to_vec(&inputs).unwrap_or_default();
@@ -106,7 +140,7 @@ pub fn inputs_hash(spec: &MultiArchBuildSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BuildArg, MultiArchBuild};
+    use crate::api::MultiArchBuild;
 
     fn spec() -> MultiArchBuildSpec {
         let build: MultiArchBuild = serde_yaml::from_str(include_str!("../config/samples/vecoli.yaml")).unwrap();
@@ -162,10 +196,7 @@ mod tests {
         let resolved_to = |value: &str| {
             let status = MultiArchBuildStatus {
                 inputs: Some(InputsStatus {
-                    build_args: vec![ResolvedBuildArg {
-                        name: "BASE".into(),
-                        value: value.into(),
-                    }],
+                    build_args: vec![ResolvedBuildArg { name: "BASE".into(), value: value.into() }],
                 }),
                 ..Default::default()
             };
@@ -178,6 +209,70 @@ mod tests {
         literal.build_args = Some(vec![BuildArg::value("BASE", "r.example/base@sha256:aa")]);
         assert_eq!(inputs_hash(&literal), a, "the same as passing the pinned value by hand");
     }
+
+    #[test]
+    fn the_inputs_hash_covers_targets_and_per_platform_args_by_their_effect() {
+        let base = spec();
+        let hash = inputs_hash(&base);
+        // Unchanged from before targets existed: the sample's hash is a fixed value.
+        assert_eq!(
+            hash, BASE_HASH,
+            "a spec without targets or per-platform args hashes as it always did"
+        );
+
+        let mut targeted = base.clone();
+        targeted.source.target = Some("runtime".into());
+        assert_ne!(inputs_hash(&targeted), hash, "the build's target");
+
+        let mut arm_target = base.clone();
+        arm_target.platforms[0].target = Some("submit".into());
+        assert_ne!(inputs_hash(&arm_target), hash, "a platform's target");
+        let mut amd_target = base.clone();
+        amd_target.platforms[1].target = Some("submit".into());
+        assert_ne!(
+            inputs_hash(&amd_target),
+            inputs_hash(&arm_target),
+            "which platform has the target"
+        );
+
+        // The same target on every platform: no child differs from another, but the hash follows
+        // the spelling (a reuse missed is a rebuild, never a wrong image).
+        let mut everywhere = base.clone();
+        for p in &mut everywhere.platforms {
+            p.target = Some("runtime".into());
+        }
+        assert_ne!(inputs_hash(&everywhere), hash);
+        assert_eq!(everywhere.platform_differences(), None);
+
+        let arg = BuildArg::value;
+        let mut own = base.clone();
+        own.platforms[1].build_args = Some(vec![arg("WITH_NEXTFLOW", "1")]);
+        assert_ne!(inputs_hash(&own), hash, "a platform's added arg");
+        let mut other_value = own.clone();
+        other_value.platforms[1].build_args = Some(vec![arg("WITH_NEXTFLOW", "2")]);
+        assert_ne!(inputs_hash(&other_value), inputs_hash(&own), "its value");
+        let mut replaced = base.clone();
+        replaced.platforms[1].build_args = Some(vec![arg("PYTHON_VERSION", "3.13")]);
+        assert_ne!(inputs_hash(&replaced), hash, "a platform's replaced arg");
+        // Replacing an arg by the same value builds the same thing.
+        let mut same = base.clone();
+        same.platforms[1].build_args = Some(vec![arg("PYTHON_VERSION", "3.12")]);
+        assert_eq!(inputs_hash(&same), hash, "an override with the same value");
+        assert_eq!(same.platform_differences(), None);
+
+        // The platform order still does not matter.
+        let mut reordered = own.clone();
+        reordered.platforms.reverse();
+        assert_eq!(inputs_hash(&reordered), inputs_hash(&own));
+        // Additional tags are where the index goes, not what it is.
+        let mut tagged = base.clone();
+        tagged.output.additional_tags = vec!["latest".into()];
+        assert_eq!(inputs_hash(&tagged), hash, "additional tags are not inputs");
+    }
+
+    /// [`inputs_hash`] of `config/samples/vecoli.yaml`, as computed before targets existed (the
+    /// sha256 of `{"gitUrl":…,"contextDir":".","dockerfile":"Dockerfile","buildArgs":{…},"platforms":[…]}`).
+    const BASE_HASH: &str = "sha256:1d711c976181be7209afd514c1570fa6ea6656cec3326d97913693b0fb062d0a";
 
     #[test]
     fn only_a_full_sha_pins_the_commit() {

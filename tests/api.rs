@@ -503,3 +503,36 @@ fn the_cache_repository_is_checked_by_validate_and_by_the_cel_rules_alike() {
         update_errors(&old, &uncached)
     );
 }
+
+/// `spec.output.additionalTags`, validate() and the CEL rules alike: `buildcache-*` is fine while
+/// the cache lives elsewhere; every per-platform tag `<tag>-<suffix>` is reserved, listed platform
+/// or not.
+#[test]
+fn additional_tags_are_checked_by_validate_and_by_the_cel_rules_alike() {
+    let cel = |build: &MultiArchBuild| Validator::new().validate(&schema(), &as_object(build), None);
+    let mut build = vecoli();
+    build.spec.output.additional_tags = vec!["latest".into(), "v6.0.0".into(), "buildcache-x".into()];
+    assert!(api::validate(&build.spec).is_err());
+    assert!(cel(&build).is_err());
+    build.spec.output.cache.repository = format!("{}-cache", build.spec.output.repository);
+    api::validate(&build.spec).unwrap();
+    cel(&build).unwrap();
+
+    for suffix in ["amd64-v2", "arm64-v9", "arm64-v8"] {
+        let mut reserved = build.clone();
+        reserved.spec.output.additional_tags = vec![format!("{}-{suffix}", reserved.spec.output.tag)];
+        let invalid = api::validate(&reserved.spec).unwrap_err().to_string();
+        assert!(invalid.contains("must not be a per-platform tag"), "{invalid}");
+        let errors = cel(&reserved).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.message.contains("must not be a per-platform tag")),
+            "{errors:?}"
+        );
+    }
+    // Another tag's per-platform suffix is just a tag.
+    build.spec.output.additional_tags = vec!["latest-arm64".into()];
+    api::validate(&build.spec).unwrap();
+    cel(&build).unwrap();
+}

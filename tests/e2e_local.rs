@@ -630,3 +630,134 @@ fn a_chain_builds_each_image_from_the_pinned_digest_of_the_one_before() {
         assert!(!dev_files.iter().any(|f| f == "layers/app.txt"), "{dev_files:?}");
     }
 }
+
+/// The digest `<repository>:<tag>` resolves to in the registry: the sha256 of the bytes it serves.
+fn digest_at(repository: &str, tag: &str) -> String {
+    sha256(&skopeo_raw(&format!("{repository}:{tag}")).expect("skopeo is installed by make test"))
+}
+
+/// `spec.output.additionalTags`: once the index is pushed and verified, every tag resolves to the
+/// same digest in the real registry, a tag that held another image is moved, `status.tags` is
+/// shown, and a rerun (reuse) pushes them again harmlessly.
+#[test]
+fn additional_tags_all_resolve_to_the_index_digest() {
+    let Some(env) = stack() else { return };
+    let build = write_build(
+        &env,
+        "tags",
+        &env["MAB_SAMPLE_REVISION"],
+        "    additionalTags: [latest, v1.0.0]\n",
+    );
+    // `latest` already holds someone else's image: it is moved to the index.
+    let path = format!("e2e/{}", build.name);
+    let foreign = push_foreign(&env, &path, "latest", "amd64");
+    assert_eq!(digest_at(&build.repository, "latest"), foreign.digest);
+
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    let (_, digest) = stdout.trim().split_once('@').expect("stdout is repository@digest");
+    for tag in ["v1", "latest", "v1.0.0"] {
+        assert_eq!(
+            digest_at(&build.repository, tag),
+            digest,
+            "{}:{tag} must be the index",
+            build.repository
+        );
+    }
+    assert!(stderr.contains("; tagged v1, latest, v1.0.0"), "{stderr}");
+
+    // Again: reused, the tags pushed again (the same bytes), nothing built.
+    let (again, stdout2, stderr2) = run(&env, &build.file, &["--wait"]);
+    assert!(again.status.success(), "{stderr2}");
+    assert_eq!(stdout2.trim(), stdout.trim());
+    assert!(stderr2.contains("already is an index built from commit"), "{stderr2}");
+    for tag in ["v1", "latest", "v1.0.0"] {
+        assert_eq!(digest_at(&build.repository, tag), digest);
+    }
+    assert_eq!(jobs_of(&env, &build).len(), 2, "the rerun must not submit jobs");
+}
+
+/// The first layer of `<repository>@<manifest digest>`, unpacked: the content of `file` in it.
+fn file_in_first_layer(
+    env: &HashMap<String, String>,
+    repository_path: &str,
+    manifest_digest: &str,
+    file: &str,
+) -> String {
+    let repository = format!("{}/{repository_path}", env["MAB_REGISTRY"]);
+    let raw = skopeo_raw(&format!("{repository}@{manifest_digest}")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one COPY, one layer: {manifest}");
+    let blob = layers[0]["digest"].as_str().unwrap();
+    let url = format!("http://{}/v2/{repository_path}/blobs/{blob}", env["MAB_REGISTRY"]);
+    let out = Command::new("sh")
+        .args(["-c", "curl -fsS \"$1\" | tar -xzOf - \"$2\"", "sh", &url, file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reading {file} from {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `spec.source.target` and a per-platform `target` and `buildArgs`: each child of the one index
+/// holds its own stage's file (read from its layer blob in the registry), carries its own build
+/// args, and the build says the children differ by more than architecture.
+#[test]
+fn a_platform_with_its_own_target_pushes_that_stage() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "targets", &env["MAB_SAMPLE_TARGETS_BRANCH"], "");
+    let text = std::fs::read_to_string(&build.file)
+        .unwrap()
+        .replace("  output:\n", "    target: runtime\n  output:\n")
+        .replace(
+            &format!("      jobQueue: {}\n", env["MAB_JOB_QUEUE_ARM64"]),
+            &format!(
+                "      jobQueue: {}\n      target: submit\n      buildArgs:\n        - name: STAGE_NOTE\n          value: arm\n",
+                env["MAB_JOB_QUEUE_ARM64"]
+            ),
+        );
+    assert!(
+        text.contains("target: submit") && text.contains("    target: runtime\n  output:"),
+        "{text}"
+    );
+    std::fs::write(&build.file, text).unwrap();
+
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    assert!(
+        stderr.contains("the children differ by more than architecture")
+            && stderr
+                .contains("linux/amd64 target runtime; linux/arm64 target submit with its own build args STAGE_NOTE"),
+        "{stderr}"
+    );
+    let (_, digest) = stdout.trim().split_once('@').unwrap();
+    let raw = skopeo_raw(&format!("{}:{}", build.repository, build.tag)).unwrap();
+    assert_eq!(sha256(&raw), digest, "one index");
+    let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let path = format!("e2e/{}", build.name);
+    let mut seen = Vec::new();
+    for child in index["manifests"].as_array().unwrap() {
+        let arch = child["platform"]["architecture"].as_str().unwrap().to_string();
+        let child_digest = child["digest"].as_str().unwrap();
+        let stage = file_in_first_layer(&env, &path, child_digest, "stage.txt");
+        let config = skopeo_config(&format!("{}@{child_digest}", build.repository));
+        let note = config["config"]["Labels"]["org.example.stage-note"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(config["architecture"], arch.as_str());
+        seen.push((arch, stage.trim().to_string(), note));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("amd64".to_string(), "runtime".to_string(), "none".to_string()),
+            ("arm64".to_string(), "submit".to_string(), "arm".to_string()),
+        ]
+    );
+}

@@ -1239,3 +1239,61 @@ async fn bad_requests_are_refused_before_any_call() {
     assert_eq!(e.label(), "InvalidRequest");
     assert_eq!(sha256_digest(b"x"), sha256(b"x"));
 }
+
+/// `push_tags`: the index's exact bytes under more tags (a tag that held another image is moved),
+/// each push verified; a Docker list keeps its media type; pushing again is harmless; an immutable
+/// tag that holds another image and a digest the registry does not have are refused.
+#[tokio::test]
+async fn more_tags_get_the_same_index_bytes() {
+    let reg = registry!();
+    let p = Pusher::new(&reg.host);
+    let (amd, arm) = push_pair(&p, "demo", "v1", false).await;
+    let kids = pair(&amd, &arm);
+    let repo = reg.repo("demo");
+    let c = client(&[&reg.host]);
+    for (media_type, tag, served) in [
+        (IndexMediaType::Oci, "v1", support::OCI_INDEX),
+        (IndexMediaType::Docker, "v1-docker", support::DOCKER_LIST),
+    ] {
+        let pushed = c
+            .assemble(&repo, tag, &request(media_type, &kids))
+            .await
+            .expect("assemble");
+        // `latest` first holds another image: it is moved.
+        p.image("demo", "latest", ImageSpec::oci("amd64")).await;
+        let tags = vec!["latest".to_string(), format!("{tag}-release")];
+        c.push_tags(&repo, &pushed.digest, &tags).await.expect("push tags");
+        c.push_tags(&repo, &pushed.digest, &tags)
+            .await
+            .expect("again: harmless");
+        for t in &tags {
+            let index = check_served_index(&p, "demo", t, &pushed, served).await;
+            assert_eq!(index["mediaType"], served);
+            assert_skopeo_digest(&format!("{repo}:{t}"), &pushed.digest);
+        }
+    }
+
+    let unknown = sha256_digest(b"no such index");
+    let e = c
+        .push_tags(&repo, &unknown, &["x".to_string()])
+        .await
+        .expect_err("an index the registry does not have");
+    assert_eq!(e.label(), "InvalidManifest");
+    assert_absent(&p, "demo", "x", "nothing tagged").await;
+    let e = c
+        .push_tags(&repo, &amd.digest, &["x".to_string()])
+        .await
+        .expect_err("a single image is not an index");
+    assert!(e.to_string().contains("not an index"), "{e}");
+
+    let first = c
+        .assemble(&repo, "v1", &request(IndexMediaType::Oci, &kids))
+        .await
+        .expect("assemble");
+    let ecr_like = Front::start(&reg.host, Fault::ImmutableTags).await;
+    let e = client(&[&ecr_like.host])
+        .push_tags(&ecr_like.repo("demo"), &first.digest, &["v1-docker".to_string()])
+        .await
+        .expect_err("an immutable tag that holds another index");
+    assert_eq!(e.label(), "ImmutableTagConflict");
+}

@@ -199,6 +199,13 @@ pub struct Source {
     #[schemars(length(min = 1, max = 255), pattern(patterns::RELATIVE_PATH))]
     #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)')").message("spec.source.dockerfile must stay inside the repository: no '..' segments"))]
     pub dockerfile: String,
+
+    /// The Dockerfile stage to build (`docker build --target`), e.g. `runtime`: a stage name,
+    /// [A-Za-z0-9][A-Za-z0-9._-]*, at most 128 characters. Default: the last stage. A platform
+    /// may choose another one (`spec.platforms[].target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(patterns::TARGET))]
+    pub target: Option<String>,
 }
 
 /// A git repository and revision.
@@ -229,6 +236,9 @@ pub struct GitSource {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.cache) || !has(self.cache.repository) || self.cache.repository == '' || self.cache.repository.split('/')[0] == self.repository.split('/')[0]").message("spec.output.cache.repository must be on the same registry host as spec.output.repository: the builder logs in to one registry"))]
 #[x_kube(validation = Rule::new("!(self.tag == 'buildcache' || self.tag.startsWith('buildcache-')) || (has(self.cache) && ((has(self.cache.mode) && self.cache.mode == 'off') || (has(self.cache.repository) && self.cache.repository != '' && self.cache.repository != self.repository)))").message("spec.output.tag must not be buildcache or start with buildcache- while the layer cache is in the output repository: the cache images are tagged buildcache-<arch>[-<variant>]"))]
+#[x_kube(validation = Rule::new("!has(self.additionalTags) || !(self.tag in self.additionalTags)").message("spec.output.additionalTags must not repeat spec.output.tag: the index is pushed under it anyway"))]
+#[x_kube(validation = Rule::new("!has(self.additionalTags) || !self.additionalTags.exists(t, t in [self.tag + '-amd64', self.tag + '-amd64-v2', self.tag + '-amd64-v3', self.tag + '-amd64-v4', self.tag + '-arm64', self.tag + '-arm64-v8', self.tag + '-arm64-v9'])").message("spec.output.additionalTags must not be a per-platform tag <tag>-<arch>[-<variant>]: each platform's image is pushed under it"))]
+#[x_kube(validation = Rule::new("!has(self.additionalTags) || !self.additionalTags.exists(t, t == 'buildcache' || t.startsWith('buildcache-')) || (has(self.cache) && ((has(self.cache.mode) && self.cache.mode == 'off') || (has(self.cache.repository) && self.cache.repository != '' && self.cache.repository != self.repository)))").message("spec.output.additionalTags must not be buildcache or start with buildcache- while the layer cache is in the output repository: the cache images are tagged buildcache-<arch>[-<variant>]"))]
 pub struct Output {
     /// The image repository, registry host included, without tag or digest, e.g.
     /// `123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/vecoli`.
@@ -254,6 +264,18 @@ pub struct Output {
     /// platforms). Only a full commit SHA revision can be reused. Default true.
     #[serde(default = "default_true")]
     pub reuse_existing: bool,
+
+    /// More tags for the same index, e.g. `[latest, v6.0.0]`: once the index is pushed as `<tag>`
+    /// and its digest verified, the very same bytes are pushed under each of these (also when the
+    /// index is reused), and `status.tags` lists every tag pushed. A tag that already points to
+    /// something else is moved to this index (an immutable tag that holds another image fails the
+    /// build). At most 16, unique, the grammar of `tag`; none equal to `tag`, none a per-platform
+    /// tag `<tag>-<arch>[-<variant>]`, and, while the layer cache is in this repository, none
+    /// `buildcache` or starting with `buildcache-`. Not an input of the build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 119), pattern(patterns::TAG)))]
+    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u == t))").message("spec.output.additionalTags must list each tag at most once"))]
+    pub additional_tags: Vec<String>,
 
     /// The registry layer cache of each platform's build: each build reads and writes the cache
     /// image `<cache repository>:buildcache-<arch>[-<variant>]`. A cache that is missing,
@@ -341,6 +363,22 @@ pub struct PlatformTarget {
     /// The AWS Batch job queue (name or ARN) whose compute environment is native to this platform.
     #[schemars(length(min = 1, max = 256), pattern(patterns::JOB_QUEUE))]
     pub job_queue: String,
+
+    /// The Dockerfile stage this platform builds, instead of `spec.source.target`: a stage name,
+    /// [A-Za-z0-9][A-Za-z0-9._-]*, at most 128 characters. The index then holds images that
+    /// differ by more than their architecture, and the build's `Ready` message says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(patterns::TARGET))]
+    pub target: Option<String>,
+
+    /// Build arguments for this platform only, like `spec.buildArgs`: one with the name of a
+    /// `spec.buildArgs` entry replaces it for this platform, the others are added. At most 32,
+    /// names unique. Plain values only: `valueFrom` is resolved in `spec.buildArgs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = Rule::new("self.all(a, !has(a.valueFrom))").message("spec.platforms[].buildArgs[].valueFrom is only resolved in spec.buildArgs; put it there (a platform's own value may then replace it)"))]
+    pub build_args: Option<Vec<BuildArg>>,
 }
 
 /// Batch retry settings.
@@ -420,6 +458,12 @@ pub struct MultiArchBuildStatus {
     /// What a downstream Job pins: `<repository>@<digest>`. Written once, with `digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+
+    /// Every tag that holds the index (`digest`), as pushed and verified: `spec.output.tag` first,
+    /// then `spec.output.additionalTags` in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 17), inner(length(max = 128)))]
+    pub tags: Vec<String>,
 
     /// Conditions; `Ready` is True only when `image` is final
     /// (`kubectl wait --for=condition=Ready mab/NAME`).
@@ -658,6 +702,81 @@ impl MultiArchBuildSpec {
     /// The index image reference, `<repository>:<tag>`.
     pub fn index_image(&self) -> String {
         format!("{}:{}", self.output.repository, self.output.tag)
+    }
+
+    /// Every tag the index is pushed under: `spec.output.tag`, then the additional tags.
+    pub fn index_tags(&self) -> Vec<String> {
+        std::iter::once(&self.output.tag)
+            .chain(&self.output.additional_tags)
+            .cloned()
+            .collect()
+    }
+
+    fn platform_target(&self, platform: Platform) -> Option<&PlatformTarget> {
+        self.platforms.iter().find(|p| p.platform == platform)
+    }
+
+    /// The Dockerfile stage `platform` builds: its own `target`, else `spec.source.target`; `None`
+    /// builds the last stage.
+    pub fn target_of(&self, platform: Platform) -> Option<&str> {
+        self.platform_target(platform)
+            .and_then(|p| p.target.as_deref())
+            .or(self.source.target.as_deref())
+    }
+
+    /// The build args `platform` builds with: `spec.buildArgs` in order, an entry replaced where
+    /// the platform's own `buildArgs` has its name, then the platform's other entries in order.
+    pub fn build_args_of(&self, platform: Platform) -> Vec<&BuildArg> {
+        let own: &[BuildArg] = self
+            .platform_target(platform)
+            .and_then(|p| p.build_args.as_deref())
+            .unwrap_or_default();
+        let common: &[BuildArg] = self.build_args.as_deref().unwrap_or_default();
+        let mut args: Vec<&BuildArg> = common
+            .iter()
+            .map(|arg| own.iter().find(|o| o.name == arg.name).unwrap_or(arg))
+            .collect();
+        args.extend(own.iter().filter(|o| !common.iter().any(|c| c.name == o.name)));
+        args
+    }
+
+    /// Whether `platform` builds another stage or other build args than the build's own.
+    pub fn is_variant(&self, platform: Platform) -> bool {
+        let common: Vec<&BuildArg> = self.build_args.iter().flatten().collect();
+        self.target_of(platform) != self.source.target.as_deref() || self.build_args_of(platform) != common
+    }
+
+    /// When the platforms do not all build the same stage with the same build args: one line that
+    /// says so and what each platform builds differently (names, not values). `None` when the
+    /// children of the index differ by their architecture only.
+    pub fn platform_differences(&self) -> Option<String> {
+        let first = self.platforms.first()?.platform;
+        let same = self.platforms.iter().all(|p| {
+            self.target_of(p.platform) == self.target_of(first)
+                && self.build_args_of(p.platform) == self.build_args_of(first)
+        });
+        if same {
+            return None;
+        }
+        let each: Vec<String> = self
+            .platforms
+            .iter()
+            .map(|p| {
+                let mut what = vec![match self.target_of(p.platform) {
+                    Some(target) => format!("target {target}"),
+                    None => "the last stage".to_string(),
+                }];
+                let own: Vec<&str> = p.build_args.iter().flatten().map(|a| a.name.as_str()).collect();
+                if !own.is_empty() {
+                    what.push(format!("its own build args {}", own.join(", ")));
+                }
+                format!("{} {}", p.platform, what.join(" with "))
+            })
+            .collect();
+        Some(format!(
+            "the children differ by more than architecture (per-platform target or build args): {}",
+            each.join("; ")
+        ))
     }
 }
 

@@ -46,6 +46,8 @@ pub mod patterns {
     pub const BUILD_ARG_NAME: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$";
     /// A Kubernetes object name (DNS subdomain, RFC 1123), the length checked apart.
     pub const BUILD_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+    /// A Dockerfile stage name (`docker build --target`), as the builder checks it.
+    pub const TARGET: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
 }
 
 /// One problem with one field.
@@ -78,6 +80,8 @@ const MAX_PLATFORMS: usize = 8;
 const MAX_BUILD_ARGS: usize = 32;
 const MAX_BUILD_ARG_VALUE: usize = 1024;
 const MAX_BUILD_NAME: usize = 253;
+const MAX_ADDITIONAL_TAGS: usize = 16;
+const TARGET_ALLOWED: &str = "a Dockerfile stage name: [A-Za-z0-9][A-Za-z0-9._-]*, at most 128 characters";
 const TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 60..=604_800;
 const ATTEMPTS_RANGE: std::ops::RangeInclusive<i32> = 1..=10;
 
@@ -99,6 +103,7 @@ struct Patterns {
     secret_arn: Regex,
     build_arg_name: Regex,
     build_name: Regex,
+    target: Regex,
     dotdot_segment: Regex,
 }
 
@@ -114,6 +119,7 @@ static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     secret_arn: compiled(patterns::SECRET_ARN),
     build_arg_name: compiled(patterns::BUILD_ARG_NAME),
     build_name: compiled(patterns::BUILD_NAME),
+    target: compiled(patterns::TARGET),
     dotdot_segment: compiled(r"(^|/)\.\.(/|$)"),
 });
 
@@ -185,56 +191,14 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
         }
     }
 
+    if let Some(target) = &spec.source.target
+        && !p.target.is_match(target)
+    {
+        errors.bad_value("spec.source.target", target, TARGET_ALLOWED);
+    }
+
     if let Some(args) = &spec.build_args {
-        if args.len() > MAX_BUILD_ARGS {
-            errors.push(
-                "spec.buildArgs",
-                format!("has {} entries; at most {MAX_BUILD_ARGS} are allowed", args.len()),
-            );
-        }
-        let mut names = HashSet::new();
-        for (i, arg) in args.iter().enumerate() {
-            if !p.build_arg_name.is_match(&arg.name) {
-                errors.bad_value(
-                    &format!("spec.buildArgs[{i}].name"),
-                    &arg.name,
-                    "an identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters",
-                );
-            } else if !names.insert(arg.name.as_str()) {
-                errors.push(
-                    &format!("spec.buildArgs[{i}].name"),
-                    format!("{:?} is listed more than once; each name may appear once", arg.name),
-                );
-            }
-            match (&arg.value, &arg.value_from) {
-                (Some(_), Some(_)) | (None, None) => errors.push(
-                    &format!("spec.buildArgs[{i}]"),
-                    format!(
-                        "{:?} must set exactly one of value and valueFrom in each entry (an empty value is value: \"\")",
-                        arg.name
-                    ),
-                ),
-                (Some(value), None) => {
-                    let length = value.chars().count();
-                    if length > MAX_BUILD_ARG_VALUE {
-                        errors.push(
-                            &format!("spec.buildArgs[{i}].value"),
-                            format!("is {length} characters long; at most {MAX_BUILD_ARG_VALUE} are allowed"),
-                        );
-                    }
-                }
-                (None, Some(from)) => {
-                    let name = &from.multi_arch_build.name;
-                    if name.len() > MAX_BUILD_NAME || !p.build_name.is_match(name) {
-                        errors.bad_value(
-                            &format!("spec.buildArgs[{i}].valueFrom.multiArchBuild.name"),
-                            name,
-                            "the name of a MultiArchBuild in the same namespace: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters",
-                        );
-                    }
-                }
-            }
-        }
+        check_build_args(&mut errors, "spec.buildArgs", args);
     }
 
     let out = &spec.output;
@@ -261,12 +225,7 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
     let cache_in_output = out.cache.mode != CacheMode::Off && (cache.is_empty() || *cache == out.repository);
     if !p.tag.is_match(&out.tag) {
         errors.bad_value("spec.output.tag", &out.tag, "the OCI tag grammar [A-Za-z0-9_][A-Za-z0-9._-]* with at most 119 characters, leaving room for the -<arch> suffix of the per-platform tags");
-    } else if cache_in_output
-        && out
-            .tag
-            .strip_prefix(CACHE_TAG_PREFIX)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
-    {
+    } else if cache_in_output && is_cache_tag(&out.tag) {
         errors.push(
             "spec.output.tag",
             format!(
@@ -274,6 +233,55 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
                 out.tag
             ),
         );
+    }
+    if out.additional_tags.len() > MAX_ADDITIONAL_TAGS {
+        errors.push(
+            "spec.output.additionalTags",
+            format!(
+                "has {} entries; at most {MAX_ADDITIONAL_TAGS} are allowed",
+                out.additional_tags.len()
+            ),
+        );
+    }
+    let mut tags = HashSet::new();
+    for (i, tag) in out.additional_tags.iter().enumerate() {
+        let field = format!("spec.output.additionalTags[{i}]");
+        if !p.tag.is_match(tag) {
+            errors.bad_value(
+                &field,
+                tag,
+                "the OCI tag grammar [A-Za-z0-9_][A-Za-z0-9._-]* with at most 119 characters, as spec.output.tag",
+            );
+        } else if !tags.insert(tag.as_str()) {
+            errors.push(
+                &field,
+                format!("{tag:?} is listed more than once; each tag may appear once"),
+            );
+        } else if *tag == out.tag {
+            errors.push(
+                &field,
+                format!("{tag:?} must not repeat spec.output.tag: the index is pushed under it anyway"),
+            );
+        } else if let Some(platform) = Platform::ALL
+            .into_iter()
+            .find(|platform| *tag == format!("{}-{}", out.tag, platform.tag_suffix()))
+        {
+            errors.push(
+                &field,
+                format!(
+                    "{tag:?} must not be a per-platform tag <tag>-<arch>[-<variant>]: the {platform} image of \
+                     spec.output.tag {:?} is pushed under it",
+                    out.tag
+                ),
+            );
+        } else if cache_in_output && is_cache_tag(tag) {
+            errors.push(
+                &field,
+                format!(
+                    "{tag:?} must not be {CACHE_TAG_PREFIX} or start with {CACHE_TAG_PREFIX}- while the layer cache is in the output repository: the cache images are tagged {CACHE_TAG_PREFIX}-<arch>[-<variant>]; use another tag, another spec.output.cache.repository, or spec.output.cache.mode off"
+                ),
+            );
+        }
     }
     if cache.is_empty() {
         // The output repository.
@@ -331,6 +339,14 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
                 "a Batch job queue name (1-128 letters, digits, '-', '_') or job-queue ARN",
             );
         }
+        if let Some(stage) = &target.target
+            && !p.target.is_match(stage)
+        {
+            errors.bad_value(&format!("spec.platforms[{i}].target"), stage, TARGET_ALLOWED);
+        }
+        if let Some(args) = &target.build_args {
+            check_build_args(&mut errors, &format!("spec.platforms[{i}].buildArgs"), args);
+        }
     }
 
     if let Some(def) = &spec.job_definition
@@ -359,6 +375,73 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
     }
 
     errors.into_result()
+}
+
+/// The count, names (valid, unique) and value lengths of a list of build args at `field`.
+fn check_build_args(errors: &mut Errors, field: &str, args: &[super::BuildArg]) {
+    let p = &*PATTERNS;
+    if args.len() > MAX_BUILD_ARGS {
+        errors.push(
+            field,
+            format!("has {} entries; at most {MAX_BUILD_ARGS} are allowed", args.len()),
+        );
+    }
+    let mut names = HashSet::new();
+    for (i, arg) in args.iter().enumerate() {
+        if !p.build_arg_name.is_match(&arg.name) {
+            errors.bad_value(
+                &format!("{field}[{i}].name"),
+                &arg.name,
+                "an identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters",
+            );
+        } else if !names.insert(arg.name.as_str()) {
+            errors.push(
+                &format!("{field}[{i}].name"),
+                format!("{:?} is listed more than once; each name may appear once", arg.name),
+            );
+        }
+        match (&arg.value, &arg.value_from) {
+            (Some(_), Some(_)) | (None, None) => errors.push(
+                &format!("{field}[{i}]"),
+                format!(
+                    "{:?} must set exactly one of value and valueFrom in each entry (an empty value is value: \"\")",
+                    arg.name
+                ),
+            ),
+            (Some(value), None) => {
+                let length = value.chars().count();
+                if length > MAX_BUILD_ARG_VALUE {
+                    errors.push(
+                        &format!("{field}[{i}].value"),
+                        format!("is {length} characters long; at most {MAX_BUILD_ARG_VALUE} are allowed"),
+                    );
+                }
+            }
+            (None, Some(_)) if field != "spec.buildArgs" => errors.push(
+                &format!("{field}[{i}].valueFrom"),
+                format!(
+                    "{:?}: valueFrom is only resolved in spec.buildArgs; put it there (a platform's own value may then replace it)",
+                    arg.name
+                ),
+            ),
+            (None, Some(from)) => {
+                let name = &from.multi_arch_build.name;
+                if name.len() > MAX_BUILD_NAME || !p.build_name.is_match(name) {
+                    errors.bad_value(
+                        &format!("{field}[{i}].valueFrom.multiArchBuild.name"),
+                        name,
+                        "the name of a MultiArchBuild in the same namespace: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whether `tag` is `buildcache` or starts with `buildcache-`: the cache images' tags.
+fn is_cache_tag(tag: &str) -> bool {
+    tag.strip_prefix(CACHE_TAG_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
 }
 
 /// Whether a repository ends in `:tag` (a `:` in its last path segment; the host's port is not).
@@ -414,6 +497,7 @@ mod tests {
             patterns::SECRET_ARN,
             patterns::BUILD_ARG_NAME,
             patterns::BUILD_NAME,
+            patterns::TARGET,
         ] {
             Regex::new(pattern).unwrap();
         }

@@ -32,6 +32,9 @@ pub mod env {
     pub const GIT_CREDENTIALS_SECRET_ARN: &str = "MAB_GIT_CREDENTIALS_SECRET_ARN";
     pub const CONTEXT_DIR: &str = "MAB_CONTEXT_DIR";
     pub const DOCKERFILE: &str = "MAB_DOCKERFILE";
+    /// The Dockerfile stage to build (`docker build --target`): the platform's `target`, else
+    /// `spec.source.target`; set only when one of them is.
+    pub const TARGET: &str = "MAB_TARGET";
     pub const BUILD_ARG_NAMES: &str = "MAB_BUILD_ARG_NAMES";
     /// Prefix of one variable per build arg: `MAB_BUILD_ARG_<NAME>`.
     pub const BUILD_ARG_PREFIX: &str = "MAB_BUILD_ARG_";
@@ -244,7 +247,8 @@ pub fn submit_request(
         .ok_or(BatchError::PlatformNotInSpec { platform })?;
 
     let git = &spec.source.git;
-    let build_args = spec.build_args.as_deref().unwrap_or_default();
+    // The platform's effective build args: the build's, with the platform's own over them.
+    let build_args = spec.build_args_of(platform);
     let mut environment = vec![
         (env::GIT_URL.to_owned(), git.url.clone()),
         (env::GIT_REVISION.to_owned(), git.revision.clone()),
@@ -255,15 +259,18 @@ pub fn submit_request(
     environment.extend([
         (env::CONTEXT_DIR.to_owned(), spec.source.context_dir.clone()),
         (env::DOCKERFILE.to_owned(), spec.source.dockerfile.clone()),
-        (
-            env::BUILD_ARG_NAMES.to_owned(),
-            build_args
-                .iter()
-                .map(|arg| arg.name.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
     ]);
+    if let Some(target) = spec.target_of(platform) {
+        environment.push((env::TARGET.to_owned(), target.to_owned()));
+    }
+    environment.push((
+        env::BUILD_ARG_NAMES.to_owned(),
+        build_args
+            .iter()
+            .map(|arg| arg.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    ));
     for arg in build_args {
         let value = arg
             .value
@@ -579,6 +586,74 @@ timeoutSeconds: 7200
         assert_eq!(
             crate::provenance::inputs_hash(&spec),
             crate::provenance::inputs_hash(&uncached)
+        );
+    }
+
+    #[test]
+    fn each_platform_gets_its_own_target_and_effective_build_args() {
+        let env_of = |spec: &MultiArchBuildSpec, platform| {
+            submit_request(&build(), spec, platform, "d")
+                .unwrap()
+                .environment
+                .into_iter()
+                .filter(|(n, _)| n == "MAB_TARGET" || n.starts_with("MAB_BUILD_ARG_"))
+                .collect::<Vec<_>>()
+        };
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let mut spec = sample_spec();
+        spec.build_args = Some(vec![
+            BuildArg::value("VERSION", "1.2.3"),
+            BuildArg::value("MODE", "run"),
+        ]);
+        spec.source.target = Some("runtime".into());
+        spec.platforms[0].target = Some("submit".into());
+        spec.platforms[0].build_args = Some(vec![
+            BuildArg::value("WITH_NEXTFLOW", "1"),
+            BuildArg::value("VERSION", "2.0"),
+        ]);
+        // amd64: its own target; VERSION replaced in place, WITH_NEXTFLOW added after the others.
+        assert_eq!(
+            env_of(&spec, Platform::LinuxAmd64),
+            vec![
+                pair("MAB_TARGET", "submit"),
+                pair("MAB_BUILD_ARG_NAMES", "VERSION MODE WITH_NEXTFLOW"),
+                pair("MAB_BUILD_ARG_VERSION", "2.0"),
+                pair("MAB_BUILD_ARG_MODE", "run"),
+                pair("MAB_BUILD_ARG_WITH_NEXTFLOW", "1"),
+            ]
+        );
+        // arm64: the build's target and args.
+        assert_eq!(
+            env_of(&spec, Platform::LinuxArm64),
+            vec![
+                pair("MAB_TARGET", "runtime"),
+                pair("MAB_BUILD_ARG_NAMES", "VERSION MODE"),
+                pair("MAB_BUILD_ARG_VERSION", "1.2.3"),
+                pair("MAB_BUILD_ARG_MODE", "run"),
+            ]
+        );
+        // No target anywhere: no MAB_TARGET at all (the last stage).
+        spec.source.target = None;
+        spec.platforms[0].target = None;
+        assert!(
+            env_of(&spec, Platform::LinuxArm64)
+                .iter()
+                .all(|(n, _)| n != "MAB_TARGET")
+        );
+        // Both platforms carry the same inputs hash, which covers the per-platform args.
+        let hash_of = |platform| {
+            submit_request(&build(), &spec, platform, "d")
+                .unwrap()
+                .environment
+                .into_iter()
+                .find(|(n, _)| n == "MAB_INPUT_HASH")
+                .unwrap()
+                .1
+        };
+        assert_eq!(hash_of(Platform::LinuxAmd64), hash_of(Platform::LinuxArm64));
+        assert_ne!(
+            hash_of(Platform::LinuxAmd64),
+            crate::provenance::inputs_hash(&sample_spec())
         );
     }
 

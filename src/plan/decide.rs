@@ -10,7 +10,8 @@ use k8s_openapi::{
 use super::{
     Action, AssemblyOutcome, DEPENDENCIES_READY, Dependencies, Dependency, ExistingIndex, INDEX_REUSED, IndexRef,
     Input, JobObservation, JobResult, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY,
-    RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, SUBMIT_SETTLE_SECONDS, is_live, live_job, reason, state_of,
+    RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, SUBMIT_SETTLE_SECONDS, TagsOutcome, is_live, live_job, reason,
+    state_of,
 };
 use crate::api::{
     InputsStatus, MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, ResolvedBuildArg,
@@ -93,6 +94,12 @@ impl Decision<'_, '_> {
         if nothing_submitted && let Some(refusal) = self.input.refusal {
             let message = refusal.message.clone();
             return self.end(Phase::Failed, refusal.reason, message, "refused");
+        }
+
+        // The index is pushed and verified (or reused): only its other tags are left to push. Too
+        // late to cancel, and nothing runs that a deadline would stop.
+        if self.status.digest.is_some() {
+            return self.publish_tags();
         }
 
         if spec.cancel {
@@ -421,19 +428,7 @@ impl Decision<'_, '_> {
         match &self.input.observed.assembly {
             Some(AssemblyOutcome::Pushed(index)) => {
                 record_index(&mut self.status, spec, index);
-                let message = format!(
-                    "pushed {} ({} platforms, commit {})",
-                    self.status.image.clone().unwrap_or_default(),
-                    index.platforms.len(),
-                    commit_of(&self.status).unwrap_or("unknown")
-                );
-                finish(
-                    &mut self.status,
-                    self.input.now,
-                    Phase::Succeeded,
-                    reason::SUCCEEDED,
-                    message,
-                );
+                self.publish_tags();
             }
             Some(AssemblyOutcome::Rejected { reason, message }) => {
                 let message = format!("cannot publish the index: {message}");
@@ -466,6 +461,80 @@ impl Decision<'_, '_> {
         }
     }
 
+    /// The index is at `<tag>` (`status.digest`): push it under each additional tag not pushed yet,
+    /// record what was, and succeed once every tag holds it. Pushing a tag again is harmless, so a
+    /// restart at any point only pushes again what `status.tags` does not list.
+    fn publish_tags(&mut self) {
+        let spec = self.input.spec;
+        let now = self.now();
+        let mut pushed = std::mem::take(&mut self.status.tags);
+        match &self.input.observed.tags {
+            Some(TagsOutcome::Pushed(tags)) => pushed.extend(tags.iter().cloned()),
+            Some(TagsOutcome::Rejected { reason, message }) => {
+                self.status.tags = in_spec_order(spec, &pushed);
+                let message = format!(
+                    "the index {} was pushed and verified, but not under every tag of spec.output.additionalTags: {message}",
+                    self.status.image.clone().unwrap_or_default()
+                );
+                return finish(&mut self.status, now, Phase::Failed, reason, message);
+            }
+            None => {}
+        }
+        self.status.tags = in_spec_order(spec, &pushed);
+        let missing: Vec<String> = spec
+            .output
+            .additional_tags
+            .iter()
+            .filter(|t| !self.status.tags.contains(t))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return self.succeed();
+        }
+        let message = format!(
+            "the index {} is pushed; pushing it as {} too",
+            self.status.image.clone().unwrap_or_default(),
+            missing.join(", ")
+        );
+        self.actions.push(Action::PushTags {
+            digest: self.status.digest.clone().unwrap_or_default(),
+            tags: missing,
+        });
+        set_phase(&mut self.status, Phase::Assembling, reason::ASSEMBLING, message, now);
+    }
+
+    /// Every tag holds the index: the build succeeded, by building (`Succeeded`) or by reusing an
+    /// index (`Reused`: no job was ever submitted).
+    fn succeed(&mut self) {
+        let spec = self.input.spec;
+        let reused = self
+            .status
+            .platforms
+            .iter()
+            .all(|p| p.job_id.is_none() && p.submitted_at.is_none());
+        let commit = commit_of(&self.status).unwrap_or("unknown").to_string();
+        let mut message = if reused {
+            format!(
+                "{} already is an index built from commit {commit} with the same inputs; nothing built",
+                spec.index_image()
+            )
+        } else {
+            format!(
+                "pushed {} ({} platforms, commit {commit})",
+                self.status.image.clone().unwrap_or_default(),
+                self.status.platforms.len(),
+            )
+        };
+        if !spec.output.additional_tags.is_empty() {
+            message.push_str(&format!("; tagged {}", self.status.tags.join(", ")));
+        }
+        if let Some(differences) = spec.platform_differences() {
+            message.push_str(&format!("; {differences}"));
+        }
+        let why = if reused { reason::REUSED } else { reason::SUCCEEDED };
+        finish(&mut self.status, self.input.now, Phase::Succeeded, why, message);
+    }
+
     /// Before anything is submitted: look for an index this input already built. True when the
     /// build goes on to submit.
     fn consider_reuse(&mut self) -> bool {
@@ -480,12 +549,7 @@ impl Decision<'_, '_> {
             }
             Some(ExistingIndex::Reusable(index)) => {
                 record_index(&mut self.status, spec, index);
-                let message = format!(
-                    "{} already is an index built from commit {} with the same inputs; nothing built",
-                    spec.index_image(),
-                    commit_of(&self.status).unwrap_or("unknown")
-                );
-                finish(&mut self.status, now, Phase::Succeeded, reason::REUSED, message);
+                self.publish_tags();
                 false
             }
             Some(ExistingIndex::Differs(why)) => {
@@ -702,6 +766,18 @@ fn record_index(status: &mut MultiArchBuildStatus, spec: &MultiArchBuildSpec, in
     status.digest = Some(index.digest.clone());
     status.short_digest = Some(short_digest(&index.digest));
     status.image = Some(format!("{}@{}", spec.output.repository, index.digest));
+    // The index was pushed as (or found at) `<tag>`.
+    status.tags = vec![spec.output.tag.clone()];
+}
+
+/// `<tag>` and those of `pushed` that are additional tags, in spec order, each once.
+fn in_spec_order(spec: &MultiArchBuildSpec, pushed: &[String]) -> Vec<String> {
+    spec.index_tags()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, t)| *i == 0 || pushed.contains(t))
+        .map(|(_, t)| t)
+        .collect()
 }
 
 /// `sha256:` and the first 12 hex digits.

@@ -299,6 +299,206 @@ fn all_succeeded_reads_what_each_job_pushed_then_assembles_exactly_that() {
     assert_eq!(done.wake_at, None);
 }
 
+/// The pushed index, as the registry answered for the sample's two platforms.
+fn pushed_index() -> Observations {
+    Observations {
+        assembly: Some(AssemblyOutcome::Pushed(IndexRef {
+            digest: "sha256:feed".into(),
+            platforms: vec![(ARM, "sha256:a1".into()), (AMD, "sha256:b2".into())],
+            commit: Some(COMMIT.into()),
+        })),
+        ..Default::default()
+    }
+}
+
+/// A build whose jobs pushed and whose index assembly was asked for.
+fn assembling(spec: &MultiArchBuildSpec) -> MultiArchBuildStatus {
+    let status = building(spec);
+    let mut observed = results(&[(ARM, "sha256:a1"), (AMD, "sha256:b2")]);
+    observed.jobs = seen(&[(ARM, succeeded("a", 50)), (AMD, succeeded("b", 55))]).jobs;
+    let plan = step(spec, &status, &observed, at(60));
+    assert!(
+        matches!(plan.actions[..], [Action::Assemble { .. }]),
+        "{:?}",
+        plan.actions
+    );
+    plan.status
+}
+
+#[test]
+fn without_additional_tags_the_index_tag_is_the_only_tag() {
+    let spec = sample_spec();
+    let done = step(&spec, &assembling(&spec), &pushed_index(), at(62));
+    assert_eq!(done.status.phase, Some(Phase::Succeeded));
+    assert!(done.actions.is_empty());
+    assert_eq!(done.status.tags, vec!["3f2a9c1".to_string()]);
+    assert!(!done.status.message.unwrap().contains("tagged"));
+}
+
+#[test]
+fn additional_tags_are_pushed_after_the_index_is_verified_then_the_build_succeeds() {
+    let mut spec = sample_spec();
+    spec.output.additional_tags = vec!["latest".into(), "v1.0.0".into()];
+    let assembling = assembling(&spec);
+    assert!(assembling.tags.is_empty(), "nothing tagged before the index is pushed");
+
+    // The index is pushed and verified: its digest is recorded at once (written once), then the
+    // same digest is pushed under the other tags.
+    let tagging = step(&spec, &assembling, &pushed_index(), at(62));
+    assert_eq!(
+        tagging.actions,
+        vec![Action::PushTags {
+            digest: "sha256:feed".into(),
+            tags: vec!["latest".into(), "v1.0.0".into()],
+        }]
+    );
+    assert_eq!(tagging.status.phase, Some(Phase::Assembling));
+    assert_eq!(ready(&tagging.status), ("False", reason::ASSEMBLING));
+    assert_eq!(tagging.status.digest.as_deref(), Some("sha256:feed"));
+    assert_eq!(tagging.status.tags, vec!["3f2a9c1".to_string()]);
+    assert!(
+        tagging
+            .status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("is pushed; pushing it as latest, v1.0.0 too"),
+        "{:?}",
+        tagging.status.message
+    );
+
+    let observed = Observations {
+        tags: Some(TagsOutcome::Pushed(vec!["v1.0.0".into(), "latest".into()])),
+        ..Default::default()
+    };
+    let done = step(&spec, &tagging.status, &observed, at(63));
+    assert!(done.actions.is_empty());
+    assert_eq!(done.status.phase, Some(Phase::Succeeded));
+    assert_eq!(ready(&done.status), ("True", reason::SUCCEEDED));
+    // Spec order, the main tag first, whatever order they were reported in.
+    assert_eq!(done.status.tags, ["3f2a9c1", "latest", "v1.0.0"]);
+    let message = done.status.message.unwrap();
+    assert!(
+        message.contains("(2 platforms, commit ") && message.ends_with("; tagged 3f2a9c1, latest, v1.0.0"),
+        "{message}"
+    );
+}
+
+/// A restart after some tags were recorded pushes only the others; one after every tag was pushed
+/// but before the status said so pushes them again (harmless: the same bytes).
+#[test]
+fn a_restart_while_tagging_pushes_only_what_the_status_does_not_list() {
+    let mut spec = sample_spec();
+    spec.output.additional_tags = vec!["latest".into(), "v1.0.0".into()];
+    let tagging = step(&spec, &assembling(&spec), &pushed_index(), at(62)).status;
+
+    // The step after a crash: nothing observed, the same tags asked for again.
+    let again = step(&spec, &tagging, &Observations::default(), at(100));
+    assert!(matches!(&again.actions[..], [Action::PushTags { tags, .. }] if tags.len() == 2));
+
+    let mut partly = tagging.clone();
+    partly.tags.push("v1.0.0".into());
+    let rest = step(&spec, &partly, &Observations::default(), at(100));
+    assert_eq!(
+        rest.actions,
+        vec![Action::PushTags {
+            digest: "sha256:feed".into(),
+            tags: vec!["latest".into()],
+        }]
+    );
+    // Past the deadline and cancelled meanwhile: the index is out, the tags still follow it.
+    spec.cancel = true;
+    let late = step(&spec, &partly, &Observations::default(), at(100_000));
+    assert!(
+        matches!(&late.actions[..], [Action::PushTags { .. }]),
+        "{:?}",
+        late.actions
+    );
+}
+
+#[test]
+fn a_tag_that_cannot_be_pushed_fails_the_build_and_keeps_the_index_digest() {
+    let mut spec = sample_spec();
+    spec.output.additional_tags = vec!["latest".into()];
+    let tagging = step(&spec, &assembling(&spec), &pushed_index(), at(62)).status;
+    let observed = Observations {
+        tags: Some(TagsOutcome::Rejected {
+            reason: "ImmutableTag".into(),
+            message: "x:latest is immutable and holds sha256:other".into(),
+        }),
+        ..Default::default()
+    };
+    let failed = step(&spec, &tagging, &observed, at(63));
+    assert_eq!(failed.status.phase, Some(Phase::Failed));
+    assert_eq!(ready(&failed.status), ("False", "ImmutableTag"));
+    assert_eq!(failed.status.digest.as_deref(), Some("sha256:feed"));
+    assert_eq!(failed.status.tags, ["3f2a9c1"]);
+    let message = failed.status.message.unwrap();
+    assert!(
+        message.contains("was pushed and verified, but not under every tag") && message.contains("immutable"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_reused_index_gets_the_additional_tags_too() {
+    let mut spec = sample_spec();
+    spec.output.additional_tags = vec!["latest".into()];
+    let index = IndexRef {
+        digest: "sha256:old".into(),
+        platforms: vec![(ARM, "sha256:1".into()), (AMD, "sha256:2".into())],
+        commit: Some(COMMIT.into()),
+    };
+    let observed = Observations {
+        existing_index: Some(ExistingIndex::Reusable(index)),
+        ..Default::default()
+    };
+    let tagging = step(&spec, &MultiArchBuildStatus::default(), &observed, t0());
+    assert_eq!(
+        tagging.actions,
+        vec![Action::PushTags {
+            digest: "sha256:old".into(),
+            tags: vec!["latest".into()],
+        }]
+    );
+    let observed = Observations {
+        tags: Some(TagsOutcome::Pushed(vec!["latest".into()])),
+        ..Default::default()
+    };
+    let done = step(&spec, &tagging.status, &observed, at(1));
+    assert_eq!(ready(&done.status), ("True", reason::REUSED));
+    assert_eq!(done.status.tags, ["3f2a9c1", "latest"]);
+    assert!(
+        done.status
+            .message
+            .unwrap()
+            .contains("already is an index built from commit")
+    );
+}
+
+#[test]
+fn children_that_differ_by_more_than_architecture_are_said_so() {
+    let mut spec = sample_spec();
+    let done = step(&spec, &assembling(&spec), &pushed_index(), at(62));
+    let plain = done.status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+    assert!(!plain.message.contains("differ"), "{}", plain.message);
+
+    spec.platforms[1].target = Some("submit".into());
+    spec.platforms[1].build_args = Some(vec![crate::api::BuildArg::value("WITH_NEXTFLOW", "1")]);
+    let done = step(&spec, &assembling(&spec), &pushed_index(), at(62));
+    assert_eq!(ready(&done.status), ("True", reason::SUCCEEDED));
+    let condition = done.status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+    assert!(
+        condition.message.ends_with(
+            "; the children differ by more than architecture (per-platform target or build args): linux/arm64 \
+             the last stage; linux/amd64 target submit with its own build args WITH_NEXTFLOW"
+        ),
+        "{}",
+        condition.message
+    );
+    assert_eq!(done.status.message.as_deref(), Some(condition.message.as_str()));
+}
+
 #[test]
 fn rejected_assembly_fails_with_the_registry_reason() {
     let spec = sample_spec();
@@ -959,6 +1159,11 @@ fn apply_sim(
             };
             observed.results.insert(platform, result);
         }
+        Action::PushTags { digest, tags } => {
+            assert!(digest == "sha256:new" || digest == "sha256:old", "{digest}");
+            assert!(!tags.is_empty() && tags.iter().all(|t| spec.output.additional_tags.contains(t)));
+            observed.tags = Some(TagsOutcome::Pushed(tags));
+        }
         Action::Assemble { children, commit, .. } => {
             assert_eq!(commit, COMMIT);
             assert_eq!(children.len(), spec.platforms.len());
@@ -988,10 +1193,14 @@ proptest! {
         existing in any::<bool>(),
         assembly_ok in any::<bool>(),
         reuse in any::<bool>(),
+        more_tags in any::<bool>(),
         list_lag in 0..SUBMIT_SETTLE_SECONDS,
     ) {
         let mut spec = sample_spec();
         spec.output.reuse_existing = reuse;
+        if more_tags {
+            spec.output.additional_tags = vec!["latest".into(), "v1.0.0".into()];
+        }
         let sim = Sim { existing, assembly_ok, list_lag };
         let platforms = [ARM, AMD];
         let mut status = MultiArchBuildStatus::default();
@@ -1040,6 +1249,8 @@ proptest! {
             // Never Succeeded without an index digest; a built index lists exactly what the jobs pushed.
             if phase == Phase::Succeeded {
                 prop_assert!(status.digest.is_some() && status.image.is_some());
+                // Succeeded only once every tag holds the index, the main tag first.
+                prop_assert_eq!(&status.tags, &spec.index_tags());
                 let reused = ready(&status).1 == reason::REUSED;
                 if !reused {
                     for entry in &status.platforms {
@@ -1134,10 +1345,7 @@ fn a_build_waits_for_its_dependency_then_records_its_image_and_builds_on_it() {
     let inputs = going.status.inputs.clone().unwrap();
     assert_eq!(
         inputs.build_args,
-        [crate::api::ResolvedBuildArg {
-            name: "BASE".into(),
-            value: BASE_IMAGE.into()
-        }]
+        [crate::api::ResolvedBuildArg { name: "BASE".into(), value: BASE_IMAGE.into() }]
     );
     assert_eq!(going.actions, [Action::CheckExistingIndex]);
     let resolved = resolved_spec(&spec, &going.status).unwrap();

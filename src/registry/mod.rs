@@ -261,6 +261,53 @@ impl RegistryClient {
         }))
     }
 
+    /// Push the index `digest` of `repository` under each of `tags` as well: its exact bytes, read
+    /// back by digest (and checked to hash to it), sent with its own media type, and each push
+    /// verified against the digest like the first one. A tag that holds something else is moved
+    /// (an immutable one fails with [`RegistryError::ImmutableTag`]); one that already holds this
+    /// index stays as it is.
+    pub async fn push_tags(&self, repository: &str, digest: &str, tags: &[String]) -> Result<(), RegistryError> {
+        let Some(first) = tags.first() else {
+            return Ok(());
+        };
+        // Each tag is checked as a reference, the way the first tag of an index is.
+        let repo = self.repo(repository, first)?;
+        for tag in tags {
+            self.repo(repository, tag)?;
+        }
+        let image = repo.image_at(digest);
+        if !is_sha256_digest(digest) {
+            return Err(RegistryError::InvalidRequest {
+                image,
+                reason: format!("{digest:?} is not a sha256 digest"),
+            });
+        }
+        let fetched =
+            self.get_manifest(&repo, digest, &image)
+                .await?
+                .ok_or_else(|| RegistryError::InvalidManifest {
+                    image: image.clone(),
+                    reason: "the index to tag is not in the registry".into(),
+                })?;
+        let media_type = match parse_manifest(&fetched.bytes, fetched.content_type.as_deref()) {
+            Ok(Manifest::Index(index)) => index.media_type,
+            Ok(Manifest::Image(_)) => {
+                return Err(RegistryError::InvalidManifest {
+                    image,
+                    reason: "it is a single image, not an index".into(),
+                });
+            }
+            Err(e) => return Err(RegistryError::InvalidManifest { image, reason: e.0 }),
+        };
+        for tag in tags {
+            let tagged = repo.image(tag);
+            self.put_manifest(&repo, tag, &tagged, media_type, fetched.bytes.clone(), digest)
+                .await?;
+            info!(image = %tagged, %digest, "index tagged and verified");
+        }
+        Ok(())
+    }
+
     /// Read and verify each platform's manifest by the digest its job pushed (never by a tag),
     /// assemble the index in `media_type` with `annotations` (OCI only: a Docker manifest list has
     /// none), push it as `<tag>`, and check the registry stored exactly our bytes. Each child must
