@@ -196,7 +196,10 @@ mod tests {
         let resolved_to = |value: &str| {
             let status = MultiArchBuildStatus {
                 inputs: Some(InputsStatus {
-                    build_args: vec![ResolvedBuildArg { name: "BASE".into(), value: value.into() }],
+                    build_args: vec![ResolvedBuildArg {
+                        name: "BASE".into(),
+                        value: value.into(),
+                    }],
                 }),
                 ..Default::default()
             };

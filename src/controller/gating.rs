@@ -126,11 +126,26 @@ pub fn images_configmap(job: &Job, builds: &BTreeMap<String, Option<MultiArchBui
         controller: None,
         block_owner_deletion: None,
     };
-    Some(ConfigMap {
+    Some(managed_configmap(
+        images_configmap_name(job),
+        job.namespace(),
+        vec![owner],
+        data,
+    ))
+}
+
+/// A ConfigMap this controller writes (labelled managed-by), owned by `owners`.
+fn managed_configmap(
+    name: String,
+    namespace: Option<String>,
+    owners: Vec<OwnerReference>,
+    data: BTreeMap<String, String>,
+) -> ConfigMap {
+    ConfigMap {
         metadata: ObjectMeta {
-            name: Some(images_configmap_name(job)),
-            namespace: job.namespace(),
-            owner_references: Some(vec![owner]),
+            name: Some(name),
+            namespace,
+            owner_references: (!owners.is_empty()).then_some(owners),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/managed-by".into(),
                 "multiarch-operator".into(),
@@ -139,7 +154,7 @@ pub fn images_configmap(job: &Job, builds: &BTreeMap<String, Option<MultiArchBui
         },
         data: Some(data),
         ..Default::default()
-    })
+    }
 }
 
 /// The name of the ConfigMap carrying the images of the builds a Job lists.
@@ -169,20 +184,12 @@ pub fn image_configmap(build: &MultiArchBuild) -> Option<ConfigMap> {
             data.insert(format!("digest-{}", platform.platform.tag_suffix()), digest.clone());
         }
     }
-    Some(ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(configmap_name(build)),
-            namespace: build.namespace(),
-            owner_references: build.controller_owner_ref(&()).map(|o| vec![o]),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".into(),
-                "multiarch-operator".into(),
-            )])),
-            ..Default::default()
-        },
-        data: Some(data),
-        ..Default::default()
-    })
+    Some(managed_configmap(
+        configmap_name(build),
+        build.namespace(),
+        build.controller_owner_ref(&()).into_iter().collect(),
+        data,
+    ))
 }
 
 #[cfg(test)]

@@ -1345,7 +1345,10 @@ fn a_build_waits_for_its_dependency_then_records_its_image_and_builds_on_it() {
     let inputs = going.status.inputs.clone().unwrap();
     assert_eq!(
         inputs.build_args,
-        [crate::api::ResolvedBuildArg { name: "BASE".into(), value: BASE_IMAGE.into() }]
+        [crate::api::ResolvedBuildArg {
+            name: "BASE".into(),
+            value: BASE_IMAGE.into()
+        }]
     );
     assert_eq!(going.actions, [Action::CheckExistingIndex]);
     let resolved = resolved_spec(&spec, &going.status).unwrap();
