@@ -126,13 +126,30 @@ pub struct MultiArchBuildSpec {
     pub cancel: bool,
 }
 
+/// Build-arg names the builder sets itself (from the platform, and from the cache mode).
+pub const RESERVED_BUILD_ARGS: [&str; 9] = [
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+    "BUILDKIT_INLINE_CACHE",
+];
+
 /// One docker build argument: a name and exactly one of `value` and `valueFrom`.
 #[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("spec.buildArgs: set exactly one of value and valueFrom in each entry"))]
 pub struct BuildArg {
-    /// The argument's name, an identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters.
+    /// The argument's name, an identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters. The
+    /// builder sets TARGETPLATFORM, TARGETOS, TARGETARCH, TARGETVARIANT, BUILDPLATFORM, BUILDOS,
+    /// BUILDARCH, BUILDVARIANT (from the platform) and BUILDKIT_INLINE_CACHE (from the cache mode):
+    /// those names are refused.
     #[schemars(length(min = 1, max = 128), pattern(patterns::BUILD_ARG_NAME))]
+    #[x_kube(validation = Rule::new("!(self in ['TARGETPLATFORM', 'TARGETOS', 'TARGETARCH', 'TARGETVARIANT', 'BUILDPLATFORM', 'BUILDOS', 'BUILDARCH', 'BUILDVARIANT', 'BUILDKIT_INLINE_CACHE'])").message("buildArgs: this name is set by the builder (from the platform or the cache mode) and cannot be overridden"))]
     pub name: String,
     /// The argument's value, at most 1024 characters (`""` for an empty value).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -394,6 +394,14 @@ fn check_build_args(errors: &mut Errors, field: &str, args: &[super::BuildArg]) 
                 &arg.name,
                 "an identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters",
             );
+        } else if super::RESERVED_BUILD_ARGS.contains(&arg.name.as_str()) {
+            errors.push(
+                &format!("{field}[{i}].name"),
+                format!(
+                    "{:?} is set by the builder (from the platform or the cache mode) and cannot be overridden",
+                    arg.name
+                ),
+            );
         } else if !names.insert(arg.name.as_str()) {
             errors.push(
                 &format!("{field}[{i}].name"),
