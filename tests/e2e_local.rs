@@ -5,6 +5,8 @@
 //! unless `MAB_E2E_REQUIRED=1` (set by `make test`), where a missing stack fails them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/local_stack.rs"]
+mod local_stack;
 mod support;
 
 use std::{
@@ -17,35 +19,8 @@ use std::{
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_batch::config::Credentials;
+use local_stack::{image_files, stack};
 use support::{sha256, skopeo_raw};
-
-fn repo_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The stack's environment (`e2e/local-stack env`), or `None` when it is not up.
-fn stack() -> Option<HashMap<String, String>> {
-    let out = Command::new(repo_dir().join("e2e/local-stack"))
-        .arg("env")
-        .output()
-        .expect("run e2e/local-stack env");
-    if !out.status.success() {
-        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        if std::env::var("MAB_E2E_REQUIRED").is_ok_and(|v| v == "1") {
-            panic!("the local stack is required but not up: {why}");
-        }
-        eprintln!("SKIPPED: the local stack is not up ({why}); run `e2e/local-stack up` or `make test`");
-        return None;
-    }
-    let text = String::from_utf8(out.stdout).unwrap();
-    Some(
-        text.lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').trim_matches('"').to_string()))
-            .collect(),
-    )
-}
 
 /// A name no earlier run used, so the registry holds no index for it yet.
 fn unique(prefix: &str) -> String {
@@ -543,45 +518,6 @@ fn a_bad_spec_is_rejected_before_any_job_is_submitted() {
         jobs_of(&env, &build).is_empty(),
         "no job may be submitted for a bad spec"
     );
-}
-
-/// The files of `reference`'s image for `arch`, from its layers (skopeo copy to a directory).
-fn image_files(reference: &str, arch: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            "--override-os",
-            "linux",
-            "--override-arch",
-            arch,
-        ])
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", dir.path().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
-    let mut files = Vec::new();
-    for layer in manifest["layers"].as_array().unwrap() {
-        let blob = dir
-            .path()
-            .join(layer["digest"].as_str().unwrap().trim_start_matches("sha256:"));
-        let listed = Command::new("tar").arg("-tzf").arg(&blob).output().unwrap();
-        assert!(listed.status.success(), "tar -tzf {}", blob.display());
-        files.extend(
-            String::from_utf8_lossy(&listed.stdout)
-                .lines()
-                .map(|l| l.trim_start_matches("./").to_string()),
-        );
-    }
-    files
 }
 
 /// base -> dev -> app with real builds: dev builds `FROM ${BASE}` where BASE is base's pinned
