@@ -7,7 +7,13 @@ cd "$(dirname "$0")/.."
 
 e2e/local-stack up
 eval "$(e2e/local-stack env)"
+echo "demo: compiling multiarch-operator (cargo build; the first time takes a few minutes on 2 cores, then seconds)"
+build_start=$SECONDS
 bin=$(scripts/operator-bin.sh)
+echo "demo: compiled in $((SECONDS - build_start)) s: $bin"
+echo "demo: linux/arm64 is built on this amd64 machine without emulation: the sample's Dockerfile has"
+echo "      only FROM scratch and COPY (no RUN), so nothing executes for arm64; on AWS each platform"
+echo "      runs on its own architecture's compute environment"
 
 tag="demo-$(date +%Y%m%d-%H%M%S)"
 file="$MAB_STACK_DIR/demo.yaml"
@@ -56,3 +62,4 @@ PY
 done
 echo
 echo "demo: OK: pin $image"
+echo "demo: the stack keeps running for the next demo or test; stop it with: e2e/local-stack down (--purge deletes its state in $MAB_STACK_DIR)"
