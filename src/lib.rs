@@ -13,5 +13,6 @@ pub mod oneshot;
 pub mod plan;
 pub mod provenance;
 pub mod registry;
+pub mod strict;
 pub mod tenancy;
 mod util;

@@ -192,7 +192,7 @@ fn read_build(args: &BuildArgs) -> Result<MultiArchBuild, String> {
     } else {
         std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
     };
-    serde_yaml::from_str(&text).map_err(|e| format!("{}: not a MultiArchBuild: {e}", args.file.display()))
+    crate::strict::parse_build(&text).map_err(|e| format!("{}: {e}", args.file.display()))
 }
 
 /// The build's identity. Without a cluster there is no uid, so one is derived from the object's
