@@ -151,6 +151,11 @@ pub struct BuildArgs {
     #[arg(long, env = "MAB_ALLOW_LOCAL_GIT")]
     pub allow_local_git: bool,
 
+    /// AWS region of the Batch queues (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's
+    /// region; without one the command stops before contacting AWS).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
     /// Seconds between two looks at the jobs while waiting.
     #[arg(long, env = "MAB_POLL_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub poll_interval_seconds: u64,

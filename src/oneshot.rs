@@ -70,8 +70,10 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
         return Ok(Outcome::DryRun(text));
     }
 
-    let aws = config::aws().await?;
-    let allowed = config::allowed_registries(&aws, &args.allow).await?;
+    let aws = config::aws_for_cli(args.region.as_deref()).await?;
+    let allowed = config::allowed_registries(&aws, &args.allow)
+        .await
+        .map_err(|e| format!("{e}; nothing was submitted"))?;
     if let Some(refusal) = allowed.spec_refusal(&object.spec) {
         return Err(format!("{}: {refusal}", args.file.display()));
     }
@@ -96,12 +98,13 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
                 failures += 1;
                 progress.warn(&format!("{e} (attempt {failures} of {MAX_CONSECUTIVE_FAILURES})"));
                 if failures >= MAX_CONSECUTIVE_FAILURES {
-                    return Err(format!("giving up: {e}"));
+                    return Err(giving_up(&e, &status));
                 }
             }
         }
         match status.phase {
             Some(Phase::Succeeded) => return Ok(Outcome::Succeeded(status.image.unwrap_or_default())),
+            Some(Phase::Cancelled) if interrupted => return Ok(Outcome::Failed(interrupted_message(&status))),
             Some(Phase::Failed | Phase::Cancelled) => return Ok(Outcome::Failed(status.message.unwrap_or_default())),
             // Every platform has its job (an empty status means the first step failed: nothing was).
             _ if !args.wait
@@ -124,6 +127,38 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
             }
         }
     }
+}
+
+/// The last error of a run that gave up, and what it leaves behind.
+fn giving_up(error: &EngineError, status: &MultiArchBuildStatus) -> String {
+    let what = match error {
+        // "will retry" is no longer true: this was the last try.
+        EngineError::Batch(crate::batch::BatchError::Transient { operation, message }) => {
+            format!("{operation} failed: {message}")
+        }
+        other => other.to_string(),
+    };
+    let jobs: Vec<&str> = status.platforms.iter().filter_map(|p| p.job_id.as_deref()).collect();
+    if jobs.is_empty() {
+        format!("{what}; nothing was submitted")
+    } else {
+        format!(
+            "{what}; gave up after {MAX_CONSECUTIVE_FAILURES} tries with job(s) {} submitted: run the same command \
+             again to adopt them",
+            jobs.join(", ")
+        )
+    }
+}
+
+/// What an interrupted `--wait` ends with. The build's identity (hence its job names) comes from
+/// the file, so running the same file again finds the terminated jobs and reports them: a fresh
+/// build needs another metadata.name.
+fn interrupted_message(status: &MultiArchBuildStatus) -> String {
+    let terminated = status.platforms.iter().filter(|p| p.job_id.is_some()).count();
+    format!(
+        "interrupted: {terminated} job(s) terminated; running the same file again adopts the terminated jobs and \
+         fails again: change metadata.name to build anew"
+    )
 }
 
 async fn step_once(
@@ -219,6 +254,8 @@ fn build_ref(object: &MultiArchBuild) -> Result<BuildRef, String> {
 /// Prints state changes with timestamps, and on a terminal a live line per platform.
 struct Progress {
     last: BTreeMap<String, String>,
+    /// When each platform's job was first seen, for the elapsed time of the live lines.
+    started: BTreeMap<api::Platform, std::time::Instant>,
     tty: bool,
     live_lines: usize,
 }
@@ -227,6 +264,7 @@ impl Progress {
     fn new() -> Self {
         Progress {
             last: BTreeMap::new(),
+            started: BTreeMap::new(),
             tty: std::io::stderr().is_terminal(),
             live_lines: 0,
         }
@@ -281,9 +319,17 @@ impl Progress {
         self.live_lines = 0;
         if self.tty && !status.phase.is_some_and(Phase::is_terminal) {
             for p in &status.platforms {
+                let elapsed = match p.job_id {
+                    Some(_) => {
+                        let since = *self.started.entry(p.platform).or_insert_with(std::time::Instant::now);
+                        let seconds = since.elapsed().as_secs();
+                        format!(" {}m{:02}s", seconds / 60, seconds % 60)
+                    }
+                    None => String::new(),
+                };
                 let _ = writeln!(
                     err,
-                    "  {:<16} {}",
+                    "  {:<16} {}{elapsed}",
                     p.platform.as_str(),
                     p.state.as_deref().unwrap_or("waiting")
                 );
