@@ -437,10 +437,30 @@ fn interrupting_a_waiting_build_cancels_it_and_terminates_both_jobs() {
         lines.contains("cancelled by spec.cancel; 2 live job(s) terminated"),
         "{lines}"
     );
+    assert!(
+        lines.contains(
+            "multiarch-operator: interrupted: 2 job(s) terminated; running the same file again adopts the terminated \
+             jobs and fails again: change metadata.name to build anew"
+        ),
+        "{lines}"
+    );
     for job in jobs_of(&env, &build) {
         let reason = stopped_reason(&env, job.job_id().unwrap());
         assert!(reason.contains("cancelled"), "{reason}");
     }
+    // What the message promises: the same file adopts the terminated jobs and fails.
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("failed: multiarch-operator: cancelled: spec.cancel was set"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(jobs_of(&env, &build).len(), 2, "nothing new was submitted");
 }
 
 #[test]
