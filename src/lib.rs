@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod crypto;
 pub mod engine;
+pub mod logs;
 pub mod oneshot;
 pub mod plan;
 pub mod provenance;

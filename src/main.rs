@@ -6,7 +6,7 @@ use std::{
 use multiarch_operator::{
     api,
     cli::{Cli, Command, LogFormat},
-    controller, crypto,
+    controller, crypto, logs,
     oneshot::{self, Outcome},
 };
 
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         // aws_config warns about every source of the credential chain it tried (the instance
         // metadata service on a laptop); the command says what failed itself, in one line.
-        Command::Build(_) => "warn,aws_config=error",
+        Command::Build(_) | Command::Logs(_) => "warn,aws_config=error",
         Command::Controller(_) => "info,aws_config=error,aws_smithy_runtime=warn,hyper_util=warn,tower=warn",
         _ => "warn,multiarch_operator=info",
     };
@@ -67,6 +67,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Outcome::Submitted => Ok(ExitCode::SUCCESS),
             Outcome::Failed(message) => Err(message),
         },
+        Command::Logs(args) => {
+            runtime()?.block_on(logs::run(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Controller(args) => {
             runtime()?.block_on(controller::run(args))?;
             Ok(ExitCode::SUCCESS)

@@ -206,3 +206,37 @@ fn help_describes_the_new_flags() {
     assert!(help.contains("--region <REGION>"), "{help}");
     assert!(help.contains("[env: AWS_REGION"), "{help}");
 }
+
+#[test]
+fn logs_has_help_and_needs_a_region_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = run_in(dir.path(), &["logs", "--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "Usage: multiarch-operator logs [OPTIONS] <NAME>",
+        "-n, --namespace <NAMESPACE>",
+        "-f, --follow",
+        "--platform <PLATFORM>",
+        "--region <REGION>",
+    ] {
+        assert!(help.contains(flag), "{flag} not in {help}");
+    }
+    let (out, stderr) = run_in(dir.path(), &["logs", "demo"], &[]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr,
+        "multiarch-operator: no AWS region: set AWS_REGION or --region (or a profile with a region)\n"
+    );
+}
+
+/// Linked as `kubectl-mab`, the binary is the same command line, named `kubectl mab`.
+#[test]
+fn as_a_kubectl_plugin_it_is_named_kubectl_mab() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("kubectl-mab");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_multiarch-operator"), &link).unwrap();
+    let out = Command::new(&link).args(["logs", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(help.contains("Usage: kubectl mab logs [OPTIONS] <NAME>"), "{help}");
+}
