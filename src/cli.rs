@@ -143,6 +143,11 @@ pub struct BuildArgs {
     #[arg(long, env = "MAB_WAIT")]
     pub wait: bool,
 
+    /// With --wait: stream the jobs' logs (CloudWatch Logs) to stderr as they come, each line
+    /// prefixed by its platform. Without it a terminal shows each platform's latest line.
+    #[arg(long, env = "MAB_FOLLOW_LOGS", requires = "wait")]
+    pub follow_logs: bool,
+
     /// Print the Batch requests the build would send, and send none.
     #[arg(long, env = "MAB_DRY_RUN")]
     pub dry_run: bool,

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, future::Future, io::Write, time::Duration};
 use kube::Api;
 
 use crate::{
-    api::{MultiArchBuild, Phase},
+    api::{MultiArchBuild, MultiArchBuildStatus, Phase},
     batch::DEFAULT_LOG_GROUP,
     cli::LogsArgs,
     config,
@@ -48,9 +48,33 @@ where
     Fut: Future<Output = Result<Snapshot, String>>,
     W: Write,
 {
-    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    let mut follower = Follower::default();
     loop {
         let snapshot = source().await?;
+        follower.read_new(logs, &snapshot, platform, out).await?;
+        if !follow || snapshot.ended {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Where each stream was read up to: [`read_new`](Follower::read_new) prints only what came since.
+#[derive(Debug, Default)]
+pub struct Follower {
+    tokens: BTreeMap<String, String>,
+}
+
+impl Follower {
+    /// Prints the events of `snapshot`'s streams written since the last call (all of a stream the
+    /// first time), `[platform] line` each.
+    pub async fn read_new<W: Write>(
+        &mut self,
+        logs: &aws_sdk_cloudwatchlogs::Client,
+        snapshot: &Snapshot,
+        platform: Option<&str>,
+        out: &mut W,
+    ) -> Result<(), String> {
         for stream in snapshot
             .streams
             .iter()
@@ -65,7 +89,7 @@ where
                     .log_group_name(DEFAULT_LOG_GROUP)
                     .log_stream_name(name)
                     .start_from_head(true)
-                    .set_next_token(tokens.get(name).cloned())
+                    .set_next_token(self.tokens.get(name).cloned())
                     .send()
                     .await;
                 let page = match answer {
@@ -82,30 +106,29 @@ where
                 for event in page.events() {
                     let message = clean_text(event.message().unwrap_or_default());
                     writeln!(out, "[{}] {}", stream.platform, message.trim_end_matches('\n'))
-                        .map_err(|e| format!("cannot write to standard output: {e}"))?;
+                        .map_err(|e| format!("cannot write the logs: {e}"))?;
                 }
                 let next = page.next_forward_token().map(str::to_owned);
-                let same = next.is_none() || next.as_ref() == tokens.get(name);
+                let same = next.is_none() || next.as_ref() == self.tokens.get(name);
                 if let Some(next) = next {
-                    tokens.insert(name.to_owned(), next);
+                    self.tokens.insert(name.to_owned(), next);
                 }
                 if same || page.events().is_empty() {
                     break;
                 }
             }
         }
-        out.flush()
-            .map_err(|e| format!("cannot write to standard output: {e}"))?;
-        if !follow || snapshot.ended {
-            return Ok(());
-        }
-        tokio::time::sleep(interval).await;
+        out.flush().map_err(|e| format!("cannot write the logs: {e}"))
     }
 }
 
 /// The snapshot of a MultiArchBuild: its platforms' streams; ended once its phase is terminal.
 pub fn snapshot_of(build: &MultiArchBuild) -> Snapshot {
-    let status = build.status.clone().unwrap_or_default();
+    snapshot_of_status(&build.status.clone().unwrap_or_default())
+}
+
+/// The snapshot of a build's status.
+pub fn snapshot_of_status(status: &MultiArchBuildStatus) -> Snapshot {
     Snapshot {
         streams: status
             .platforms

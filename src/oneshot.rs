@@ -83,6 +83,8 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
         &args.default_job_definition,
         &object.spec.output.repository,
     );
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
+    let mut follower = crate::logs::Follower::default();
     let mut progress = Progress::new();
     let mut status = MultiArchBuildStatus::default();
     let mut failures = 0;
@@ -101,6 +103,19 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
                     return Err(giving_up(&e, &status));
                 }
             }
+        }
+        if args.follow_logs {
+            let mut text = Vec::new();
+            let read = follower
+                .read_new(&logs, &crate::logs::snapshot_of_status(&status), None, &mut text)
+                .await;
+            let lines: Vec<String> = String::from_utf8_lossy(&text).lines().map(str::to_owned).collect();
+            progress.print(&lines, &status);
+            if let Err(e) = read {
+                progress.warn(&e);
+            }
+        } else if args.wait && progress.tty && !status.phase.is_some_and(Phase::is_terminal) {
+            latest_lines(&engine, &status, &mut progress).await;
         }
         match status.phase {
             Some(Phase::Succeeded) => return Ok(Outcome::Succeeded(status.image.unwrap_or_default())),
@@ -189,6 +204,25 @@ async fn step_once(
         .map(|stepped| stepped.status)
 }
 
+/// Each running platform's latest log line, for the live view (a decoration: a failed read only
+/// leaves the line out).
+async fn latest_lines(engine: &Engine, status: &MultiArchBuildStatus, progress: &mut Progress) {
+    for p in &status.platforms {
+        let Some(stream) = p.log_stream_name.as_deref() else {
+            continue;
+        };
+        match engine.batch.log_tail(stream, 1).await {
+            Ok(lines) => {
+                if let Some(line) = lines.last() {
+                    progress.latest.insert(p.platform, crate::util::one_line(line));
+                }
+            }
+            Err(e) => tracing::debug!(platform = %p.platform, error = %e, "cannot read the latest log line"),
+        }
+    }
+    progress.print(&[], status);
+}
+
 /// Describes the live jobs recorded in the status.
 async fn observe_jobs(
     engine: &Engine,
@@ -256,6 +290,8 @@ struct Progress {
     last: BTreeMap<String, String>,
     /// When each platform's job was first seen, for the elapsed time of the live lines.
     started: BTreeMap<api::Platform, std::time::Instant>,
+    /// Each platform's latest log line, shown after its live line.
+    latest: BTreeMap<api::Platform, String>,
     tty: bool,
     live_lines: usize,
 }
@@ -265,6 +301,7 @@ impl Progress {
         Progress {
             last: BTreeMap::new(),
             started: BTreeMap::new(),
+            latest: BTreeMap::new(),
             tty: std::io::stderr().is_terminal(),
             live_lines: 0,
         }
@@ -327,9 +364,14 @@ impl Progress {
                     }
                     None => String::new(),
                 };
+                let latest = self
+                    .latest
+                    .get(&p.platform)
+                    .map(|l| format!("  {}", crate::util::cut(l, 100, "…")))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     err,
-                    "  {:<16} {}{elapsed}",
+                    "  {:<16} {}{elapsed}{latest}",
                     p.platform.as_str(),
                     p.state.as_deref().unwrap_or("waiting")
                 );

@@ -205,6 +205,13 @@ fn help_describes_the_new_flags() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--region <REGION>"), "{help}");
     assert!(help.contains("[env: AWS_REGION"), "{help}");
+    assert!(help.contains("--follow-logs"), "{help}");
+    let (out, stderr) = build(VALID, &["--follow-logs"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr.starts_with("error: the following required arguments were not provided:\n  --wait"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -491,6 +491,21 @@ fn running_again_after_a_crash_between_submit_and_record_adopts_the_jobs() {
 }
 
 #[test]
+fn follow_logs_streams_each_platforms_lines_prefixed() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "follow", "no-such-branch", "");
+    let (out, _, stderr) = run(&env, &build.file, &["--wait", "--follow-logs"]);
+    assert!(!out.status.success());
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let line = regex::Regex::new(&format!(
+            r"(?m)^\[\d\d:\d\d:\d\d\] \[{platform}\] .*git revision 'no-such-branch' not found"
+        ))
+        .unwrap();
+        assert!(line.is_match(&stderr), "{platform}: {stderr}");
+    }
+}
+
+#[test]
 fn a_revision_that_does_not_exist_fails_with_the_builders_message() {
     let Some(env) = stack() else { return };
     let build = write_build(&env, "norev", "no-such-branch", "");
