@@ -31,6 +31,10 @@ pub enum Command {
     Controller(ControllerArgs),
     /// Run one build described by a MultiArchBuild YAML file, without a cluster.
     Build(BuildArgs),
+    /// Print a build's logs (its Batch jobs' CloudWatch Logs streams), each line prefixed by its
+    /// platform; `-f` follows them until every job has ended. Reads the MultiArchBuild from the
+    /// cluster of the current kubeconfig context.
+    Logs(LogsArgs),
     /// Print the CustomResourceDefinition YAML (what `crds/` holds).
     Crd,
     /// Print the version.
@@ -139,6 +143,11 @@ pub struct BuildArgs {
     #[arg(long, env = "MAB_WAIT")]
     pub wait: bool,
 
+    /// With --wait: stream the jobs' logs (CloudWatch Logs) to stderr as they come, each line
+    /// prefixed by its platform. Without it a terminal shows each platform's latest line.
+    #[arg(long, env = "MAB_FOLLOW_LOGS", requires = "wait")]
+    pub follow_logs: bool,
+
     /// Print the Batch requests the build would send, and send none.
     #[arg(long, env = "MAB_DRY_RUN")]
     pub dry_run: bool,
@@ -151,6 +160,11 @@ pub struct BuildArgs {
     #[arg(long, env = "MAB_ALLOW_LOCAL_GIT")]
     pub allow_local_git: bool,
 
+    /// AWS region of the Batch queues (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's
+    /// region; without one the command stops before contacting AWS).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
     /// Seconds between two looks at the jobs while waiting.
     #[arg(long, env = "MAB_POLL_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub poll_interval_seconds: u64,
@@ -160,6 +174,33 @@ pub struct BuildArgs {
 
     #[command(flatten)]
     pub allow: AllowArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The MultiArchBuild's name.
+    #[arg(env = "MAB_BUILD_NAME")]
+    pub name: String,
+
+    /// Its namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, env = "MAB_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Keep printing new lines until every job has ended.
+    #[arg(short = 'f', long, env = "MAB_FOLLOW")]
+    pub follow: bool,
+
+    /// Only this platform's lines (e.g. `linux/arm64`).
+    #[arg(long, env = "MAB_PLATFORM")]
+    pub platform: Option<String>,
+
+    /// AWS region of the logs (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    /// Seconds between two looks at the logs and the build with `-f`.
+    #[arg(long, env = "MAB_POLL_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub poll_interval_seconds: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,6 +26,34 @@ pub async fn aws() -> Result<SdkConfig, String> {
     Ok(config)
 }
 
+/// [`aws`] for the command line: the region comes from `region` (`--region`), else the
+/// environment or the profile, and without one the command stops here with one line, before the
+/// SDK would probe the EC2 instance metadata service (a laptop has none: seconds of retries and
+/// warnings for an answer that is only "no region").
+pub async fn aws_for_cli(region: Option<&str>) -> Result<SdkConfig, String> {
+    use aws_config::meta::region::ProvideRegion;
+    let region = match region.filter(|r| !r.trim().is_empty()) {
+        Some(r) => Some(aws_config::Region::new(r.trim().to_owned())),
+        None => match aws_config::environment::EnvironmentVariableRegionProvider::new()
+            .region()
+            .await
+        {
+            Some(r) => Some(r),
+            None => aws_config::profile::ProfileFileRegionProvider::new().region().await,
+        },
+    };
+    let Some(region) = region else {
+        return Err(NO_REGION.into());
+    };
+    let loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
+    #[cfg(feature = "fips")]
+    let loader = loader.http_client(crate::crypto::aws_http_client());
+    Ok(loader.load().await)
+}
+
+/// What the command line says when no region is set anywhere.
+pub const NO_REGION: &str = "no AWS region: set AWS_REGION or --region (or a profile with a region)";
+
 /// The registry client for a repository: ECR's token for ECR hosts, else the credentials of
 /// `--registry-auth-file` (each sent only for its own host) or anonymous.
 pub fn registry(args: &RegistryArgs, repository: &str, aws: &SdkConfig) -> RegistryClient {
@@ -81,7 +109,7 @@ pub async fn allowed_registries(aws: &SdkConfig, args: &AllowArgs) -> Result<All
         .map_err(|e| {
             format!(
                 "cannot learn the AWS account (STS GetCallerIdentity), so the allowed registries are unknown: {}",
-                crate::util::one_line(&aws_sdk_sts::error::DisplayErrorContext(&e).to_string())
+                crate::util::error_chain(&e)
             )
         })?;
     let account = identity.account().unwrap_or_default().to_string();

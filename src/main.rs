@@ -3,11 +3,10 @@ use std::{
     process::ExitCode,
 };
 
-use clap::Parser;
 use multiarch_operator::{
     api,
     cli::{Cli, Command, LogFormat},
-    controller, crypto,
+    controller, crypto, logs,
     oneshot::{self, Outcome},
 };
 
@@ -18,10 +17,12 @@ fn main() -> ExitCode {
         eprintln!("multiarch-operator: {message}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
+    let cli = parse();
     // `build` shows its own progress lines: only warnings from the log by default.
     let default_level = match cli.command {
-        Command::Build(_) => "warn",
+        // aws_config warns about every source of the credential chain it tried (the instance
+        // metadata service on a laptop); the command says what failed itself, in one line.
+        Command::Build(_) | Command::Logs(_) => "warn,aws_config=error",
         Command::Controller(_) => "info,aws_config=error,aws_smithy_runtime=warn,hyper_util=warn,tower=warn",
         _ => "warn,multiarch_operator=info",
     };
@@ -33,6 +34,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line. Installed as a kubectl plugin (`kubectl-mab`, a link to this binary), usage
+/// and help name it `kubectl mab`.
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let invoked = std::env::args_os().next().and_then(|a| {
+        std::path::Path::new(&a)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+    });
+    let mut command = Cli::command();
+    if invoked.as_deref() == Some("kubectl-mab") {
+        command = command.bin_name("kubectl mab").name("kubectl-mab");
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -49,6 +67,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Outcome::Submitted => Ok(ExitCode::SUCCESS),
             Outcome::Failed(message) => Err(message),
         },
+        Command::Logs(args) => {
+            runtime()?.block_on(logs::run(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Controller(args) => {
             runtime()?.block_on(controller::run(args))?;
             Ok(ExitCode::SUCCESS)

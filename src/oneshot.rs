@@ -70,8 +70,10 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
         return Ok(Outcome::DryRun(text));
     }
 
-    let aws = config::aws().await?;
-    let allowed = config::allowed_registries(&aws, &args.allow).await?;
+    let aws = config::aws_for_cli(args.region.as_deref()).await?;
+    let allowed = config::allowed_registries(&aws, &args.allow)
+        .await
+        .map_err(|e| format!("{e}; nothing was submitted"))?;
     if let Some(refusal) = allowed.spec_refusal(&object.spec) {
         return Err(format!("{}: {refusal}", args.file.display()));
     }
@@ -81,6 +83,8 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
         &args.default_job_definition,
         &object.spec.output.repository,
     );
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
+    let mut follower = crate::logs::Follower::default();
     let mut progress = Progress::new();
     let mut status = MultiArchBuildStatus::default();
     let mut failures = 0;
@@ -96,12 +100,26 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
                 failures += 1;
                 progress.warn(&format!("{e} (attempt {failures} of {MAX_CONSECUTIVE_FAILURES})"));
                 if failures >= MAX_CONSECUTIVE_FAILURES {
-                    return Err(format!("giving up: {e}"));
+                    return Err(giving_up(&e, &status));
                 }
             }
         }
+        if args.follow_logs {
+            let mut text = Vec::new();
+            let read = follower
+                .read_new(&logs, &crate::logs::snapshot_of_status(&status), None, &mut text)
+                .await;
+            let lines: Vec<String> = String::from_utf8_lossy(&text).lines().map(str::to_owned).collect();
+            progress.print(&lines, &status);
+            if let Err(e) = read {
+                progress.warn(&e);
+            }
+        } else if args.wait && progress.tty && !status.phase.is_some_and(Phase::is_terminal) {
+            latest_lines(&engine, &status, &mut progress).await;
+        }
         match status.phase {
             Some(Phase::Succeeded) => return Ok(Outcome::Succeeded(status.image.unwrap_or_default())),
+            Some(Phase::Cancelled) if interrupted => return Ok(Outcome::Failed(interrupted_message(&status))),
             Some(Phase::Failed | Phase::Cancelled) => return Ok(Outcome::Failed(status.message.unwrap_or_default())),
             // Every platform has its job (an empty status means the first step failed: nothing was).
             _ if !args.wait
@@ -124,6 +142,38 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
             }
         }
     }
+}
+
+/// The last error of a run that gave up, and what it leaves behind.
+fn giving_up(error: &EngineError, status: &MultiArchBuildStatus) -> String {
+    let what = match error {
+        // "will retry" is no longer true: this was the last try.
+        EngineError::Batch(crate::batch::BatchError::Transient { operation, message }) => {
+            format!("{operation} failed: {message}")
+        }
+        other => other.to_string(),
+    };
+    let jobs: Vec<&str> = status.platforms.iter().filter_map(|p| p.job_id.as_deref()).collect();
+    if jobs.is_empty() {
+        format!("{what}; nothing was submitted")
+    } else {
+        format!(
+            "{what}; gave up after {MAX_CONSECUTIVE_FAILURES} tries with job(s) {} submitted: run the same command \
+             again to adopt them",
+            jobs.join(", ")
+        )
+    }
+}
+
+/// What an interrupted `--wait` ends with. The build's identity (hence its job names) comes from
+/// the file, so running the same file again finds the terminated jobs and reports them: a fresh
+/// build needs another metadata.name.
+fn interrupted_message(status: &MultiArchBuildStatus) -> String {
+    let terminated = status.platforms.iter().filter(|p| p.job_id.is_some()).count();
+    format!(
+        "interrupted: {terminated} job(s) terminated; running the same file again adopts the terminated jobs and \
+         fails again: change metadata.name to build anew"
+    )
 }
 
 async fn step_once(
@@ -152,6 +202,25 @@ async fn step_once(
         })
         .await
         .map(|stepped| stepped.status)
+}
+
+/// Each running platform's latest log line, for the live view (a decoration: a failed read only
+/// leaves the line out).
+async fn latest_lines(engine: &Engine, status: &MultiArchBuildStatus, progress: &mut Progress) {
+    for p in &status.platforms {
+        let Some(stream) = p.log_stream_name.as_deref() else {
+            continue;
+        };
+        match engine.batch.log_tail(stream, 1).await {
+            Ok(lines) => {
+                if let Some(line) = lines.last() {
+                    progress.latest.insert(p.platform, crate::util::one_line(line));
+                }
+            }
+            Err(e) => tracing::debug!(platform = %p.platform, error = %e, "cannot read the latest log line"),
+        }
+    }
+    progress.print(&[], status);
 }
 
 /// Describes the live jobs recorded in the status.
@@ -192,7 +261,7 @@ fn read_build(args: &BuildArgs) -> Result<MultiArchBuild, String> {
     } else {
         std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
     };
-    serde_yaml::from_str(&text).map_err(|e| format!("{}: not a MultiArchBuild: {e}", args.file.display()))
+    crate::strict::parse_build(&text).map_err(|e| format!("{}: {e}", args.file.display()))
 }
 
 /// The build's identity. Without a cluster there is no uid, so one is derived from the object's
@@ -219,6 +288,10 @@ fn build_ref(object: &MultiArchBuild) -> Result<BuildRef, String> {
 /// Prints state changes with timestamps, and on a terminal a live line per platform.
 struct Progress {
     last: BTreeMap<String, String>,
+    /// When each platform's job was first seen, for the elapsed time of the live lines.
+    started: BTreeMap<api::Platform, std::time::Instant>,
+    /// Each platform's latest log line, shown after its live line.
+    latest: BTreeMap<api::Platform, String>,
     tty: bool,
     live_lines: usize,
 }
@@ -227,6 +300,8 @@ impl Progress {
     fn new() -> Self {
         Progress {
             last: BTreeMap::new(),
+            started: BTreeMap::new(),
+            latest: BTreeMap::new(),
             tty: std::io::stderr().is_terminal(),
             live_lines: 0,
         }
@@ -281,9 +356,22 @@ impl Progress {
         self.live_lines = 0;
         if self.tty && !status.phase.is_some_and(Phase::is_terminal) {
             for p in &status.platforms {
+                let elapsed = match p.job_id {
+                    Some(_) => {
+                        let since = *self.started.entry(p.platform).or_insert_with(std::time::Instant::now);
+                        let seconds = since.elapsed().as_secs();
+                        format!(" {}m{:02}s", seconds / 60, seconds % 60)
+                    }
+                    None => String::new(),
+                };
+                let latest = self
+                    .latest
+                    .get(&p.platform)
+                    .map(|l| format!("  {}", crate::util::cut(l, 100, "…")))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     err,
-                    "  {:<16} {}",
+                    "  {:<16} {}{elapsed}{latest}",
                     p.platform.as_str(),
                     p.state.as_deref().unwrap_or("waiting")
                 );

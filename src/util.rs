@@ -19,6 +19,22 @@ pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// An error and its causes on one line, joined with ": " (a cause whose text the line already
+/// holds is left out), never a Debug dump: what the command line and status messages show.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = one_line(&error.to_string());
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = one_line(&cause.to_string());
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
 /// `text` without terminal control sequences and control characters: ANSI escape sequences (CSI
 /// `ESC [ … final`, OSC `ESC ] … BEL|ESC \`, and other two-byte `ESC x`) are removed, and so is
 /// every other C0 or C1 control character except newline and tab. Build output (a user's

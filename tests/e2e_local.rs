@@ -412,10 +412,30 @@ fn interrupting_a_waiting_build_cancels_it_and_terminates_both_jobs() {
         lines.contains("cancelled by spec.cancel; 2 live job(s) terminated"),
         "{lines}"
     );
+    assert!(
+        lines.contains(
+            "multiarch-operator: interrupted: 2 job(s) terminated; running the same file again adopts the terminated \
+             jobs and fails again: change metadata.name to build anew"
+        ),
+        "{lines}"
+    );
     for job in jobs_of(&env, &build) {
         let reason = stopped_reason(&env, job.job_id().unwrap());
         assert!(reason.contains("cancelled"), "{reason}");
     }
+    // What the message promises: the same file adopts the terminated jobs and fails.
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait"]);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("failed: multiarch-operator: cancelled: spec.cancel was set"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(jobs_of(&env, &build).len(), 2, "nothing new was submitted");
 }
 
 #[test]
@@ -442,6 +462,21 @@ fn running_again_after_a_crash_between_submit_and_record_adopts_the_jobs() {
     for id in ids(&after) {
         rt.block_on(client.terminate_job().job_id(id).reason("test cleanup").send())
             .unwrap();
+    }
+}
+
+#[test]
+fn follow_logs_streams_each_platforms_lines_prefixed() {
+    let Some(env) = stack() else { return };
+    let build = write_build(&env, "follow", "no-such-branch", "");
+    let (out, _, stderr) = run(&env, &build.file, &["--wait", "--follow-logs"]);
+    assert!(!out.status.success());
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let line = regex::Regex::new(&format!(
+            r"(?m)^\[\d\d:\d\d:\d\d\] \[{platform}\] .*git revision 'no-such-branch' not found"
+        ))
+        .unwrap();
+        assert!(line.is_match(&stderr), "{platform}: {stderr}");
     }
 }
 

@@ -1297,3 +1297,40 @@ async fn more_tags_get_the_same_index_bytes() {
         .expect_err("an immutable tag that holds another index");
     assert_eq!(e.label(), "ImmutableTagConflict");
 }
+
+/// A registry that speaks plain HTTP, reached as https: the client stops at once and names the
+/// flag, instead of retrying a TLS handshake that can never succeed.
+#[tokio::test]
+async fn a_plain_http_registry_reached_over_https_names_the_flag_and_is_not_retried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let host = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                .await;
+        }
+    });
+    let kids = children(&[(Platform::LinuxAmd64, &sha256(b"a"))]);
+    let attempts = Arc::new(Attempts::default());
+    let started = Instant::now();
+    let e = observed_client(&[], &attempts)
+        .assemble(&format!("{host}/demo"), "v1", &request(IndexMediaType::Oci, &kids))
+        .await
+        .expect_err("plain http");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "registry {host} answered plain HTTP; if it is a plain-http registry, pass --registry-plain-http {host}"
+        )
+    );
+    assert_eq!(e.label(), "RegistryPlainHttp");
+    assert!(!e.is_transient());
+    // One try per request (the index at the tag and the platform manifest may be read at once).
+    let seen = attempts.0.lock().expect("attempts").clone();
+    assert!(!seen.is_empty() && seen.len() <= 2, "{seen:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,7 +1,7 @@
 //! Batch and CloudWatch Logs errors, classified the way the controller requeues them.
 
 use aws_sdk_batch::config::http::HttpResponse;
-use aws_sdk_batch::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_batch::error::{ProvideErrorMetadata, SdkError};
 
 use crate::api::Platform;
 
@@ -121,19 +121,19 @@ impl BatchError {
                     .err()
                     .message()
                     .map(str::to_owned)
-                    .unwrap_or_else(|| DisplayErrorContext(&err).to_string());
+                    .unwrap_or_else(|| crate::util::error_chain(&err));
                 classify(operation, status, code, message)
             }
             SdkError::ConstructionFailure(_) => BatchError::Rejected {
                 operation,
                 code: "ConstructionFailure".into(),
-                message: DisplayErrorContext(&err).to_string(),
+                message: crate::util::error_chain(&err),
             },
             // TimeoutError, DispatchFailure (connection refused, DNS, TLS), ResponseError
             // (unparseable answer) and anything newer.
             _ => BatchError::Transient {
                 operation,
-                message: DisplayErrorContext(&err).to_string(),
+                message: crate::util::error_chain(&err),
             },
         }
     }

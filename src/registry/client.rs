@@ -343,7 +343,11 @@ impl Transport {
             return Err(Fail::Fatal(self.refused(req, r)));
         }
         let resp = sent.map_err(|e| {
-            if e.is_builder() {
+            if req.repo.base.starts_with("https://") && answered_plain_http(&e) {
+                Fail::Fatal(RegistryError::PlainHttp {
+                    host: req.repo.display.split('/').next().unwrap_or_default().to_owned(),
+                })
+            } else if e.is_builder() {
                 Fail::Fatal(RegistryError::InvalidReference {
                     repository: req.repo.display.clone(),
                     reason: describe_reqwest(&e),
@@ -570,10 +574,7 @@ impl Transport {
                 _ => false,
             };
             fail(
-                format!(
-                    "GetAuthorizationToken failed: {}",
-                    aws_sdk_ecr::error::DisplayErrorContext(&e)
-                ),
+                format!("GetAuthorizationToken failed: {}", crate::util::error_chain(&e)),
                 transient,
             )
         })?;
@@ -641,6 +642,20 @@ fn ecr_region(host: &str) -> Option<String> {
         [_, "dkr", _, region, ..] | [_, "dkr-ecr" | "dkr-ecr-fips", region, ..] => Some((*region).to_string()),
         _ => None,
     }
+}
+
+/// Whether a TLS connection failed because the server answered in plain HTTP (rustls reads the
+/// `HTTP/1.1 400` of a plain-http registry as a record of an invalid content type).
+fn answered_plain_http(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.contains("InvalidContentType") || text.contains("http response to https client") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {

@@ -101,6 +101,11 @@ pub enum RegistryError {
         last: String,
     },
 
+    /// The registry answered a TLS handshake in plain HTTP: it is a plain-http registry the
+    /// client was not told about. Retrying cannot help.
+    #[error("registry {host} answered plain HTTP; if it is a plain-http registry, pass --registry-plain-http {host}")]
+    PlainHttp { host: String },
+
     /// Any other 4xx answer.
     #[error("{operation} {image} was rejected by the registry (HTTP {status}{detail})")]
     Rejected {
@@ -129,6 +134,7 @@ impl RegistryError {
             RegistryError::BodyTooLarge { .. } => "ResponseTooLarge",
             RegistryError::Unavailable { .. } => "RegistryUnavailable",
             RegistryError::Rejected { .. } => "RegistryRejected",
+            RegistryError::PlainHttp { .. } => "RegistryPlainHttp",
         }
     }
 
