@@ -1680,7 +1680,8 @@ fn argocd_health(object: &Value) -> (String, String) {
 /// story as the phase.
 async fn conditions_tell_kstatus_argocd_and_kubectl_wait_the_same_story(env: Arc<Env>) {
     let fake = env.fake();
-    let ctx = env.context(&fake, env.metrics());
+    let metrics = env.metrics();
+    let ctx = env.context(&fake, Arc::clone(&metrics));
     let mut seen: Vec<(&str, Value)> = Vec::new();
 
     let waiting = create_build(
@@ -1758,6 +1759,32 @@ async fn conditions_tell_kstatus_argocd_and_kubectl_wait_the_same_story(env: Arc
     // Argo CD before the controller wrote any status.
     let fresh = good_build("tools", "fresh", "registry.invalid/fresh");
     assert_eq!(argocd_health(&fresh).0, "Progressing");
+    // What the alerts read: each end counted once by phase and reason, durations, queue times,
+    // and the build still waiting.
+    for (labels, want) in [
+        ("phase=\"Succeeded\",reason=\"Succeeded\"", 1.0),
+        ("phase=\"Cancelled\",reason=\"Cancelled\"", 1.0),
+        ("phase=\"Failed\",reason=\"RegistryNotAllowed\"", 1.0),
+    ] {
+        assert_eq!(
+            metric(&metrics, &format!("multiarch_builds_finished_total{{{labels}}}")),
+            want,
+            "{labels}"
+        );
+    }
+    assert_eq!(
+        metric(&metrics, "multiarch_build_duration_seconds_count{phase=\"Succeeded\"}"),
+        1.0
+    );
+    assert!(
+        metric(&metrics, "multiarch_build_queue_seconds_count") >= 2.0,
+        "one per platform job that started"
+    );
+    assert_eq!(
+        metric(&metrics, "multiarch_builds_waiting "),
+        1.0,
+        "the build waiting on another"
+    );
 }
 
 /// A finished build whose gating is done costs one read on resync: no status write, no ConfigMap
