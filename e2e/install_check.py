@@ -421,6 +421,8 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         "controller.defaultJobDefinition": lambda: env.get("MAB_DEFAULT_JOB_DEFINITION", {}).get("value") == g("controller.defaultJobDefinition"),
         "controller.pollIntervalSeconds": lambda: env.get("MAB_POLL_INTERVAL_SECONDS", {}).get("value") == str(g("controller.pollIntervalSeconds")),
         "controller.concurrency": lambda: env.get("MAB_CONCURRENCY", {}).get("value") == str(g("controller.concurrency")),
+        "controller.defaultTtlSecondsAfterFinished": lambda: env.get("MAB_DEFAULT_TTL_SECONDS_AFTER_FINISHED", {}).get("value")
+        == str(g("controller.defaultTtlSecondsAfterFinished")),
         "controller.logFormat": lambda: env.get("MAB_LOG_FORMAT", {}).get("value") == g("controller.logFormat"),
         "controller.httpPort": lambda: env.get("MAB_HTTP_ADDR", {}).get("value") == f"0.0.0.0:{g('controller.httpPort')}"
         and any(p.get("containerPort") == g("controller.httpPort") for p in c.get("ports", [])),

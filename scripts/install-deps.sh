@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the test tools the local stack does not bring, only what is missing (idempotent):
-#   Debian: shellcheck, strace, openssl, unzip
+#   Debian: shellcheck, strace, openssl, unzip, lua5.4 (runs the Argo CD health check in tests/controller.rs)
 # `install-deps.sh fips` installs instead what building the `fips` feature needs (aws-lc-fips-sys
 # builds AWS-LC's FIPS module with cmake, Go and Perl; README "FIPS (GovCloud)"):
 #   Debian: cmake, golang-go, perl, make, gcc, libc6-dev
@@ -8,7 +8,7 @@
 # with its guard against package scripts starting services and its one moto version range.
 set -euo pipefail
 
-debian_packages=(shellcheck strace openssl unzip)
+debian_packages=(shellcheck strace openssl unzip lua5.4)
 case ${1:-} in
     "") ;;
     fips) debian_packages=(cmake golang-go perl make gcc libc6-dev) ;;

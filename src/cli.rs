@@ -69,6 +69,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "MAB_CLEANUP_GRACE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub cleanup_grace_seconds: u64,
 
+    /// Seconds after a build finished when it is deleted, for builds that set no
+    /// `spec.ttlSecondsAfterFinished`; 0 keeps them forever.
+    #[arg(long, env = "MAB_DEFAULT_TTL_SECONDS_AFTER_FINISHED", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    pub default_ttl_seconds_after_finished: u64,
+
     /// Namespace of the leader-election Lease (in a pod: its own namespace, from the downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,

@@ -355,6 +355,20 @@ pub const RESULT_LOG_RETRY_SECONDS: i64 = 5;
 /// The `Ready` condition's type.
 pub const READY: &str = "Ready";
 
+/// The `Succeeded` condition's type (the Tekton, Knative and Shipwright convention): Unknown while
+/// the build runs, True once `status.image` is final, False when it failed or was cancelled
+/// (`kubectl wait --for=condition=Succeeded` returns once it succeeded,
+/// `--for=condition=Succeeded=False` once it failed or was cancelled).
+pub const SUCCEEDED: &str = "Succeeded";
+
+/// kstatus's `Reconciling` condition (Flux, kpt, cli-utils): present and True while the build has
+/// not ended, absent afterwards.
+pub const RECONCILING: &str = "Reconciling";
+
+/// kstatus's `Stalled` condition: present and True when the build failed or was cancelled (it
+/// will never succeed), absent otherwise.
+pub const STALLED: &str = "Stalled";
+
 /// The condition saying why an existing index at `<tag>` was not reused.
 pub const INDEX_REUSED: &str = "IndexReused";
 
@@ -404,6 +418,27 @@ pub fn live_job(entry: &PlatformStatus) -> Option<&str> {
 /// Whether a platform's job may still be running (see [`live_job`]).
 pub fn is_live(entry: &PlatformStatus) -> bool {
     live_job(entry).is_some()
+}
+
+/// When a finished build is to be deleted: its `completionTime` plus `spec.ttlSecondsAfterFinished`,
+/// or plus `default_ttl_seconds` (the controller's default; `None` or 0 keeps builds forever) when
+/// the spec sets none. `None` while the build runs, and for a build kept forever. Like the planner,
+/// pure: the controller deletes once `now` has reached it.
+pub fn expires_at(
+    spec: &MultiArchBuildSpec,
+    status: &MultiArchBuildStatus,
+    default_ttl_seconds: Option<i64>,
+) -> Option<Timestamp> {
+    if !status.phase.is_some_and(Phase::is_terminal) {
+        return None;
+    }
+    let finished = status.completion_time.as_ref()?.0;
+    let ttl = spec
+        .ttl_seconds_after_finished
+        .or(default_ttl_seconds.filter(|&ttl| ttl > 0))?;
+    finished
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(ttl.max(0)))
+        .ok()
 }
 
 mod decide;

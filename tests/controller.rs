@@ -81,6 +81,7 @@ impl Env {
                 ..RegistryArgs::default()
             },
             cleanup_grace: Duration::from_secs(300),
+            default_ttl_seconds_after_finished: None,
             concurrency: 4,
             // moto's account, as STS GetCallerIdentity tells the controller; the test registry listed.
             allowed: AllowedRegistries {
@@ -1566,6 +1567,385 @@ async fn the_controller_waits_for_the_crd_then_builds_and_releases(env: Arc<Env>
 
 type Scenario = fn(Arc<Env>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What kstatus (Flux's health checks, kpt, cli-utils) concludes about a custom resource, as its
+/// README documents the generic rules: a status for an older generation is InProgress; a
+/// `Reconciling` condition that is True is InProgress; a `Stalled` one that is True is Failed;
+/// otherwise Current.
+fn kstatus(object: &Value) -> &'static str {
+    if !object["metadata"]["deletionTimestamp"].is_null() {
+        return "Terminating";
+    }
+    let observed = object["status"]["observedGeneration"].as_i64();
+    if observed.is_some() && observed != object["metadata"]["generation"].as_i64() {
+        return "InProgress";
+    }
+    for condition in object["status"]["conditions"].as_array().into_iter().flatten() {
+        match (condition["type"].as_str(), condition["status"].as_str()) {
+            (Some("Reconciling"), Some("True")) => return "InProgress",
+            (Some("Stalled"), Some("True")) => return "Failed",
+            _ => {}
+        }
+    }
+    "Current"
+}
+
+/// Whether `kubectl wait --for=condition=TYPE=VALUE` returns: a condition of that type (case
+/// insensitive) with that status, and, when the condition names its observedGeneration, the
+/// object's current generation.
+fn kubectl_wait(object: &Value, type_: &str, value: &str) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(type_))
+                && c["status"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(value))
+                && (c["observedGeneration"].is_null() || c["observedGeneration"] == object["metadata"]["generation"])
+        })
+}
+
+/// A Lua interpreter, Debian's lua5.4 or lua5.3, installed by scripts/install-deps.sh when missing.
+fn lua() -> &'static str {
+    static LUA: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    LUA.get_or_init(|| {
+        let found = || {
+            ["lua5.4", "lua5.3"].into_iter().find(|lua| {
+                std::process::Command::new(lua)
+                    .arg("-v")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+        };
+        if let Some(lua) = found() {
+            return lua;
+        }
+        let installed = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-deps.sh"))
+            .status()
+            .expect("scripts/install-deps.sh runs");
+        assert!(installed.success(), "scripts/install-deps.sh failed");
+        found().expect("lua5.4 after scripts/install-deps.sh")
+    })
+}
+
+/// `value` as a Lua table constructor, as Argo CD hands the object to a health script (JSON
+/// null fields are absent).
+fn lua_value(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => format!("{{{}}}", items.iter().map(lua_value).collect::<Vec<_>>().join(", ")),
+        Value::Object(fields) => format!(
+            "{{{}}}",
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("[{k:?}] = {}", lua_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// What Argo CD concludes: the chart's health check (charts/multiarch-operator/docs/argocd-health.lua)
+/// run by a real Lua interpreter on the object; (status, message).
+fn argocd_health(object: &Value) -> (String, String) {
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/multiarch-operator/docs/argocd-health.lua"
+    ))
+    .unwrap();
+    let program = format!(
+        "local obj = {}\nlocal hs = (function()\n{script}\nend)()\nio.write(hs.status, '\\n', hs.message or '')",
+        lua_value(object)
+    );
+    let output = std::process::Command::new(lua())
+        .arg("-e")
+        .arg(program)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "lua: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (status, message) = text.split_once('\n').unwrap_or((&text, ""));
+    (status.to_string(), message.to_string())
+}
+
+/// Through a build's life (waiting, running, a spec change not seen yet, succeeded, failed,
+/// cancelled) the conditions tell kstatus, Argo CD's health check and `kubectl wait` the same
+/// story as the phase.
+async fn conditions_tell_kstatus_argocd_and_kubectl_wait_the_same_story(env: Arc<Env>) {
+    let fake = env.fake();
+    let metrics = env.metrics();
+    let ctx = env.context(&fake, Arc::clone(&metrics));
+    let mut seen: Vec<(&str, Value)> = Vec::new();
+
+    let waiting = create_build(
+        &fake,
+        dependent_build("tools", "waiting", "BASE", "not-yet", &env.registry.repo("waiting")),
+    );
+    reconcile_now(&fake, &ctx, &waiting).await;
+    reconcile_now(&fake, &ctx, &waiting).await;
+    seen.push(("waiting", fake.get(&waiting).unwrap()));
+
+    let key = create_build(&fake, good_build("tools", "lives", &env.registry.repo("lives")));
+    reconcile_now(&fake, &ctx, &key).await;
+    reconcile_now(&fake, &ctx, &key).await;
+    seen.push(("running", fake.get(&key).unwrap()));
+    env.builder.play().await;
+    ctx.poller().sweep().await;
+    reconcile_now(&fake, &ctx, &key).await;
+    seen.push(("succeeded", fake.get(&key).unwrap()));
+
+    let cancelled = create_build(&fake, good_build("tools", "stopped", "registry.invalid/stopped"));
+    reconcile_now(&fake, &ctx, &cancelled).await;
+    reconcile_now(&fake, &ctx, &cancelled).await;
+    fake.edit(&cancelled, |o| o["spec"]["cancel"] = true.into());
+    seen.push(("changed, not seen yet", fake.get(&cancelled).unwrap()));
+    reconcile_now(&fake, &ctx, &cancelled).await;
+    seen.push(("cancelled", fake.get(&cancelled).unwrap()));
+
+    // Refused before anything runs: a registry that is not allowed.
+    let failed = create_build(&fake, good_build("tools", "refused", "registry.example.org/app"));
+    reconcile_now(&fake, &ctx, &failed).await;
+    reconcile_now(&fake, &ctx, &failed).await;
+    seen.push(("failed", fake.get(&failed).unwrap()));
+
+    // (phase, kstatus, Argo CD, wait Succeeded, wait Succeeded=False)
+    let want = [
+        ("waiting", "Waiting", "InProgress", "Progressing", false, false),
+        ("running", "Building", "InProgress", "Progressing", false, false),
+        ("succeeded", "Succeeded", "Current", "Healthy", true, false),
+        (
+            "changed, not seen yet",
+            "Building",
+            "InProgress",
+            "Progressing",
+            false,
+            false,
+        ),
+        ("cancelled", "Cancelled", "Failed", "Degraded", false, true),
+        ("failed", "Failed", "Failed", "Degraded", false, true),
+    ];
+    let mut got = Vec::new();
+    for (stage, object) in &seen {
+        let (health, message) = argocd_health(object);
+        if health != "Progressing" || object["status"]["observedGeneration"] == object["metadata"]["generation"] {
+            let reason = ready(&object["status"])["reason"].as_str().unwrap();
+            assert!(
+                message.starts_with(reason),
+                "{stage}: the Argo CD message {message:?} gives the reason {reason}"
+            );
+        }
+        got.push((
+            *stage,
+            object["status"]["phase"].as_str().unwrap_or_default(),
+            kstatus(object),
+            health,
+            kubectl_wait(object, "Succeeded", "True"),
+            kubectl_wait(object, "succeeded", "False"),
+        ));
+    }
+    let want: Vec<_> = want
+        .iter()
+        .map(|(a, b, c, d, e, f)| (*a, *b, *c, d.to_string(), *e, *f))
+        .collect();
+    assert_eq!(got, want);
+
+    // Argo CD before the controller wrote any status.
+    let fresh = good_build("tools", "fresh", "registry.invalid/fresh");
+    assert_eq!(argocd_health(&fresh).0, "Progressing");
+    // What the alerts read: each end counted once by phase and reason, durations, queue times,
+    // and the build still waiting.
+    for (labels, want) in [
+        ("phase=\"Succeeded\",reason=\"Succeeded\"", 1.0),
+        ("phase=\"Cancelled\",reason=\"Cancelled\"", 1.0),
+        ("phase=\"Failed\",reason=\"RegistryNotAllowed\"", 1.0),
+    ] {
+        assert_eq!(
+            metric(&metrics, &format!("multiarch_builds_finished_total{{{labels}}}")),
+            want,
+            "{labels}"
+        );
+    }
+    assert_eq!(
+        metric(&metrics, "multiarch_build_duration_seconds_count{phase=\"Succeeded\"}"),
+        1.0
+    );
+    assert!(
+        metric(&metrics, "multiarch_build_queue_seconds_count") >= 2.0,
+        "one per platform job that started"
+    );
+    assert_eq!(
+        metric(&metrics, "multiarch_builds_waiting "),
+        1.0,
+        "the build waiting on another"
+    );
+}
+
+/// A finished build whose gating is done costs one read on resync: no status write, no ConfigMap
+/// write, no Job list. Once its ttlSecondsAfterFinished has passed since it finished (and not
+/// before), the controller deletes it, and the finalizer terminates nothing (nothing is live); a
+/// build without a TTL is kept.
+async fn a_finished_build_costs_one_read_and_goes_after_its_ttl(env: Arc<Env>) {
+    let fake = env.fake();
+    let metrics = env.metrics();
+    let ctx = env.context(&fake, Arc::clone(&metrics));
+    fake.create("batch", "jobs", job_object("retain", "after-kept", Some("kept"), true));
+    let key = create_build(&fake, good_build("retain", "kept", &env.registry.repo("kept")));
+    build_to_success(&env, &fake, &ctx, &key).await;
+    assert_eq!(
+        fake.get(&Key::job("retain", "after-kept")).unwrap()["spec"]["suspend"],
+        false
+    );
+
+    let before = fake.requests().len();
+    for _ in 0..3 {
+        reconcile_now(&fake, &ctx, &key).await;
+    }
+    let resync: Vec<_> = fake.requests()[before..]
+        .iter()
+        .map(|((_, r, v), n)| format!("{v} {r} {n}"))
+        .collect();
+    assert_eq!(
+        resync,
+        vec!["get multiarchbuilds kept"; 3],
+        "a finished build's resync only reads it"
+    );
+
+    // A waiting Job that appears later is still released (the Job watch says so).
+    fake.create("batch", "jobs", job_object("retain", "later", Some("kept"), true));
+    let signals = ctx_job_signal(&ctx, "retain/kept");
+    reconcile_now(&fake, &ctx, &key).await;
+    assert_eq!(
+        fake.get(&Key::job("retain", "later")).unwrap()["spec"]["suspend"],
+        true,
+        "no signal, no look"
+    );
+    signals();
+    reconcile_now(&fake, &ctx, &key).await;
+    assert_eq!(
+        fake.get(&Key::job("retain", "later")).unwrap()["spec"]["suspend"],
+        false
+    );
+
+    // A TTL, set after it finished (the field may change): deleted once it passed, not before.
+    let terminated = aws_calls(&metrics, "TerminateJob");
+    fake.edit(&key, |o| o["spec"]["ttlSecondsAfterFinished"] = 2.into());
+    let finished: k8s_openapi::jiff::Timestamp =
+        status(&fake, &key)["completionTime"].as_str().unwrap().parse().unwrap();
+    let expires = finished + k8s_openapi::jiff::SignedDuration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        reconcile_now(&fake, &ctx, &key).await;
+        let deleting = fake
+            .get(&key)
+            .is_none_or(|o| o["metadata"]["deletionTimestamp"].is_string());
+        if deleting {
+            assert!(
+                k8s_openapi::jiff::Timestamp::now() >= expires,
+                "deleted before its TTL passed"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not deleted after its TTL");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(reasons(&fake, "MultiArchBuild", "kept").contains(&"Expired".to_string()));
+    if fake.get(&key).is_some() {
+        reconcile_now(&fake, &ctx, &key).await;
+    }
+    assert!(fake.get(&key).is_none(), "the finalizer let it go");
+    assert_eq!(
+        aws_calls(&metrics, "TerminateJob"),
+        terminated,
+        "nothing live to terminate"
+    );
+
+    // The controller's default applies to builds without their own TTL; the build's own wins.
+    let config = ReconcileConfig {
+        default_ttl_seconds_after_finished: Some(3600),
+        ..env.config()
+    };
+    let ctx = context_on(&fake, &env.aws, env.metrics(), config);
+    let mut cancelled = good_build("retain", "own-ttl", "registry.invalid/own-ttl");
+    cancelled["spec"]["ttlSecondsAfterFinished"] = 0.into();
+    cancelled["spec"]["cancel"] = true.into();
+    let own = create_build(&fake, cancelled);
+    let mut cancelled = good_build("retain", "default-ttl", "registry.invalid/default-ttl");
+    cancelled["spec"]["cancel"] = true.into();
+    let default = create_build(&fake, cancelled);
+    for _ in 0..3 {
+        reconcile_now(&fake, &ctx, &own).await;
+        reconcile_now(&fake, &ctx, &default).await;
+    }
+    assert!(
+        fake.get(&own).is_none(),
+        "ttlSecondsAfterFinished 0: deleted as soon as it finished"
+    );
+    assert_eq!(
+        status(&fake, &default)["phase"],
+        "Cancelled",
+        "kept for the default hour"
+    );
+}
+
+/// Counts a change of a Job waiting on `key` as the controller's Job watch would.
+fn ctx_job_signal(ctx: &Arc<Context>, key: &str) -> impl Fn() {
+    let ctx = Arc::clone(ctx);
+    let key = key.to_string();
+    move || ctx.job_changed(&key)
+}
+
+/// `/healthz` is 200 while idle however long, 503 once a reconcile is pending and none finished
+/// for longer than the bound (here: the API server takes requests and never answers), and 200
+/// again as soon as one finishes (here: the stuck one is cancelled, as on losing the Lease).
+async fn healthz_fails_while_pending_reconciles_make_no_progress(env: Arc<Env>) {
+    // An API server that takes every request and never answers.
+    let silent = axum::Router::new().fallback(std::future::pending::<&'static str>);
+    let client = kube::Client::new(silent, "default");
+    let metrics = env.metrics();
+    let ctx = Arc::new(Context::from_aws(
+        client,
+        &env.aws,
+        Duration::from_secs(3600),
+        Arc::clone(&metrics),
+        env.config(),
+        "stuck-replica",
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let health = Arc::new(Health::with_stall_bound(Duration::from_millis(800)));
+    let server = tokio::spawn(multiarch_operator::controller::http::serve(
+        listener,
+        Arc::clone(&metrics),
+        health,
+        std::future::pending(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(http_get(&base, "/healthz").await.0, 200, "idle is healthy");
+
+    let mut object = good_build("sims", "stuck", "registry.invalid/stuck");
+    object["metadata"]["uid"] = "stuck-uid".into();
+    let guard: DeserializeGuard<MultiArchBuild> = serde_json::from_value(object).unwrap();
+    let stuck = tokio::spawn(reconcile(Arc::new(guard), Arc::clone(&ctx)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http_get(&base, "/healthz").await.0, 200, "pending, within the bound");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (code, body) = http_get(&base, "/healthz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("none finished"), "{body}");
+
+    stuck.abort();
+    let _ = stuck.await;
+    assert_eq!(http_get(&base, "/healthz").await.0, 200, "healthy again once it ended");
+    server.abort();
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         vec![$((stringify!($name), (|env| Box::pin($name(env))) as Scenario)),*]
@@ -1703,6 +2083,9 @@ fn main() -> ExitCode {
         dependency_cycles_fail_every_build_in_them_and_submit_nothing,
         cancelling_a_dependency_fails_the_builds_waiting_on_it,
         a_chain_applied_in_reverse_order_builds_on_pinned_digests,
+        conditions_tell_kstatus_argocd_and_kubectl_wait_the_same_story,
+        a_finished_build_costs_one_read_and_goes_after_its_ttl,
+        healthz_fails_while_pending_reconciles_make_no_progress,
     ];
     if args.iter().any(|a| a == "--list") {
         for (name, _) in &scenarios {

@@ -24,7 +24,8 @@ use validate::patterns;
 
 /// A request to build one container image natively for several platforms on AWS Batch and
 /// publish the multi-platform image index. Like a batch/v1 Job it is an execution record: the spec
-/// cannot change after creation, except `cancel`. To build again, create a new object.
+/// cannot change after creation, except `cancel` and `ttlSecondsAfterFinished`. To build again,
+/// create a new object.
 // Each printcolumn repeats `type_`; clippy mistakes that for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -118,6 +119,15 @@ pub struct MultiArchBuildSpec {
     #[schemars(range(min = 60, max = 604_800))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.timeoutSeconds is immutable; create a new MultiArchBuild to build again"))]
     pub timeout_seconds: i64,
+
+    /// Seconds after the build finished (Succeeded, Failed or Cancelled, from
+    /// `status.completionTime`) when the controller deletes it, like a batch/v1 Job's field of the
+    /// same name: 0 deletes it as soon as it finished, unset falls back to the controller's
+    /// `--default-ttl-seconds-after-finished` (itself unset or 0: kept forever). 0 to 31536000
+    /// (365 days). May be changed at any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 31536000").message("spec.ttlSecondsAfterFinished: must be 0 to 31536000 (365 days)"))]
+    pub ttl_seconds_after_finished: Option<i64>,
 
     /// Set to true to stop the build: live Batch jobs are terminated and the build ends Cancelled.
     /// One-way: it cannot be set back to false.
@@ -482,8 +492,13 @@ pub struct MultiArchBuildStatus {
     #[schemars(length(max = 17), inner(length(max = 128)))]
     pub tags: Vec<String>,
 
-    /// Conditions; `Ready` is True only when `image` is final
-    /// (`kubectl wait --for=condition=Ready mab/NAME`).
+    /// Conditions. `Ready` is True only when `image` is final
+    /// (`kubectl wait --for=condition=Ready mab/NAME`). `Succeeded` is Unknown while the build
+    /// runs, then True or False for good, as in Tekton, Knative and Shipwright
+    /// (`kubectl wait --for=condition=Succeeded mab/NAME` returns once it succeeded,
+    /// `--for=condition=Succeeded=False` once it failed or was cancelled). For kstatus (Flux,
+    /// kpt): `Reconciling` is True while the build runs and `Stalled` True once it failed or was
+    /// cancelled, each absent otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -800,7 +815,56 @@ impl MultiArchBuildSpec {
 /// The CRD as YAML, exactly as committed in `crds/`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    to_yaml_for_kubernetes(&MultiArchBuild::crd())
+    crd_to_yaml(&MultiArchBuild::crd())
+}
+
+/// A CRD as committed: its descriptions as flowing text (see [`flow_descriptions`]), as YAML that
+/// YAML 1.1 readers load the same way.
+pub(crate) fn crd_to_yaml<T: serde::Serialize>(crd: &T) -> Result<String, serde_yaml::Error> {
+    let mut value = serde_json::to_value(crd).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+    flow_descriptions(&mut value);
+    to_yaml_for_kubernetes(&value)
+}
+
+/// Every `description` in `value` as flowing text: the doc comments' hard line breaks (which
+/// `kubectl explain` would show as sentences cut mid-line) become spaces; paragraph breaks (blank
+/// lines) and list items (lines starting with `- `, `* ` or `1. `) stay.
+pub(crate) fn flow_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                match field {
+                    serde_json::Value::String(text) if key == "description" => *text = flowing(text),
+                    _ => flow_descriptions(field),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(flow_descriptions),
+        _ => {}
+    }
+}
+
+fn flowing(text: &str) -> String {
+    let starts_item = |line: &str| {
+        let digits = line.chars().take_while(char::is_ascii_digit).count();
+        line.starts_with("- ") || line.starts_with("* ") || (digits > 0 && line[digits..].starts_with(". "))
+    };
+    text.split("\n\n")
+        .map(|paragraph| {
+            let mut out = String::with_capacity(paragraph.len());
+            for (i, line) in paragraph.split('\n').enumerate() {
+                let line = line.trim_end();
+                if i > 0 {
+                    out.push(if starts_item(line.trim_start()) { '\n' } else { ' ' });
+                    out.push_str(line.trim_start());
+                } else {
+                    out.push_str(line);
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// `value` as YAML that YAML 1.1 readers load the same way. serde_yaml writes YAML 1.2, where an
@@ -849,7 +913,60 @@ fn quote_yaml11_boolean(line: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{quote_yaml11_boolean, to_yaml_for_kubernetes};
+    use super::{flow_descriptions, quote_yaml11_boolean, to_yaml_for_kubernetes};
+
+    #[test]
+    fn descriptions_flow_and_keep_paragraphs_and_lists() {
+        let mut value = serde_json::json!({
+            "description": "The time limit in seconds for each job\nattempt and for the whole build.\n\nSecond paragraph\ncontinues here.",
+            "properties": {
+                "mode": {"description": "What is cached:\n- max every stage\n- min only the last\n1. first\nstill first", "type": "string"},
+                "description": {"type": "string", "description": "a field named\ndescription"}
+            },
+            "enum": ["a\nb"]
+        });
+        flow_descriptions(&mut value);
+        assert_eq!(
+            value["description"],
+            "The time limit in seconds for each job attempt and for the whole build.\n\nSecond paragraph continues here."
+        );
+        assert_eq!(
+            value["properties"]["mode"]["description"],
+            "What is cached:\n- max every stage\n- min only the last\n1. first still first"
+        );
+        assert_eq!(
+            value["properties"]["description"]["description"],
+            "a field named description"
+        );
+        assert_eq!(value["enum"][0], "a\nb", "only descriptions change");
+    }
+
+    #[test]
+    fn the_committed_crd_has_no_hard_line_breaks() {
+        let yaml = super::crd_yaml().unwrap();
+        let crd: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let mut stack = vec![&crd];
+        let mut seen = 0;
+        while let Some(value) = stack.pop() {
+            match value {
+                serde_json::Value::Object(fields) => {
+                    if let Some(serde_json::Value::String(text)) = fields.get("description") {
+                        seen += 1;
+                        for paragraph in text.split("\n\n") {
+                            assert!(
+                                paragraph.lines().skip(1).all(|l| l.starts_with("- ")),
+                                "a hard line break in {text:?}"
+                            );
+                        }
+                    }
+                    stack.extend(fields.values());
+                }
+                serde_json::Value::Array(items) => stack.extend(items),
+                _ => {}
+            }
+        }
+        assert!(seen > 50, "{seen} descriptions");
+    }
 
     #[test]
     fn block_scalars_are_left_alone() {

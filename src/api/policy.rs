@@ -316,7 +316,7 @@ fn listed(values: &[String]) -> String {
 /// The policy CRD as YAML, exactly as committed in `crds/multiarch.dev_multiarchbuildpolicies.yaml`.
 pub fn policy_crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    super::to_yaml_for_kubernetes(&MultiArchBuildPolicy::crd())
+    super::crd_to_yaml(&MultiArchBuildPolicy::crd())
 }
 
 #[cfg(test)]

@@ -83,6 +83,8 @@ const MAX_BUILD_NAME: usize = 253;
 const MAX_ADDITIONAL_TAGS: usize = 16;
 const TARGET_ALLOWED: &str = "a Dockerfile stage name: [A-Za-z0-9][A-Za-z0-9._-]*, at most 128 characters";
 const TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 60..=604_800;
+/// `spec.ttlSecondsAfterFinished`: up to 365 days.
+const TTL_RANGE: std::ops::RangeInclusive<i64> = 0..=31_536_000;
 const ATTEMPTS_RANGE: std::ops::RangeInclusive<i32> = 1..=10;
 
 // The patterns are constants and `every_pattern_compiles` proves each one compiles.
@@ -362,6 +364,16 @@ pub fn validate_with(spec: &MultiArchBuildSpec, sources: GitSources) -> Result<(
         errors.push(
             "spec.retry.attempts",
             format!("is {}; allowed: 1 to 10", spec.retry.attempts),
+        );
+    }
+    if spec
+        .ttl_seconds_after_finished
+        .is_some_and(|ttl| !TTL_RANGE.contains(&ttl))
+    {
+        // The CRD's CEL rule says the same.
+        errors.push(
+            "spec.ttlSecondsAfterFinished",
+            "must be 0 to 31536000 (365 days)".into(),
         );
     }
     if !TIMEOUT_RANGE.contains(&spec.timeout_seconds) {

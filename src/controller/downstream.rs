@@ -33,6 +33,14 @@ pub(super) async fn release(build: &MultiArchBuild, ctx: &Context) -> Result<(),
     }
     let namespace = build.namespace().unwrap_or_default();
     let name = build.name_any();
+    // A finished build's gating is done once: its resyncs cost nothing here until a waiting Job
+    // changes (a new one, or one suspended again). Read before the list, so a Job that changes
+    // meanwhile gets another look.
+    let uid = build.uid().unwrap_or_default();
+    let signal = ctx.job_signal(&format!("{namespace}/{name}"));
+    if ctx.gating_done(&uid, signal) {
+        return Ok(());
+    }
     if let Some(configmap) = gating::image_configmap(build) {
         let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
         api.patch(
@@ -156,5 +164,6 @@ pub(super) async fn release(build: &MultiArchBuild, ctx: &Context) -> Result<(),
             }
         }
     }
+    ctx.gated(&uid, signal);
     Ok(())
 }

@@ -23,6 +23,8 @@ pub mod reasons {
     pub const JOBS_TERMINATED: &str = "JobsTerminated";
     /// The build was deleted but its jobs could not be terminated within the grace period.
     pub const CLEANUP_ABANDONED: &str = "CleanupAbandoned";
+    /// The build finished longer than its `ttlSecondsAfterFinished` ago and was deleted.
+    pub const EXPIRED: &str = "Expired";
 }
 
 /// The most a note may hold (the events API refuses more than 1 kB).

@@ -1,7 +1,10 @@
 //! `/metrics`, `/healthz` and `/readyz`.
 //!
-//! - `/healthz` is 200 while the process runs, including while it waits for the CRD: a restart
-//!   would not make the CRD appear.
+//! - `/healthz` is 200 while the process runs, including while it waits for the CRD (a restart
+//!   would not make the CRD appear) and while it has nothing to do; 503 when reconciles are asked
+//!   for and none has finished for longer than the stall bound (default 10 minutes: far above a
+//!   reconcile's time, whose slowest calls time out well before), so the kubelet restarts a
+//!   replica whose reconcile loop is stuck. Healthy again as soon as one finishes.
 //! - `/readyz` is 200 once the CRD is served, on the leader and on standby replicas alike, so a
 //!   rolling update can finish; 503 before.
 
@@ -18,12 +21,29 @@ use axum::{Router, extract::State, http::StatusCode, http::header, response::Int
 use super::metrics::Metrics;
 
 /// What the endpoints report.
-#[derive(Default)]
 pub struct Health {
     crd_ready: AtomicBool,
+    stall_bound: std::time::Duration,
+}
+
+/// How long reconciles may make no progress while some are asked for before `/healthz` fails.
+pub const DEFAULT_STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::with_stall_bound(DEFAULT_STALL_BOUND)
+    }
 }
 
 impl Health {
+    /// Health whose `/healthz` fails after `stall_bound` without progress while work is pending.
+    pub fn with_stall_bound(stall_bound: std::time::Duration) -> Self {
+        Health {
+            crd_ready: AtomicBool::new(false),
+            stall_bound,
+        }
+    }
+
     pub fn set_crd_ready(&self) {
         self.crd_ready.store(true, Ordering::Relaxed);
     }
@@ -43,7 +63,7 @@ struct Endpoints {
 pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .with_state(Endpoints { metrics, health })
 }
@@ -75,6 +95,20 @@ async fn metrics_text(State(endpoints): State<Endpoints>) -> impl IntoResponse {
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("cannot encode the metrics: {e}\n"),
         ),
+    }
+}
+
+async fn healthz(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    match endpoints.metrics.stalled_for() {
+        Some(stalled) if stalled > endpoints.health.stall_bound => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "reconciles are pending and none finished for {}s (bound {}s)\n",
+                stalled.as_secs(),
+                endpoints.health.stall_bound.as_secs()
+            ),
+        ),
+        _ => (StatusCode::OK, "ok\n".to_string()),
     }
 }
 

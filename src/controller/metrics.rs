@@ -6,6 +6,10 @@
 //! | `multiarch_reconcile_errors_total` | counter | `error` (the error label, e.g. `AwsThrottled`) | failed reconciles by cause |
 //! | `multiarch_reconcile_duration_seconds` | histogram | | time per reconcile |
 //! | `multiarch_builds` | gauge | `phase` | builds this replica knows, by phase |
+//! | `multiarch_builds_waiting` | gauge | | builds that have not started building: phase `Waiting` (on their `valueFrom` builds) or `Pending` |
+//! | `multiarch_builds_finished_total` | counter | `phase` (`Succeeded`, `Failed`, `Cancelled`), `reason` (the `Succeeded` condition's reason, e.g. `BuildFailed`) | builds that ended, counted once by the leader that saw them end |
+//! | `multiarch_build_duration_seconds` | histogram | `phase` | from a build's creation to its end |
+//! | `multiarch_build_queue_seconds` | histogram | | per platform job: from its submission to its start (`status.platforms[].queuedSeconds`) |
 //! | `multiarch_aws_calls_total` | counter | `service` (`Batch`, `CloudWatch Logs`, `ECR`), `operation`, `outcome` (`success`, `throttled`, `error`) | AWS API calls, SDK retries included |
 //! | `multiarch_registry_requests_total` | counter | `method`, `object` (`manifest`, `blob`), `status` (HTTP status, `none` without an answer) | registry API requests, retries included |
 //! | `multiarch_poller_lag_seconds` | gauge | | time since the job poller's last sweep ended |
@@ -54,6 +58,12 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishedLabels {
+    phase: &'static str,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AwsCallLabels {
     service: String,
     operation: String,
@@ -79,6 +89,12 @@ pub struct Metrics {
     poller_lag: Gauge<f64, AtomicU64>,
     poller_live_jobs: Gauge,
     leader: Gauge,
+    builds_waiting: Gauge,
+    builds_finished: Family<FinishedLabels, Counter>,
+    build_duration: Family<PhaseLabels, Histogram>,
+    build_queue: Histogram,
+    /// Reconciles asked for and not finished, and when one last finished (`/healthz`).
+    progress: Mutex<Progress>,
     /// The phase of each build (by uid) behind `builds`.
     phases: Mutex<HashMap<String, Phase>>,
     /// The poller of the current leadership term, read at scrape time.
@@ -154,6 +170,34 @@ impl Metrics {
             "1 while this replica holds the leader Lease and reconciles",
             leader.clone(),
         );
+        let builds_waiting = Gauge::default();
+        registry.register(
+            "builds_waiting",
+            "Builds that have not started building: phase Waiting (on the builds their valueFrom names) or Pending",
+            builds_waiting.clone(),
+        );
+        let builds_finished = Family::<FinishedLabels, Counter>::default();
+        registry.register(
+            "builds_finished",
+            "Builds that ended, by phase and reason (the Succeeded condition's reason)",
+            builds_finished.clone(),
+        );
+        let build_duration = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+            ])
+        });
+        registry.register(
+            "build_duration_seconds",
+            "Time from a build's creation to its end, by the phase it ended in",
+            build_duration.clone(),
+        );
+        let build_queue = Histogram::new([5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0]);
+        registry.register(
+            "build_queue_seconds",
+            "Time a platform's Batch job waited from its submission to its start (queue, scale-up, image pull)",
+            build_queue.clone(),
+        );
         for phase in PHASES {
             builds
                 .get_or_create(&PhaseLabels {
@@ -172,6 +216,14 @@ impl Metrics {
             poller_lag,
             poller_live_jobs,
             leader,
+            builds_waiting,
+            builds_finished,
+            build_duration,
+            build_queue,
+            progress: Mutex::new(Progress {
+                in_flight: 0,
+                last: Instant::now(),
+            }),
             phases: Mutex::default(),
             poller: Mutex::default(),
         }
@@ -223,7 +275,57 @@ impl Metrics {
                     .get_or_create(&PhaseLabels { phase: phase_name(p) })
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
+            let waiting = phases
+                .values()
+                .filter(|q| matches!(q, Phase::Waiting | Phase::Pending))
+                .count();
+            self.builds_waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Counts a build that just ended in `phase` for `reason`, `seconds` after its creation.
+    pub fn build_finished(&self, phase: Phase, reason: &str, seconds: Option<f64>) {
+        let name = phase_name(phase);
+        self.builds_finished
+            .get_or_create(&FinishedLabels {
+                phase: name,
+                reason: reason.into(),
+            })
+            .inc();
+        if let Some(seconds) = seconds {
+            self.build_duration
+                .get_or_create(&PhaseLabels { phase: name })
+                .observe(seconds.max(0.0));
+        }
+    }
+
+    /// Records how long a platform's job queued before it started.
+    pub fn job_queued(&self, seconds: i64) {
+        // Seconds fit an f64 exactly far beyond any real queue time.
+        #[allow(clippy::cast_precision_loss)]
+        self.build_queue.observe(seconds.max(0) as f64);
+    }
+
+    /// Marks a reconcile asked for (waiting for a permit or running) until the guard drops, which
+    /// counts as progress.
+    pub fn reconcile_pending(self: &Arc<Self>) -> PendingReconcile {
+        let mut progress = lock(&self.progress);
+        // Idle time is no stall: the clock starts when work arrives.
+        if progress.in_flight == 0 {
+            progress.last = Instant::now();
+        }
+        progress.in_flight += 1;
+        drop(progress);
+        PendingReconcile {
+            metrics: Arc::clone(self),
+        }
+    }
+
+    /// How long the reconciles have made no progress while some are asked for: `None` when none
+    /// is pending (an idle controller is healthy however long it has been idle).
+    pub fn stalled_for(&self) -> Option<std::time::Duration> {
+        let progress = lock(&self.progress);
+        (progress.in_flight > 0).then(|| progress.last.elapsed())
     }
 
     /// Sets whether this replica leads, and the poller to report on while it does.
@@ -260,6 +362,25 @@ impl Metrics {
         Arc::new(RegistryRequestCounter {
             metrics: Arc::clone(self),
         })
+    }
+}
+
+/// Reconciles asked for and not finished, and when one last finished.
+struct Progress {
+    in_flight: usize,
+    last: Instant,
+}
+
+/// A reconcile asked for: counted in `/healthz` until dropped (finished, failed or cancelled).
+pub struct PendingReconcile {
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for PendingReconcile {
+    fn drop(&mut self) {
+        let mut progress = lock(&self.metrics.progress);
+        progress.in_flight = progress.in_flight.saturating_sub(1);
+        progress.last = Instant::now();
     }
 }
 

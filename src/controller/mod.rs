@@ -86,6 +86,9 @@ impl Settings {
                 default_job_definition: args.default_job_definition.clone(),
                 registry: args.registry.clone(),
                 cleanup_grace: Duration::from_secs(args.cleanup_grace_seconds),
+                default_ttl_seconds_after_finished: i64::try_from(args.default_ttl_seconds_after_finished)
+                    .ok()
+                    .filter(|&ttl| ttl > 0),
                 concurrency: args.concurrency,
                 // Only the listed hosts until `run` has learnt the account.
                 allowed: AllowedRegistries {
@@ -306,10 +309,21 @@ fn controller(
         let in_scope = namespace.as_ref().is_none_or(|ns| *ns == change.owner.namespace);
         std::future::ready(in_scope.then(|| ObjectRef::new(&change.owner.name).within(&change.owner.namespace)))
     });
+    let signals = Arc::clone(&ctx);
     let controller = Controller::new(builds.clone(), watcher::Config::default().any_semantic());
     let store = controller.store();
     controller
-        .watches(jobs, watcher::Config::default().labels(AFTER_LABEL), waiting_on)
+        .watches(jobs, watcher::Config::default().labels(AFTER_LABEL), move |job| {
+            let builds = waiting_on(job);
+            for build in &builds {
+                signals.job_changed(&format!(
+                    "{}/{}",
+                    build.namespace.as_deref().unwrap_or_default(),
+                    build.name
+                ));
+            }
+            builds
+        })
         // A build's change (created, succeeded, failed) reconciles the builds of its namespace whose
         // arguments take values from it: a lookup in the Controller's own store of builds.
         .watches(builds, watcher::Config::default().any_semantic(), move |changed| {

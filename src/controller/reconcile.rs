@@ -19,7 +19,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams},
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions},
     core::{DeserializeGuard, error_boundary::InvalidObject},
     runtime::{
         controller::Action,
@@ -44,7 +44,10 @@ use crate::{
     cli::RegistryArgs,
     config,
     engine::{Build, Engine, EngineError, job_observations, live_job_ids},
-    plan::{Dependencies, Dependency, JobObservation, JobState, READY, Refusal, dependency_names, find_cycle, reason},
+    plan::{
+        Dependencies, Dependency, JobObservation, JobState, READY, Refusal, dependency_names, expires_at, find_cycle,
+        reason,
+    },
     registry::RegistryClient,
     tenancy::AllowedRegistries,
 };
@@ -68,6 +71,9 @@ pub struct ReconcileConfig {
     pub registry: RegistryArgs,
     /// How long after deletion the finalizer waits for the jobs to be terminated.
     pub cleanup_grace: Duration,
+    /// Seconds after a build finished when it is deleted, for builds without
+    /// `spec.ttlSecondsAfterFinished`; `None` keeps them forever.
+    pub default_ttl_seconds_after_finished: Option<i64>,
     /// Reconciles at the same time, over every watched namespace.
     pub concurrency: u16,
     /// The registries builds may push to.
@@ -89,6 +95,11 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Unreadable builds already reported, by uid, with the generation reported.
     reported_invalid: Mutex<HashMap<String, Option<i64>>>,
+    /// How many times a waiting Job naming a build changed, by namespace/name (the Job watch counts).
+    job_signals: Mutex<HashMap<String, u64>>,
+    /// Finished builds whose gating is done, by uid, with the count of Job changes it saw: a
+    /// resync of such a build lists no Job and writes no ConfigMap until a waiting Job changes.
+    gated: Mutex<HashMap<String, u64>>,
     permits: Semaphore,
 }
 
@@ -136,7 +147,29 @@ impl Context {
             registries: Mutex::default(),
             failures: Mutex::default(),
             reported_invalid: Mutex::default(),
+            job_signals: Mutex::default(),
+            gated: Mutex::default(),
         }
+    }
+
+    /// Counts a change of a suspended Job waiting on `key` (namespace/name), as the Job watch does.
+    pub fn job_changed(&self, key: &str) {
+        *lock(&self.job_signals).entry(key.into()).or_default() += 1;
+    }
+
+    /// The count of Job changes about `key` (namespace/name) so far.
+    pub(super) fn job_signal(&self, key: &str) -> u64 {
+        lock(&self.job_signals).get(key).copied().unwrap_or_default()
+    }
+
+    /// Whether the finished build `uid` was gated and no waiting Job changed since (`signal`).
+    pub(super) fn gating_done(&self, uid: &str, signal: u64) -> bool {
+        lock(&self.gated).get(uid) == Some(&signal)
+    }
+
+    /// Remembers that the finished build `uid` is gated, as of `signal`.
+    pub(super) fn gated(&self, uid: &str, signal: u64) {
+        lock(&self.gated).insert(uid.into(), signal);
     }
 
     /// The shared job poller (the controller runs it and turns its changes into reconciles).
@@ -302,6 +335,8 @@ pub async fn reconcile(object: Arc<DeserializeGuard<MultiArchBuild>>, ctx: Arc<C
     let name = object.name_any();
     let span = tracing::info_span!("reconcile", namespace = %namespace, build = %name);
     async move {
+        // Counted as pending work for /healthz from now, also while it waits for a permit.
+        let _pending = ctx.metrics.reconcile_pending();
         // Closed only when the context is dropped, which cannot happen while we hold it.
         let _permit = ctx.permits.acquire().await;
         let _timer = ctx.metrics.reconcile_timer();
@@ -416,6 +451,7 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
         ctx.publish(&regarding, &event).await;
     }
     ctx.metrics.set_phase(&reference.uid, current.phase);
+    record_outcome(build, &previous, &current, &ctx.metrics);
     let stepped = step?;
     let status = stepped.status;
 
@@ -425,10 +461,86 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
     if status.phase.is_some_and(Phase::is_terminal) && live_job_ids(&status).is_empty() {
         ctx.poller.forget_build(&reference);
     }
-    Ok(match requeue_after(stepped.wake_at, Timestamp::now()) {
+    // Retention: the planner's rule says when; the waiting Jobs were released first.
+    let expires = expires_at(&build.spec, &status, ctx.config.default_ttl_seconds_after_finished);
+    let now = Timestamp::now();
+    if let Some(at) = expires.filter(|at| *at <= now) {
+        expire(build, &reference, &status, at, ctx).await?;
+        return Ok(Action::await_change());
+    }
+    let wake_at = match (stepped.wake_at, expires) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(match requeue_after(wake_at, now) {
         Some(delay) => Action::requeue(delay),
         None => Action::await_change(),
     })
+}
+
+/// Deletes a build whose `ttlSecondsAfterFinished` (or the controller's default) has passed since
+/// it finished, with an event; only this very object (uid precondition). The finalizer then runs as
+/// for any deletion: a finished build has no live job, so it terminates nothing.
+async fn expire(
+    build: &MultiArchBuild,
+    reference: &BuildRef,
+    status: &MultiArchBuildStatus,
+    expired_at: Timestamp,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let finished = status.completion_time.as_ref().map_or(expired_at, |t| t.0);
+    let ttl = expired_at.duration_since(finished).as_secs();
+    let note = format!("deleted: finished at {finished}, {ttl}s (ttlSecondsAfterFinished) ago");
+    info!(%finished, ttl, "deleting the finished build: its time to live is over");
+    let event = BuildEvent::new(EventType::Normal, reasons::EXPIRED, "Delete", note);
+    ctx.publish(&build.object_ref(&()), &event).await;
+    let api: Api<MultiArchBuild> = Api::namespaced(ctx.client.clone(), &reference.namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(reference.uid.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&reference.name, &params).await {
+        Ok(_) => Ok(()),
+        // Already gone, or another object of the same name by now.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(source) => Err(Error::kube("delete the expired build")(source)),
+    }
+}
+
+/// Counts what changed between the stored statuses in the metrics: a build that just ended (by
+/// phase and the `Succeeded` condition's reason, with its duration from creation), and each
+/// platform job that just started (its queue time).
+fn record_outcome(
+    build: &MultiArchBuild,
+    previous: &MultiArchBuildStatus,
+    current: &MultiArchBuildStatus,
+    metrics: &Metrics,
+) {
+    if let Some(phase) = current.phase.filter(|p| p.is_terminal())
+        && !previous.phase.is_some_and(Phase::is_terminal)
+    {
+        let reason = current
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::plan::SUCCEEDED)
+            .map_or("", |c| c.reason.as_str());
+        let seconds = match (&build.metadata.creation_timestamp, &current.completion_time) {
+            (Some(created), Some(ended)) => Some(ended.0.duration_since(created.0).as_secs_f64()),
+            _ => None,
+        };
+        metrics.build_finished(phase, reason, seconds);
+    }
+    for platform in &current.platforms {
+        let before = previous.platforms.iter().find(|p| p.platform == platform.platform);
+        if let Some(seconds) = platform.queued_seconds
+            && before.is_none_or(|p| p.queued_seconds.is_none())
+        {
+            metrics.job_queued(seconds);
+        }
+    }
 }
 
 /// Why this build may not run here: its registry is not allowed, or a MultiArchBuildPolicy that
@@ -623,6 +735,7 @@ async fn cleanup(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error>
 
 /// The build is gone: drop what this replica kept about it.
 fn forget(reference: &BuildRef, ctx: &Context) {
+    lock(&ctx.gated).remove(&reference.uid);
     ctx.poller.forget_build(reference);
     ctx.metrics.set_phase(&reference.uid, None);
     lock(&ctx.failures).remove(&reference.to_string());

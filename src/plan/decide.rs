@@ -9,9 +9,9 @@ use k8s_openapi::{
 
 use super::{
     Action, AssemblyOutcome, DEPENDENCIES_READY, Dependencies, Dependency, ExistingIndex, INDEX_REUSED, IndexRef,
-    Input, JobObservation, JobResult, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY,
-    RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, SUBMIT_SETTLE_SECONDS, TagsOutcome, is_live, live_job, reason,
-    state_of,
+    Input, JobObservation, JobResult, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY, RECONCILING,
+    RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, STALLED, SUBMIT_SETTLE_SECONDS, SUCCEEDED, TagsOutcome,
+    is_live, live_job, reason, state_of,
 };
 use crate::api::{
     InputsStatus, MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, ResolvedBuildArg,
@@ -30,6 +30,17 @@ pub fn plan(input: &Input<'_>) -> Plan {
         // generation the (unchanged) conditions were checked against.
         for condition in &mut status.conditions {
             condition.observed_generation = input.generation;
+        }
+        // A build that ended before the controller wrote `Succeeded`, `Reconciling` and `Stalled`
+        // gets them from its `Ready` condition.
+        if !status.conditions.iter().any(|c| c.type_ == SUCCEEDED) {
+            let (why, message) = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY)
+                .map(|c| (c.reason.clone(), c.message.clone()))
+                .unwrap_or_default();
+            set_outcome(&mut status, phase, &why, &message, input.now);
         }
         let mut actions = Vec::new();
         if phase != Phase::Succeeded {
@@ -819,7 +830,31 @@ fn set_phase(status: &mut MultiArchBuildStatus, phase: Phase, why: &str, message
     status.platforms_pushed = Some(pushed_count(status));
     let ready = phase == Phase::Succeeded;
     set_ready(status, ready, why, &message, now);
+    set_outcome(status, phase, why, &message, now);
     status.message = Some(message);
+}
+
+/// Sets the conditions other tools read: `Succeeded` (Tekton, Knative, Shipwright: Unknown while
+/// the build runs, then True or False for good), and kstatus's abnormal-true `Reconciling` (while
+/// the build runs) and `Stalled` (failed or cancelled for good), each present only while True.
+fn set_outcome(status: &mut MultiArchBuildStatus, phase: Phase, why: &str, message: &str, now: Timestamp) {
+    let succeeded = match phase {
+        Phase::Succeeded => "True",
+        Phase::Failed | Phase::Cancelled => "False",
+        _ => "Unknown",
+    };
+    set_condition_status(status, SUCCEEDED, succeeded, why, message, now);
+    let present = match phase {
+        _ if !phase.is_terminal() => Some(RECONCILING),
+        Phase::Succeeded => None,
+        _ => Some(STALLED),
+    };
+    status
+        .conditions
+        .retain(|c| !(c.type_ == RECONCILING || c.type_ == STALLED) || Some(c.type_.as_str()) == present);
+    if let Some(type_) = present {
+        set_condition_status(status, type_, "True", why, message, now);
+    }
 }
 
 fn finish(status: &mut MultiArchBuildStatus, now: Timestamp, phase: Phase, why: &str, message: String) {
@@ -841,7 +876,19 @@ fn set_condition(
     message: &str,
     now: Timestamp,
 ) {
-    let value = if value { "True" } else { "False" };
+    set_condition_status(status, type_, if value { "True" } else { "False" }, why, message, now);
+}
+
+/// Sets a condition to `value` (`True`, `False` or `Unknown`), keeping `lastTransitionTime` when
+/// its status did not change.
+fn set_condition_status(
+    status: &mut MultiArchBuildStatus,
+    type_: &str,
+    value: &str,
+    why: &str,
+    message: &str,
+    now: Timestamp,
+) {
     let observed_generation = status.observed_generation;
     let previous = status.conditions.iter().find(|c| c.type_ == type_);
     let last_transition_time = match previous {

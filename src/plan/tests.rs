@@ -92,6 +92,107 @@ fn ready(status: &MultiArchBuildStatus) -> (&str, &str) {
     (c.status.as_str(), c.reason.as_str())
 }
 
+/// The status of condition `type_`, if present.
+fn condition<'a>(status: &'a MultiArchBuildStatus, type_: &str) -> Option<&'a str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+/// `Succeeded`, `Reconciling` and `Stalled` agree with the phase (once the build has one) and
+/// with `Ready`: what tools that read conditions conclude is what the phase says.
+fn assert_outcome_conditions(status: &MultiArchBuildStatus) {
+    let Some(phase) = status.phase else { return };
+    let want = match phase {
+        Phase::Succeeded => (Some("True"), None, None),
+        Phase::Failed | Phase::Cancelled => (Some("False"), None, Some("True")),
+        _ => (Some("Unknown"), Some("True"), None),
+    };
+    let got = (
+        condition(status, SUCCEEDED),
+        condition(status, RECONCILING),
+        condition(status, STALLED),
+    );
+    assert_eq!(got, want, "{phase:?}: {:?}", status.conditions);
+    assert_eq!(
+        condition(status, READY),
+        Some(if phase == Phase::Succeeded { "True" } else { "False" })
+    );
+    let reason = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| c.reason.clone())
+    };
+    assert_eq!(
+        reason(SUCCEEDED),
+        reason(READY),
+        "Succeeded and Ready give the same reason"
+    );
+}
+
+#[test]
+fn conditions_tools_read_follow_the_build_through_its_life() {
+    let spec = sample_spec();
+    let first = step(&spec, &MultiArchBuildStatus::default(), &Observations::default(), t0());
+    assert_outcome_conditions(&first.status);
+    assert_eq!(condition(&first.status, SUCCEEDED), Some("Unknown"));
+    assert_eq!(condition(&first.status, RECONCILING), Some("True"));
+
+    let mut cancel = spec.clone();
+    cancel.cancel = true;
+    let cancelled = step(&cancel, &building(&spec), &Observations::default(), at(10)).status;
+    assert_outcome_conditions(&cancelled);
+    assert_eq!(condition(&cancelled, STALLED), Some("True"));
+
+    let timed_out = step(
+        &spec,
+        &building(&spec),
+        &Observations::default(),
+        at(spec.timeout_seconds),
+    )
+    .status;
+    assert_outcome_conditions(&timed_out);
+    assert_eq!(
+        timed_out
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SUCCEEDED)
+            .map(|c| c.reason.as_str()),
+        Some(reason::DEADLINE_EXCEEDED)
+    );
+
+    // A build that ended before these conditions existed gets them from its Ready condition.
+    let mut old = cancelled.clone();
+    old.conditions.retain(|c| c.type_ == READY);
+    let upgraded = step(&cancel, &old, &Observations::default(), at(20)).status;
+    assert_outcome_conditions(&upgraded);
+}
+
+#[test]
+fn a_finished_build_expires_after_its_ttl_or_the_default_and_a_running_one_never() {
+    let mut spec = sample_spec();
+    let mut cancel = spec.clone();
+    cancel.cancel = true;
+    let ended = step(&cancel, &building(&spec), &Observations::default(), at(10)).status;
+    assert_eq!(expires_at(&spec, &building(&spec), Some(60)), None, "running");
+    assert_eq!(expires_at(&spec, &ended, None), None, "no TTL: kept forever");
+    assert_eq!(expires_at(&spec, &ended, Some(0)), None, "a default of 0: kept forever");
+    assert_eq!(expires_at(&spec, &ended, Some(60)), Some(at(70)), "the default");
+    spec.ttl_seconds_after_finished = Some(0);
+    assert_eq!(expires_at(&spec, &ended, Some(60)), Some(at(10)), "its own 0: at once");
+    spec.ttl_seconds_after_finished = Some(30);
+    assert_eq!(expires_at(&spec, &ended, Some(60)), Some(at(40)), "its own TTL wins");
+    spec.ttl_seconds_after_finished = Some(-1);
+    assert!(crate::api::validate(&spec).is_err_and(|e| {
+        e.to_string()
+            .contains("spec.ttlSecondsAfterFinished: must be 0 to 31536000")
+    }));
+}
+
 const ARM: Platform = Platform::LinuxArm64;
 /// The commit the sample's revision pins.
 const COMMIT: &str = "3f2a9c1e0b5d4c3b2a1908f7e6d5c4b3a2918070";
@@ -1063,6 +1164,7 @@ fn run_engine(
     let mut writes = 0;
     for _ in 0..8 {
         let plan = step_with(spec, &status, &observed, now, dependencies);
+        assert_outcome_conditions(&plan.status);
         if plan.status != status {
             if failing_write == Some(writes) {
                 plans.push(plan);

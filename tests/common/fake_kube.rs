@@ -71,6 +71,8 @@ struct Inner {
     rv: u64,
     log: Vec<Change>,
     seen: BTreeSet<Permission>,
+    /// Every request, in order: (apiGroup, resource[/subresource], verb) and the object's name.
+    requests: Vec<(Permission, String)>,
     status_writes: HashMap<Key, usize>,
     /// The field manager owning each Lease's spec.holderIdentity.
     holder_owner: HashMap<Key, String>,
@@ -275,6 +277,11 @@ impl FakeKube {
     /// Lease writes refused or left unanswered so far.
     pub fn lease_writes_failed(&self) -> usize {
         self.lock().lease_writes_failed
+    }
+
+    /// Every request so far, in order: ((apiGroup, resource[/subresource], verb), name or "").
+    pub fn requests(&self) -> Vec<(Permission, String)> {
+        self.lock().requests.clone()
     }
 
     /// The permissions the requests needed so far.
@@ -513,7 +520,14 @@ async fn handle(State(fake): State<FakeKube>, request: Request) -> Response {
         Some(sub) => format!("{}/{sub}", route.resource),
         None => route.resource.clone(),
     };
-    fake.lock().seen.insert((route.group.clone(), resource, verb.into()));
+    {
+        let mut inner = fake.lock();
+        inner.seen.insert((route.group.clone(), resource.clone(), verb.into()));
+        let name = route.name.clone().unwrap_or_default();
+        inner
+            .requests
+            .push(((route.group.clone(), resource, verb.into()), name));
+    }
     if route.resource == "multiarchbuilds" && !fake.shared.crd_installed.load(Ordering::SeqCst) {
         return failure(404, "NotFound", "the server could not find the requested resource");
     }
@@ -535,6 +549,7 @@ async fn handle(State(fake): State<FakeKube>, request: Request) -> Response {
         "get" => get(&fake, &route),
         "create" => post(&fake, &route, &body),
         "patch" => patch(&fake, &route, &query, &content_type, &body),
+        "delete" => delete(&fake, &route, &body),
         _ => failure(405, "MethodNotAllowed", &format!("{verb} is not served by the fake")),
     };
     fake.notify();
@@ -650,6 +665,32 @@ fn get(fake: &FakeKube, route: &Route) -> Response {
             &format!("{} {:?} not found", route.resource, route.name),
         ),
     }
+}
+
+/// DELETE as the API server: a `preconditions.uid` that does not match is a 409; an object with
+/// finalizers gets a deletionTimestamp, one without goes at once.
+fn delete(fake: &FakeKube, route: &Route, body: &[u8]) -> Response {
+    let key = key_of(route);
+    let Some(object) = fake.get(&key) else {
+        return failure(
+            404,
+            "NotFound",
+            &format!("{} {:?} not found", route.resource, route.name),
+        );
+    };
+    let options: Value = serde_json::from_slice(body).unwrap_or_default();
+    let want_uid = &options["preconditions"]["uid"];
+    if want_uid.is_string() && *want_uid != object["metadata"]["uid"] {
+        return failure(
+            409,
+            "Conflict",
+            "Precondition failed: UID in precondition does not match",
+        );
+    }
+    if object["metadata"]["deletionTimestamp"].is_null() {
+        fake.delete(&key);
+    }
+    respond(StatusCode::OK, &fake.get(&key).unwrap_or(object))
 }
 
 fn post(fake: &FakeKube, route: &Route, body: &[u8]) -> Response {

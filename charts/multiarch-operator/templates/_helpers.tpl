@@ -56,10 +56,11 @@ Nothing on Secrets: the git token is read by the Batch job from Secrets Manager,
 */}}
 {{- define "multiarch-operator.watchedRules" -}}
 # The builds: listed and watched to reconcile them, read one at a time, and patched to add or
-# remove the finalizer that terminates a build's Batch jobs when it is deleted.
+# remove the finalizer that terminates a build's Batch jobs when it is deleted; deleted once its
+# ttlSecondsAfterFinished (or the controller's default) has passed since it finished.
 - apiGroups: ["multiarch.dev"]
   resources: ["multiarchbuilds"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # A build's status, written by server-side apply (a patch) under one field manager.
 - apiGroups: ["multiarch.dev"]
   resources: ["multiarchbuilds/status"]
