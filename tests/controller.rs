@@ -1756,6 +1756,20 @@ async fn conditions_tell_kstatus_argocd_and_kubectl_wait_the_same_story(env: Arc
         .collect();
     assert_eq!(got, want);
 
+    // The argocd-cm patch carries the very script tested here.
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/multiarch-operator/docs/");
+    let patch: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(format!("{docs}argocd-cm-patch.yaml")).unwrap()).unwrap();
+    assert_eq!(
+        patch["data"]["resource.customizations.health.multiarch.dev_MultiArchBuild"].as_str(),
+        Some(
+            std::fs::read_to_string(format!("{docs}argocd-health.lua"))
+                .unwrap()
+                .as_str()
+        ),
+        "argocd-cm-patch.yaml holds argocd-health.lua verbatim"
+    );
+
     // Argo CD before the controller wrote any status.
     let fresh = good_build("tools", "fresh", "registry.invalid/fresh");
     assert_eq!(argocd_health(&fresh).0, "Progressing");
