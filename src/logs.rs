@@ -148,12 +148,24 @@ pub async fn run(args: &LogsArgs) -> Result<(), String> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the cluster: {}", error_chain(&e)))?;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    run_with(client, &logs, args, &mut out).await
+}
+
+/// [`run`] with the cluster and CloudWatch Logs clients given.
+pub async fn run_with<W: Write>(
+    client: kube::Client,
+    logs: &aws_sdk_cloudwatchlogs::Client,
+    args: &LogsArgs,
+    out: &mut W,
+) -> Result<(), String> {
     let namespace = args
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let api: Api<MultiArchBuild> = Api::namespaced(client, &namespace);
-    let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
     let name = args.name.clone();
     let source = || {
         let api = api.clone();
@@ -167,15 +179,13 @@ pub async fn run(args: &LogsArgs) -> Result<(), String> {
             Ok(snapshot_of(&build))
         }
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
     print_logs(
-        &logs,
+        logs,
         source,
         args.follow,
         Duration::from_secs(args.poll_interval_seconds),
         args.platform.as_deref(),
-        &mut out,
+        out,
     )
     .await
 }

@@ -120,7 +120,17 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
         match status.phase {
             Some(Phase::Succeeded) => return Ok(Outcome::Succeeded(status.image.unwrap_or_default())),
             Some(Phase::Cancelled) if interrupted => return Ok(Outcome::Failed(interrupted_message(&status))),
-            Some(Phase::Failed | Phase::Cancelled) => return Ok(Outcome::Failed(status.message.unwrap_or_default())),
+            // The whole message (the last log lines included) was shown as the phase's line: the
+            // command's error is its first line.
+            Some(Phase::Failed | Phase::Cancelled) => {
+                let message = status.message.unwrap_or_default();
+                let first = message
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches([';', ':', ' ']);
+                return Ok(Outcome::Failed(first.to_string()));
+            }
             // Every platform has its job (an empty status means the first step failed: nothing was).
             _ if !args.wait
                 && !interrupted

@@ -487,6 +487,12 @@ fn a_revision_that_does_not_exist_fails_with_the_builders_message() {
     let (out, _, stderr) = run(&env, &build.file, &["--wait"]);
     assert!(!out.status.success());
     assert!(stderr.contains("git revision 'no-such-branch' not found"), "{stderr}");
+    // The log lines were shown with the phase; the error itself is one line.
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("multiarch-operator: linux/") && last.contains(" failed; job ") && !last.ends_with(':'),
+        "{last}"
+    );
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! `-f` picks up new lines and new streams and ends once the build has ended.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/fake_kube.rs"]
+mod fake_kube;
 #[path = "common/moto.rs"]
 mod moto;
 
@@ -13,8 +15,12 @@ use std::{
     time::Duration,
 };
 
+use fake_kube::{FakeKube, Key};
 use moto::Moto;
-use multiarch_operator::logs::{Snapshot, StreamRef, print_logs};
+use multiarch_operator::{
+    cli::LogsArgs,
+    logs::{Snapshot, StreamRef, print_logs, run_with},
+};
 
 const GROUP: &str = "/aws/batch/job";
 
@@ -161,4 +167,99 @@ async fn without_follow_prints_once_and_platform_filters() {
     .await
     .unwrap_err();
     assert_eq!(e, "MultiArchBuild default/x: not found");
+}
+
+/// The command's cluster half: the MultiArchBuild's status names the streams; `-f` ends when its
+/// phase is terminal; a build that does not exist is one line naming it.
+#[tokio::test]
+async fn logs_reads_the_streams_from_the_builds_status_and_follows_until_it_ends() {
+    let moto = Moto::start().await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&moto.sdk_config().await);
+    put(&logs, "amd-1", &["amd one"]).await;
+    put(&logs, "arm-1", &["arm one"]).await;
+    let kube = FakeKube::new();
+    kube.create(
+        "multiarch.dev",
+        "multiarchbuilds",
+        serde_json::json!({
+            "apiVersion": "multiarch.dev/v1alpha1",
+            "kind": "MultiArchBuild",
+            "metadata": {"name": "web", "namespace": "team"},
+            "spec": {
+                "source": {"git": {"url": "https://github.com/example/app.git", "revision": "main"}},
+                "output": {"repository": "registry.example.com/app", "tag": "v1"},
+                "platforms": [
+                    {"platform": "linux/amd64", "jobQueue": "amd"},
+                    {"platform": "linux/arm64", "jobQueue": "arm"}
+                ]
+            }
+        }),
+    );
+    let key = Key::build("team", "web");
+    kube.edit(&key, |o| {
+        o["status"] = serde_json::json!({
+            "phase": "Building",
+            "platforms": [
+                {"platform": "linux/amd64", "jobId": "j1", "logStreamName": "amd-1"},
+                {"platform": "linux/arm64", "jobId": "j2"}
+            ]
+        });
+    });
+    let args = |follow: bool, platform: Option<&str>| LogsArgs {
+        name: "web".into(),
+        namespace: Some("team".into()),
+        follow,
+        platform: platform.map(str::to_owned),
+        region: None,
+        poll_interval_seconds: 1,
+    };
+
+    // Without -f: what is there now, the arm64 job having no stream yet.
+    let mut out = Vec::new();
+    run_with(kube.client(), &logs, &args(false, None), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "[linux/amd64] amd one\n");
+
+    // -f: the arm64 stream appears, then the build ends; the command ends with it.
+    let ender = {
+        let kube = kube.clone();
+        let logs = logs.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            put(&logs, "amd-1", &["amd two"]).await;
+            kube.edit(&key, |o| {
+                o["status"]["platforms"][1]["logStreamName"] = "arm-1".into();
+                o["status"]["phase"] = "Succeeded".into();
+            });
+        })
+    };
+    let mut out = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        run_with(kube.client(), &logs, &args(true, None), &mut out),
+    )
+    .await
+    .expect("-f ends once the build has ended")
+    .unwrap();
+    ender.await.unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "[linux/amd64] amd one\n[linux/amd64] amd two\n[linux/arm64] arm one\n"
+    );
+
+    let mut out = Vec::new();
+    run_with(kube.client(), &logs, &args(false, Some("linux/arm64")), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "[linux/arm64] arm one\n");
+
+    let mut missing = args(false, None);
+    missing.name = "nope".into();
+    let e = run_with(kube.client(), &logs, &missing, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(e.starts_with("MultiArchBuild team/nope: "), "{e}");
+    assert!(!e.contains('\n'), "{e}");
 }
