@@ -254,6 +254,7 @@ async fn a_chain_applied_in_reverse_order_builds_for_real_on_pinned_digests() {
                 ..RegistryArgs::default()
             },
             cleanup_grace: Duration::from_secs(300),
+            default_ttl_seconds_after_finished: None,
             concurrency: 4,
             allowed: AllowedRegistries {
                 own: None,
