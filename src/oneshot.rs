@@ -337,9 +337,19 @@ impl Progress {
                 lines.push(line);
             }
         }
-        // Conditions other than Ready say things the phase line does not (why an index was not
-        // reused), once each.
-        for condition in status.conditions.iter().filter(|c| c.type_ != crate::plan::READY) {
+        // Conditions other than those that mirror the phase (Ready, Succeeded, Reconciling,
+        // Stalled: their message is the phase line's) say things the phase line does not (why an
+        // index was not reused), once each.
+        let mirrors_phase = |type_: &str| {
+            [
+                crate::plan::READY,
+                crate::plan::SUCCEEDED,
+                crate::plan::RECONCILING,
+                crate::plan::STALLED,
+            ]
+            .contains(&type_)
+        };
+        for condition in status.conditions.iter().filter(|c| !mirrors_phase(&c.type_)) {
             let line = format!("{}: {}", condition.type_, condition.message);
             if self.last.insert(condition.type_.clone(), line.clone()).as_ref() != Some(&line) {
                 lines.push(line);
