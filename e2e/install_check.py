@@ -426,6 +426,7 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         "controller.logFormat": lambda: env.get("MAB_LOG_FORMAT", {}).get("value") == g("controller.logFormat"),
         "controller.httpPort": lambda: env.get("MAB_HTTP_ADDR", {}).get("value") == f"0.0.0.0:{g('controller.httpPort')}"
         and any(p.get("containerPort") == g("controller.httpPort") for p in c.get("ports", [])),
+        "health.stallSeconds": lambda: env.get("MAB_HEALTH_STALL_SECONDS", {}).get("value") == str(g("health.stallSeconds")),
         "admissionPolicies.enabled": lambda: g("admissionPolicies.enabled") is False
         and "ValidatingAdmissionPolicy" not in kinds and "ValidatingAdmissionPolicyBinding" not in kinds
         and len(by_kind(off, "ValidatingAdmissionPolicy")) == 2 and len(by_kind(off, "ValidatingAdmissionPolicyBinding")) == 2,
