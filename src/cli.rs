@@ -155,7 +155,8 @@ pub struct BuildArgs {
     pub wait: bool,
 
     /// With --wait: stream the jobs' logs (CloudWatch Logs) to stderr as they come, each line
-    /// prefixed by its platform. Without it a terminal shows each platform's latest line.
+    /// prefixed by its platform. Without it each platform's latest line is shown: on a terminal
+    /// in a live line, elsewhere whenever it changes.
     #[arg(long, env = "MAB_FOLLOW_LOGS", requires = "wait")]
     pub follow_logs: bool,
 

@@ -113,7 +113,18 @@ async fn follow_prints_new_lines_and_new_streams_and_ends_with_the_build() {
 async fn without_follow_prints_once_and_platform_filters() {
     let moto = Moto::start().await;
     let logs = aws_sdk_cloudwatchlogs::Client::new(&moto.sdk_config().await);
-    put(&logs, "s-amd", &["a1", "\u{1b}[31mred\u{1b}[0m"]).await;
+    // A log prints what it likes: colours, a title change, a bell, a carriage return, a line that
+    // poses as another platform's. Tabs stay.
+    put(
+        &logs,
+        "s-amd",
+        &[
+            "a1",
+            "\u{1b}[31mred\u{1b}[0m\u{1b}]0;pwned\u{7}\r",
+            "col\tumn\nforged\n[linux/arm64] r2",
+        ],
+    )
+    .await;
     put(&logs, "s-arm", &["r1"]).await;
     let both = [("linux/amd64", Some("s-amd")), ("linux/arm64", Some("s-arm"))];
     let mut out = Vec::new();
@@ -129,7 +140,7 @@ async fn without_follow_prints_once_and_platform_filters() {
     .unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "[linux/amd64] a1\n[linux/amd64] red\n[linux/arm64] r1\n"
+        "[linux/amd64] a1\n[linux/amd64] red\n[linux/amd64] col\tumn\n[linux/amd64] forged\n[linux/amd64] [linux/arm64] r2\n[linux/arm64] r1\n"
     );
     let mut out = Vec::new();
     print_logs(
