@@ -16,7 +16,7 @@ use crate::{
     cli::BuildArgs,
     config,
     engine::{Build, Engine, EngineError, job_observations, live_job_ids},
-    plan::JobObservation,
+    plan::{JobObservation, LAST_LOG_LINES},
     util::{clean_text, one_line},
 };
 
@@ -86,7 +86,7 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
     );
     let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
     let mut follower = crate::logs::Follower::default();
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(args.follow_logs);
     let mut status = MultiArchBuildStatus::default();
     let mut failures = 0;
     let mut interrupted = false;
@@ -110,7 +110,10 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
             let read = follower
                 .read_new(&logs, &crate::logs::snapshot_of_status(&status), None, &mut text)
                 .await;
-            let lines: Vec<String> = String::from_utf8_lossy(&text).lines().map(str::to_owned).collect();
+            // The log first, then the end of the build held back for it: a failure's summary says
+            // "see the log above" and the log is above.
+            let mut lines: Vec<String> = String::from_utf8_lossy(&text).lines().map(str::to_owned).collect();
+            lines.append(&mut progress.held);
             progress.print(&lines, &status);
             if let Err(e) = read {
                 progress.warn(&e);
@@ -122,15 +125,11 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
             Some(Phase::Succeeded) => return Ok(Outcome::Succeeded(status.image.unwrap_or_default())),
             Some(Phase::Cancelled) if interrupted => return Ok(Outcome::Failed(interrupted_message(&status))),
             // The whole message (the last log lines included) was shown as the phase's line: the
-            // command's error is its first line.
+            // command's error is its first line, without them.
             Some(Phase::Failed | Phase::Cancelled) => {
                 let message = status.message.unwrap_or_default();
-                let first = message
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_end_matches([';', ':', ' ']);
-                return Ok(Outcome::Failed(first.to_string()));
+                let head = message.split(LAST_LOG_LINES).next().unwrap_or_default();
+                return Ok(Outcome::Failed(head.lines().next().unwrap_or_default().to_string()));
             }
             // Every platform has its job (an empty status means the first step failed: nothing was).
             _ if !args.wait
@@ -307,18 +306,24 @@ struct Progress {
     latest: BTreeMap<api::Platform, String>,
     tty: bool,
     live_lines: usize,
+    /// `--follow-logs`: the log is printed as it comes, so a failure's summary does not repeat its
+    /// last lines, and the lines of a build's end wait in `held` until the log before them is out.
+    follow_logs: bool,
+    held: Vec<String>,
 }
 
 /// The width of live lines when stderr is no terminal (a CI log, a file).
 const LOG_WIDTH: usize = 120;
 
 impl Progress {
-    fn new() -> Self {
+    fn new(follow_logs: bool) -> Self {
         Progress {
             last: BTreeMap::new(),
             latest: BTreeMap::new(),
             tty: std::io::stderr().is_terminal(),
             live_lines: 0,
+            follow_logs,
+            held: Vec::new(),
         }
     }
 
@@ -360,10 +365,13 @@ impl Progress {
                 lines.push(line);
             }
         }
-        let phase = format!("{:?}", status.phase.unwrap_or(Phase::Pending));
-        let summary = format!("{phase}: {}", status.message.clone().unwrap_or_default());
+        let summary = phase_line(status, self.follow_logs);
         if self.last.insert("phase".into(), summary.clone()).as_ref() != Some(&summary) {
             lines.push(summary);
+        }
+        if self.follow_logs && status.phase.is_some_and(Phase::is_terminal) {
+            // `run` prints them after the log it reads next.
+            self.held.append(&mut lines);
         }
         self.print(&lines, status);
     }
@@ -418,6 +426,17 @@ impl Progress {
 
     fn note(&mut self, message: &str) {
         self.print(&[message.to_string()], &MultiArchBuildStatus::default());
+    }
+}
+
+/// The phase line: `Failed: <message>`. With `follow_logs` the failed job's last log lines were
+/// printed as they came: the line says where they are instead of repeating them.
+fn phase_line(status: &MultiArchBuildStatus, follow_logs: bool) -> String {
+    let phase = status.phase.unwrap_or(Phase::Pending);
+    let message = status.message.as_deref().unwrap_or_default();
+    match message.split_once(LAST_LOG_LINES) {
+        Some((head, _)) if follow_logs => format!("{phase:?}: {head}; see the log above"),
+        _ => format!("{phase:?}: {message}"),
     }
 }
 
@@ -512,5 +531,33 @@ mod tests {
         let line = live_line(&running(Some(0), None), Some(hostile), at(1), 120);
         assert_eq!(line, "linux/amd64 RUNNING 0m01s  | Step 1/9 red31m");
         assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+
+    #[test]
+    fn with_the_log_followed_a_failure_points_at_it_instead_of_repeating_its_last_lines() {
+        let status = MultiArchBuildStatus {
+            phase: Some(Phase::Failed),
+            message: Some(format!(
+                "linux/amd64 failed; exit code 1; job j1{LAST_LOG_LINES}Step 5/9 : RUN make\nmake: *** [all] Error 2"
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            phase_line(&status, false),
+            "Failed: linux/amd64 failed; exit code 1; job j1; last log lines:\nStep 5/9 : RUN make\nmake: *** [all] Error 2"
+        );
+        assert_eq!(
+            phase_line(&status, true),
+            "Failed: linux/amd64 failed; exit code 1; job j1; see the log above"
+        );
+        let cancelled = MultiArchBuildStatus {
+            phase: Some(Phase::Cancelled),
+            message: Some("cancelled: spec.cancel was set".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            phase_line(&cancelled, true),
+            "Cancelled: cancelled: spec.cancel was set"
+        );
     }
 }
