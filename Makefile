@@ -16,7 +16,7 @@ test: deps ## The whole suite (installs and starts what it needs)
 	e2e/local-stack up
 	MAB_E2E_REQUIRED=1 $(CARGO) test --all-targets --locked
 	shellcheck -s sh builder/build.sh
-	shellcheck -x e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/builder_cache_test.sh e2e/controller_e2e.sh e2e/image_test.sh benches/clone_large_repo.sh benches/rebuild_cold_host.sh benches/lib.sh e2e/tap.sh scripts/*.sh
+	shellcheck -x e2e/local-stack e2e/demo.sh e2e/builder_validation_test.sh e2e/builder_secret_test.sh e2e/builder_cache_test.sh e2e/controller_e2e.sh e2e/install_test.sh e2e/image_test.sh benches/clone_large_repo.sh benches/rebuild_cold_host.sh benches/lib.sh e2e/tap.sh scripts/*.sh
 	e2e/builder_validation_test.sh
 	e2e/builder_secret_test.sh
 	e2e/builder_cache_test.sh

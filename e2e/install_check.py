@@ -15,6 +15,7 @@ check that found nothing to compare cannot pass), or exits 1 and prints every pr
   install_check.py iam TEMPLATE ACTIONS_FILE
   install_check.py cfn-shape TEMPLATE VALUES
   install_check.py notes NOTES_OUTPUT
+  install_check.py prometheus-rule ON_RENDER OFF_RENDER RELEASE_NS
 
 Needs PyYAML (scripts/install-tools.sh puts it in the tools' virtualenv).
 """
@@ -389,6 +390,7 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
     sa_objs = by_kind(objs, "ServiceAccount")
     sa = sa_objs[0] if sa_objs else {}
     sm = next(iter(by_kind(objs, "ServiceMonitor")), {})
+    pr = next(iter(by_kind(objs, "PrometheusRule")), {})
     np_ = next(iter(by_kind(objs, "NetworkPolicy")), {})
     pdb = next(iter(by_kind(objs, "PodDisruptionBudget")), {})
     egress = np_.get("spec", {}).get("egress", [])
@@ -426,6 +428,7 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         "controller.logFormat": lambda: env.get("MAB_LOG_FORMAT", {}).get("value") == g("controller.logFormat"),
         "controller.httpPort": lambda: env.get("MAB_HTTP_ADDR", {}).get("value") == f"0.0.0.0:{g('controller.httpPort')}"
         and any(p.get("containerPort") == g("controller.httpPort") for p in c.get("ports", [])),
+        "health.stallSeconds": lambda: env.get("MAB_HEALTH_STALL_SECONDS", {}).get("value") == str(g("health.stallSeconds")),
         "admissionPolicies.enabled": lambda: g("admissionPolicies.enabled") is False
         and "ValidatingAdmissionPolicy" not in kinds and "ValidatingAdmissionPolicyBinding" not in kinds
         and len(by_kind(off, "ValidatingAdmissionPolicy")) == 2 and len(by_kind(off, "ValidatingAdmissionPolicyBinding")) == 2,
@@ -449,6 +452,8 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         "metrics.serviceMonitor.enabled": lambda: "ServiceMonitor" in kinds and not by_kind(off, "ServiceMonitor"),
         "metrics.serviceMonitor.interval": lambda: sm["spec"]["endpoints"][0]["interval"] == g("metrics.serviceMonitor.interval"),
         "metrics.serviceMonitor.labels": lambda: all(sm["metadata"]["labels"].get(k) == x for k, x in g("metrics.serviceMonitor.labels").items()),
+        "metrics.prometheusRule.enabled": lambda: "PrometheusRule" in kinds and not by_kind(off, "PrometheusRule"),
+        "metrics.prometheusRule.labels": lambda: all(pr["metadata"]["labels"].get(k) == x for k, x in g("metrics.prometheusRule.labels").items()),
         "networkPolicy.enabled": lambda: "NetworkPolicy" in kinds and not by_kind(off, "NetworkPolicy"),
         "networkPolicy.metricsFrom": lambda: np_["spec"]["ingress"][0].get("from") == g("networkPolicy.metricsFrom"),
         "networkPolicy.apiServer.cidrs": lambda: all(x in egress_cidrs for x in g("networkPolicy.apiServer.cidrs")),
@@ -707,6 +712,42 @@ def cmd_cfn_shape(template, values_path):
     finish(f"template shape: {len(res)} resources, 2 EC2 compute environments (m8g,c8g / m7i,c7i), 2 queues, DooD job definition, partition-aware")
 
 
+ALERTS = {"MultiArchBuildsFailing": "warning", "MultiArchBuildsStuck": "critical"}
+
+
+def cmd_prometheus_rule(on_render, off_render, release_ns):
+    """metrics.prometheusRule.enabled: the PrometheusRule with the two alerts in the release
+    namespace (Prometheus's own {{ $labels }} templates left for Prometheus, the log command naming
+    the Deployment); none in the render with it off."""
+    objs = load_all(on_render)
+    rule = one(objs, "PrometheusRule")
+    deployment = one(objs, "Deployment").get("metadata", {}).get("name")
+    if rule.get("metadata", {}).get("namespace") != release_ns:
+        bad(f"the PrometheusRule should be in {release_ns}, found {rule.get('metadata', {}).get('namespace')}")
+    rules = [r for g in rule.get("spec", {}).get("groups", []) for r in g.get("rules", [])]
+    found = {r.get("alert"): r for r in rules}
+    if set(found) != set(ALERTS):
+        bad(f"alerts {sorted(found, key=str)}, expected {sorted(ALERTS)}")
+    for name, severity in ALERTS.items():
+        r = found.get(name, {})
+        if "multiarch_" not in r.get("expr", ""):
+            bad(f"{name}: its expr uses no multiarch_ metric: {r.get('expr')!r}")
+        if r.get("for") != "15m" or r.get("labels", {}).get("severity") != severity:
+            bad(f"{name}: expected for: 15m and severity {severity}, found {r.get('for')!r}, {r.get('labels')!r}")
+        if not r.get("annotations", {}).get("summary") or not r.get("annotations", {}).get("description"):
+            bad(f"{name}: no summary or description")
+    failing = found.get("MultiArchBuildsFailing", {}).get("annotations", {})
+    if "{{ $labels.reason }}" not in failing.get("summary", ""):
+        bad(f"MultiArchBuildsFailing's summary lost Prometheus's {{{{ $labels.reason }}}}: {failing.get('summary')!r}")
+    stuck = found.get("MultiArchBuildsStuck", {}).get("annotations", {}).get("description", "")
+    if f"kubectl -n {release_ns} logs deploy/{deployment};" not in stuck:
+        bad(f"MultiArchBuildsStuck's description should name the Deployment {release_ns}/{deployment}: {stuck!r}")
+    off = by_kind(load_all(off_render), "PrometheusRule")
+    if off:
+        bad(f"{len(off)} PrometheusRule(s) rendered with metrics.prometheusRule.enabled=false")
+    finish(f"PrometheusRule {rule.get('metadata', {}).get('name')} with {', '.join(sorted(found, key=str))} when enabled, none when not")
+
+
 def cmd_notes(notes_output):
     with open(notes_output) as f:
         text = f.read()
@@ -730,6 +771,7 @@ COMMANDS = {
     "iam": cmd_iam,
     "cfn-shape": cmd_cfn_shape,
     "notes": cmd_notes,
+    "prometheus-rule": cmd_prometheus_rule,
 }
 
 if __name__ == "__main__":

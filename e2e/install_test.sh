@@ -11,7 +11,7 @@
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
+cd "$repo" || exit 1
 
 bin=$(scripts/install-tools.sh | tail -n 1) || { echo "install_test: scripts/install-tools.sh failed" >&2; exit 1; }
 HELM=$bin/helm
@@ -85,6 +85,12 @@ render_all() {
 check "helm template (every option, and the switches off)" render_all
 check "every documented option is set in ci/all-values.yaml and shows in the render" \
     "${CHECK[@]}" options "$CHART/values.yaml" "$ALL_VALUES" "$tmp/chart-all.yaml" "$tmp/chart-off.yaml" "$ALL_NS"
+
+prometheus_rule_only_when_enabled() {
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$NS" --set metrics.prometheusRule.enabled=true >"$tmp/chart-rule.yaml" &&
+        "${CHECK[@]}" prometheus-rule "$tmp/chart-rule.yaml" "$tmp/chart-default.yaml" "$NS"
+}
+check "metrics.prometheusRule.enabled renders the PrometheusRule with its two alerts; off by default" prometheus_rule_only_when_enabled
 
 # ---------------------------------------------------------------- chart: the schema refuses bad values
 bad_values_are_refused() {

@@ -74,6 +74,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "MAB_DEFAULT_TTL_SECONDS_AFTER_FINISHED", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
     pub default_ttl_seconds_after_finished: u64,
 
+    /// Seconds the reconcile loop may make no progress while builds wait for it before `/healthz`
+    /// answers 503 (so the kubelet restarts a stuck replica); at least 1. Far above a reconcile's
+    /// time: its slowest calls time out well before.
+    #[arg(long, env = "MAB_HEALTH_STALL_SECONDS", default_value_t = crate::controller::http::DEFAULT_STALL_BOUND.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub health_stall_seconds: u64,
+
     /// Namespace of the leader-election Lease (in a pod: its own namespace, from the downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
@@ -149,7 +155,8 @@ pub struct BuildArgs {
     pub wait: bool,
 
     /// With --wait: stream the jobs' logs (CloudWatch Logs) to stderr as they come, each line
-    /// prefixed by its platform. Without it a terminal shows each platform's latest line.
+    /// prefixed by its platform. Without it each platform's latest line is shown: on a terminal
+    /// in a live line, elsewhere whenever it changes.
     #[arg(long, env = "MAB_FOLLOW_LOGS", requires = "wait")]
     pub follow_logs: bool,
 
@@ -222,6 +229,31 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    /// The `controller` command's `--health-stall-seconds` as parsed from `args`.
+    fn health_stall_seconds(args: &[&str]) -> Result<u64, String> {
+        let argv = ["multiarch-operator", "controller"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+            Command::Controller(controller) => Ok(controller.health_stall_seconds),
+            other => Err(format!("parsed as {other:?}")),
+        }
+    }
+
+    #[test]
+    fn health_stall_seconds_defaults_to_ten_minutes_and_refuses_zero() {
+        assert_eq!(health_stall_seconds(&[]), Ok(600));
+        assert_eq!(health_stall_seconds(&["--health-stall-seconds", "90"]), Ok(90));
+        let zero = health_stall_seconds(&["--health-stall-seconds", "0"]).unwrap_err();
+        assert!(
+            zero.starts_with(
+                "error: invalid value '0' for '--health-stall-seconds <HEALTH_STALL_SECONDS>': 0 is not in 1..=86400"
+            ),
+            "{zero}"
+        );
+        assert!(health_stall_seconds(&["--health-stall-seconds", "ten"]).is_err());
     }
 
     #[test]

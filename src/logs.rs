@@ -31,7 +31,7 @@ pub struct Snapshot {
     pub ended: bool,
 }
 
-/// Prints every stream of `source()`'s snapshot from its start, `[platform] line` per event. With
+/// Prints every stream of `source()`'s snapshot from its start, `[platform] line` per line. With
 /// `follow`, polls every `interval` for new events (GetLogEvents from each stream's
 /// nextForwardToken) and new streams, until a snapshot says every job has ended; the streams
 /// are read once more after that, so nothing logged before the end is missed.
@@ -104,9 +104,14 @@ impl Follower {
                     Err(e) => return Err(format!("GetLogEvents {DEFAULT_LOG_GROUP} {name}: {}", error_chain(&e))),
                 };
                 for event in page.events() {
+                    // Without escape sequences or control characters but tabs: a build's log
+                    // must not drive the terminal. Every line of an event carries the prefix, so
+                    // none passes for another platform's.
                     let message = clean_text(event.message().unwrap_or_default());
-                    writeln!(out, "[{}] {}", stream.platform, message.trim_end_matches('\n'))
-                        .map_err(|e| format!("cannot write the logs: {e}"))?;
+                    for line in message.trim_end_matches('\n').split('\n') {
+                        writeln!(out, "[{}] {line}", stream.platform)
+                            .map_err(|e| format!("cannot write the logs: {e}"))?;
+                    }
                 }
                 let next = page.next_forward_token().map(str::to_owned);
                 let same = next.is_none() || next.as_ref() == self.tokens.get(name);

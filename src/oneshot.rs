@@ -11,12 +11,13 @@ use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::{self, GitSources, MultiArchBuild, MultiArchBuildStatus, Phase},
+    api::{self, GitSources, MultiArchBuild, MultiArchBuildStatus, Phase, PlatformStatus},
     batch::{BuildRef, submit_request},
     cli::BuildArgs,
     config,
     engine::{Build, Engine, EngineError, job_observations, live_job_ids},
-    plan::JobObservation,
+    plan::{JobObservation, LAST_LOG_LINES},
+    util::{clean_text, one_line},
 };
 
 /// How many steps in a row may fail with a transient error before the command gives up.
@@ -85,7 +86,7 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
     );
     let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
     let mut follower = crate::logs::Follower::default();
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(args.follow_logs);
     let mut status = MultiArchBuildStatus::default();
     let mut failures = 0;
     let mut interrupted = false;
@@ -109,27 +110,26 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
             let read = follower
                 .read_new(&logs, &crate::logs::snapshot_of_status(&status), None, &mut text)
                 .await;
-            let lines: Vec<String> = String::from_utf8_lossy(&text).lines().map(str::to_owned).collect();
+            // The log first, then the end of the build held back for it: a failure's summary says
+            // "see the log above" and the log is above.
+            let mut lines: Vec<String> = String::from_utf8_lossy(&text).lines().map(str::to_owned).collect();
+            lines.append(&mut progress.held);
             progress.print(&lines, &status);
             if let Err(e) = read {
                 progress.warn(&e);
             }
-        } else if args.wait && progress.tty && !status.phase.is_some_and(Phase::is_terminal) {
+        } else if args.wait && !status.phase.is_some_and(Phase::is_terminal) {
             latest_lines(&engine, &status, &mut progress).await;
         }
         match status.phase {
             Some(Phase::Succeeded) => return Ok(Outcome::Succeeded(status.image.unwrap_or_default())),
             Some(Phase::Cancelled) if interrupted => return Ok(Outcome::Failed(interrupted_message(&status))),
             // The whole message (the last log lines included) was shown as the phase's line: the
-            // command's error is its first line.
+            // command's error is its first line, without them.
             Some(Phase::Failed | Phase::Cancelled) => {
                 let message = status.message.unwrap_or_default();
-                let first = message
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_end_matches([';', ':', ' ']);
-                return Ok(Outcome::Failed(first.to_string()));
+                let head = message.split(LAST_LOG_LINES).next().unwrap_or_default();
+                return Ok(Outcome::Failed(head.lines().next().unwrap_or_default().to_string()));
             }
             // Every platform has its job (an empty status means the first step failed: nothing was).
             _ if !args.wait
@@ -217,20 +217,23 @@ async fn step_once(
 /// Each running platform's latest log line, for the live view (a decoration: a failed read only
 /// leaves the line out).
 async fn latest_lines(engine: &Engine, status: &MultiArchBuildStatus, progress: &mut Progress) {
+    let mut changed = Vec::new();
     for p in &status.platforms {
         let Some(stream) = p.log_stream_name.as_deref() else {
             continue;
         };
         match engine.batch.log_tail(stream, 1).await {
             Ok(lines) => {
-                if let Some(line) = lines.last() {
-                    progress.latest.insert(p.platform, crate::util::one_line(line));
+                if let Some(line) = lines.last()
+                    && progress.latest.insert(p.platform, line.clone()).as_ref() != Some(line)
+                {
+                    changed.push(p.platform);
                 }
             }
             Err(e) => tracing::debug!(platform = %p.platform, error = %e, "cannot read the latest log line"),
         }
     }
-    progress.print(&[], status);
+    progress.show_latest(&changed, status);
 }
 
 /// Describes the live jobs recorded in the status.
@@ -295,25 +298,32 @@ fn build_ref(object: &MultiArchBuild) -> Result<BuildRef, String> {
     Ok(BuildRef { namespace, name, uid })
 }
 
-/// Prints state changes with timestamps, and on a terminal a live line per platform.
+/// Prints state changes with timestamps, and each platform's live line: on a terminal, redrawn
+/// below them; elsewhere, printed again when its latest log line changes.
 struct Progress {
     last: BTreeMap<String, String>,
-    /// When each platform's job was first seen, for the elapsed time of the live lines.
-    started: BTreeMap<api::Platform, std::time::Instant>,
-    /// Each platform's latest log line, shown after its live line.
+    /// Each platform's latest log line (as read: [`live_line`] cleans it).
     latest: BTreeMap<api::Platform, String>,
     tty: bool,
     live_lines: usize,
+    /// `--follow-logs`: the log is printed as it comes, so a failure's summary does not repeat its
+    /// last lines, and the lines of a build's end wait in `held` until the log before them is out.
+    follow_logs: bool,
+    held: Vec<String>,
 }
 
+/// The width of live lines when stderr is no terminal (a CI log, a file).
+const LOG_WIDTH: usize = 120;
+
 impl Progress {
-    fn new() -> Self {
+    fn new(follow_logs: bool) -> Self {
         Progress {
             last: BTreeMap::new(),
-            started: BTreeMap::new(),
             latest: BTreeMap::new(),
             tty: std::io::stderr().is_terminal(),
             live_lines: 0,
+            follow_logs,
+            held: Vec::new(),
         }
     }
 
@@ -355,46 +365,56 @@ impl Progress {
                 lines.push(line);
             }
         }
-        let phase = format!("{:?}", status.phase.unwrap_or(Phase::Pending));
-        let summary = format!("{phase}: {}", status.message.clone().unwrap_or_default());
+        let summary = phase_line(status, self.follow_logs);
         if self.last.insert("phase".into(), summary.clone()).as_ref() != Some(&summary) {
             lines.push(summary);
+        }
+        if self.follow_logs && status.phase.is_some_and(Phase::is_terminal) {
+            // `run` prints them after the log it reads next.
+            self.held.append(&mut lines);
         }
         self.print(&lines, status);
     }
 
+    /// Shows the latest log lines after they were read; `changed`: the platforms whose line is new.
+    fn show_latest(&mut self, changed: &[api::Platform], status: &MultiArchBuildStatus) {
+        let lines: Vec<String> = if self.tty {
+            // The live lines below show them.
+            Vec::new()
+        } else {
+            let now = Timestamp::now();
+            status
+                .platforms
+                .iter()
+                .filter(|p| changed.contains(&p.platform))
+                .map(|p| live_line(p, self.latest.get(&p.platform).map(String::as_str), now, LOG_WIDTH))
+                .collect()
+        };
+        self.print(&lines, status);
+    }
+
+    /// Prints `lines` with the time, cleaned of control characters (they quote build logs and
+    /// registry answers), then on a terminal the live lines of a build still running.
     fn print(&mut self, lines: &[String], status: &MultiArchBuildStatus) {
         let mut err = std::io::stderr().lock();
         if self.tty && self.live_lines > 0 {
             // Move up over the previous live lines and clear them.
             let _ = write!(err, "\x1b[{}A\x1b[J", self.live_lines);
         }
-        let now = Timestamp::now().strftime("%H:%M:%S");
+        let now = Timestamp::now();
+        let clock = now.strftime("%H:%M:%S");
         for line in lines {
-            let _ = writeln!(err, "[{now}] {line}");
+            let _ = writeln!(err, "[{clock}] {}", clean_text(line));
         }
         self.live_lines = 0;
         if self.tty && !status.phase.is_some_and(Phase::is_terminal) {
+            // One column to spare: a line as wide as the terminal wraps on some, and the next
+            // redraw would then move up one line too few.
+            let width = terminal_size::terminal_size_of(std::io::stderr())
+                .map_or(LOG_WIDTH, |(width, _)| usize::from(width.0).saturating_sub(1));
             for p in &status.platforms {
-                let elapsed = match p.job_id {
-                    Some(_) => {
-                        let since = *self.started.entry(p.platform).or_insert_with(std::time::Instant::now);
-                        let seconds = since.elapsed().as_secs();
-                        format!(" {}m{:02}s", seconds / 60, seconds % 60)
-                    }
-                    None => String::new(),
-                };
-                let latest = self
-                    .latest
-                    .get(&p.platform)
-                    .map(|l| format!("  {}", crate::util::cut(l, 100, "…")))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    err,
-                    "  {:<16} {}{elapsed}{latest}",
-                    p.platform.as_str(),
-                    p.state.as_deref().unwrap_or("waiting")
-                );
+                let latest = self.latest.get(&p.platform).map(String::as_str);
+                let _ = writeln!(err, "{}", live_line(p, latest, now, width));
                 self.live_lines += 1;
             }
         }
@@ -406,5 +426,138 @@ impl Progress {
 
     fn note(&mut self, message: &str) {
         self.print(&[message.to_string()], &MultiArchBuildStatus::default());
+    }
+}
+
+/// The phase line: `Failed: <message>`. With `follow_logs` the failed job's last log lines were
+/// printed as they came: the line says where they are instead of repeating them.
+fn phase_line(status: &MultiArchBuildStatus, follow_logs: bool) -> String {
+    let phase = status.phase.unwrap_or(Phase::Pending);
+    let message = status.message.as_deref().unwrap_or_default();
+    match message.split_once(LAST_LOG_LINES) {
+        Some((head, _)) if follow_logs => format!("{phase:?}: {head}; see the log above"),
+        _ => format!("{phase:?}: {message}"),
+    }
+}
+
+/// A platform's live line, `linux/amd64 RUNNING 3m12s  | Step 5/9 : RUN make`, at most `width`
+/// characters: its state, the time since its job started (submitted, until it starts) up to when
+/// it stopped, and its latest log line on one line, without escape sequences or control
+/// characters (a build's log must not drive the user's terminal).
+fn live_line(platform: &PlatformStatus, latest: Option<&str>, now: Timestamp, width: usize) -> String {
+    let state = platform.state.as_deref().unwrap_or("waiting");
+    let mut line = format!("{} {state}", platform.platform);
+    let since = platform.started_at.as_ref().or(platform.submitted_at.as_ref());
+    if let Some(since) = since.filter(|_| platform.job_id.is_some()) {
+        let until = platform.stopped_at.as_ref().map_or(now, |t| t.0);
+        let seconds = until.duration_since(since.0).as_secs().max(0);
+        line.push_str(&format!(" {}m{:02}s", seconds / 60, seconds % 60));
+    }
+    let latest = one_line(&clean_text(latest.unwrap_or_default()));
+    if !latest.is_empty() {
+        line.push_str("  | ");
+        line.push_str(&latest);
+    }
+    if line.chars().count() <= width {
+        return line;
+    }
+    let kept: String = line.chars().take(width.saturating_sub(1)).collect();
+    format!("{kept}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::api::Platform;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + second).unwrap()
+    }
+
+    fn running(started: Option<i64>, stopped: Option<i64>) -> PlatformStatus {
+        let mut p = PlatformStatus::from(Platform::LinuxAmd64);
+        p.job_id = Some("j1".into());
+        p.state = Some("RUNNING".into());
+        p.submitted_at = Some(Time(at(-60)));
+        p.started_at = started.map(|s| Time(at(s)));
+        p.stopped_at = stopped.map(|s| Time(at(s)));
+        p
+    }
+
+    #[test]
+    fn a_live_line_shows_the_state_the_time_since_the_job_started_and_the_latest_log_line() {
+        let p = running(Some(0), None);
+        assert_eq!(
+            live_line(&p, Some("Step 5/9 : RUN make\n"), at(192), 120),
+            "linux/amd64 RUNNING 3m12s  | Step 5/9 : RUN make"
+        );
+        assert_eq!(live_line(&p, None, at(3725), 120), "linux/amd64 RUNNING 62m05s");
+        // Before it starts, since it was submitted; once stopped, its run time.
+        assert_eq!(
+            live_line(&running(None, None), None, at(5), 120),
+            "linux/amd64 RUNNING 1m05s"
+        );
+        assert_eq!(
+            live_line(&running(Some(0), Some(90)), None, at(500), 120),
+            "linux/amd64 RUNNING 1m30s"
+        );
+        // No job yet: no time.
+        let waiting = PlatformStatus::from(Platform::LinuxArm64);
+        assert_eq!(live_line(&waiting, Some(""), at(5), 120), "linux/arm64 waiting");
+    }
+
+    #[test]
+    fn a_live_line_fits_the_width() {
+        let p = running(Some(0), None);
+        let long = format!("Step 5/9 : RUN {}", "é".repeat(300));
+        for width in [50, 80, 120] {
+            let line = live_line(&p, Some(&long), at(1), width);
+            assert_eq!(line.chars().count(), width, "{line}");
+            assert!(
+                line.starts_with("linux/amd64 RUNNING 0m01s  | Step 5/9 : RUN é"),
+                "{line}"
+            );
+            assert!(line.ends_with("é…"), "{line}");
+        }
+        let short = live_line(&p, Some("ok"), at(1), 40);
+        assert_eq!(short, "linux/amd64 RUNNING 0m01s  | ok");
+    }
+
+    #[test]
+    fn a_live_line_carries_no_escape_sequence_or_control_character_from_the_log() {
+        let hostile = "\u{1b}[2J\u{1b}[H\u{1b}]0;pwned\u{7}Step\t1/9\r\n\u{1b}[31mred\u{1b}[0m\u{8}\u{9b}31m";
+        let line = live_line(&running(Some(0), None), Some(hostile), at(1), 120);
+        assert_eq!(line, "linux/amd64 RUNNING 0m01s  | Step 1/9 red31m");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+
+    #[test]
+    fn with_the_log_followed_a_failure_points_at_it_instead_of_repeating_its_last_lines() {
+        let status = MultiArchBuildStatus {
+            phase: Some(Phase::Failed),
+            message: Some(format!(
+                "linux/amd64 failed; exit code 1; job j1{LAST_LOG_LINES}Step 5/9 : RUN make\nmake: *** [all] Error 2"
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            phase_line(&status, false),
+            "Failed: linux/amd64 failed; exit code 1; job j1; last log lines:\nStep 5/9 : RUN make\nmake: *** [all] Error 2"
+        );
+        assert_eq!(
+            phase_line(&status, true),
+            "Failed: linux/amd64 failed; exit code 1; job j1; see the log above"
+        );
+        let cancelled = MultiArchBuildStatus {
+            phase: Some(Phase::Cancelled),
+            message: Some("cancelled: spec.cancel was set".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            phase_line(&cancelled, true),
+            "Cancelled: cancelled: spec.cancel was set"
+        );
     }
 }

@@ -363,6 +363,10 @@ pub const RESULT_LOG_GRACE_SECONDS: i64 = 120;
 /// How often the log is read again meanwhile.
 pub const RESULT_LOG_RETRY_SECONDS: i64 = 5;
 
+/// What a failed build's message puts between its one-line explanation and the failed job's last
+/// log lines.
+pub const LAST_LOG_LINES: &str = "; last log lines:\n";
+
 /// The `Ready` condition's type.
 pub const READY: &str = "Ready";
 

@@ -1,5 +1,6 @@
 //! `logs`'s core against moto's CloudWatch Logs: every stream from its start, prefixed by platform;
-//! `-f` picks up new lines and new streams and ends once the build has ended.
+//! `-f` picks up new lines and new streams and ends once the build has ended. And `build
+//! --follow-logs` against moto's Batch: a failed job's lines once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "common/fake_kube.rs"]
@@ -113,7 +114,18 @@ async fn follow_prints_new_lines_and_new_streams_and_ends_with_the_build() {
 async fn without_follow_prints_once_and_platform_filters() {
     let moto = Moto::start().await;
     let logs = aws_sdk_cloudwatchlogs::Client::new(&moto.sdk_config().await);
-    put(&logs, "s-amd", &["a1", "\u{1b}[31mred\u{1b}[0m"]).await;
+    // A log prints what it likes: colours, a title change, a bell, a carriage return, a line that
+    // poses as another platform's. Tabs stay.
+    put(
+        &logs,
+        "s-amd",
+        &[
+            "a1",
+            "\u{1b}[31mred\u{1b}[0m\u{1b}]0;pwned\u{7}\r",
+            "col\tumn\nforged\n[linux/arm64] r2",
+        ],
+    )
+    .await;
     put(&logs, "s-arm", &["r1"]).await;
     let both = [("linux/amd64", Some("s-amd")), ("linux/arm64", Some("s-arm"))];
     let mut out = Vec::new();
@@ -129,7 +141,7 @@ async fn without_follow_prints_once_and_platform_filters() {
     .unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "[linux/amd64] a1\n[linux/amd64] red\n[linux/arm64] r1\n"
+        "[linux/amd64] a1\n[linux/amd64] red\n[linux/amd64] col\tumn\n[linux/amd64] forged\n[linux/amd64] [linux/arm64] r2\n[linux/arm64] r1\n"
     );
     let mut out = Vec::new();
     print_logs(
@@ -262,4 +274,92 @@ async fn logs_reads_the_streams_from_the_builds_status_and_follows_until_it_ends
         .unwrap_err();
     assert!(e.starts_with("MultiArchBuild team/nope: "), "{e}");
     assert!(!e.contains('\n'), "{e}");
+}
+
+/// `build --wait --follow-logs` of a build whose job fails: the job's log lines are streamed once,
+/// before the failure's summary, which points at them instead of printing them again.
+#[tokio::test]
+async fn build_follow_logs_prints_a_failed_jobs_last_lines_once() {
+    // moto answers SubmitJob after 3 s with the job failed: time to write its log meanwhile.
+    let moto = Moto::start_with_env(&[("MOTO_SIMPLE_BATCH_FAIL_AFTER", "3")]).await;
+    let aws = moto.sdk_config().await;
+    let batch = aws_sdk_batch::Client::new(&aws);
+    moto.create_batch_environment(&batch).await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&aws);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "apiVersion: multiarch.dev/v1alpha1\nkind: MultiArchBuild\nmetadata:\n  name: fails\nspec:\n  source:\n    \
+         git:\n      url: https://github.com/example/app.git\n      revision: main\n  output:\n    repository: \
+         registry.example.com/team/app\n    tag: v1\n    reuseExisting: false\n  platforms:\n    - platform: \
+         linux/amd64\n      jobQueue: {}\n  jobDefinition: {}\n",
+        moto::QUEUE,
+        moto::JOB_DEFINITION
+    );
+    std::fs::write(dir.path().join("build.yaml"), yaml).unwrap();
+    let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_multiarch-operator"))
+        .args(["build", "-f", "build.yaml", "--wait", "--follow-logs"])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("MAB_ALLOWED_REGISTRIES", "registry.example.com")
+        .env("MAB_POLL_INTERVAL_SECONDS", "1")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The job is listed while SubmitJob waits: its log, as the builder would have written it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let job_id = loop {
+        let listed = batch.list_jobs().job_queue(moto::QUEUE).send().await.unwrap();
+        if let Some(job) = listed.job_summary_list().first() {
+            break job.job_id().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no job submitted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stream = format!("{}/default/{job_id}", moto::JOB_DEFINITION);
+    put(&logs, &stream, &["Step 5/9 : RUN make", "make: *** [all] Error 2"]).await;
+
+    let out = tokio::time::timeout(Duration::from_secs(60), command.wait_with_output())
+        .await
+        .expect("the build ends once its job failed")
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = |pattern: &str| {
+        let re = regex::Regex::new(pattern).unwrap();
+        let found: Vec<usize> = (0..lines.len()).filter(|&i| re.is_match(lines[i])).collect();
+        assert_eq!(found.len(), 1, "{pattern} once in:\n{stderr}");
+        found[0]
+    };
+    let first = at(r"^\[\d\d:\d\d:\d\d\] \[linux/amd64\] Step 5/9 : RUN make$");
+    let last = at(r"^\[\d\d:\d\d:\d\d\] \[linux/amd64\] make: \*\*\* \[all\] Error 2$");
+    let summary = at(&format!(
+        r"^\[\d\d:\d\d:\d\d\] Failed: linux/amd64 failed.*; job {job_id}; log stream {}; see the log above$",
+        regex::escape(&stream)
+    ));
+    assert!(first < last && last < summary, "{stderr}");
+    assert_eq!(stderr.matches("Error 2").count(), 1, "{stderr}");
+    assert!(!stderr.contains("last log lines"), "{stderr}");
+    assert_eq!(
+        *lines.last().unwrap(),
+        format!(
+            "multiarch-operator: {}",
+            lines[summary]
+                .split_once("Failed: ")
+                .unwrap()
+                .1
+                .trim_end_matches("; see the log above")
+        ),
+        "the error is the summary's first line, without the log"
+    );
 }

@@ -2,9 +2,10 @@
 //!
 //! - `/healthz` is 200 while the process runs, including while it waits for the CRD (a restart
 //!   would not make the CRD appear) and while it has nothing to do; 503 when reconciles are asked
-//!   for and none has finished for longer than the stall bound (default 10 minutes: far above a
-//!   reconcile's time, whose slowest calls time out well before), so the kubelet restarts a
-//!   replica whose reconcile loop is stuck. Healthy again as soon as one finishes.
+//!   for and none has finished for longer than the stall bound (`--health-stall-seconds`, default
+//!   10 minutes: far above a reconcile's time, whose slowest calls time out well before), so the
+//!   kubelet restarts a replica whose reconcile loop is stuck. Healthy again as soon as one
+//!   finishes.
 //! - `/readyz` is 200 once the CRD is served, on the leader and on standby replicas alike, so a
 //!   rolling update can finish; 503 before.
 
@@ -26,7 +27,8 @@ pub struct Health {
     stall_bound: std::time::Duration,
 }
 
-/// How long reconciles may make no progress while some are asked for before `/healthz` fails.
+/// How long reconciles may make no progress while some are asked for before `/healthz` fails,
+/// unless `--health-stall-seconds` says otherwise.
 pub const DEFAULT_STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Default for Health {

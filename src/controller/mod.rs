@@ -187,7 +187,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
     settings.reconcile.allowed = config::allowed_registries(&aws, &args.allow).await?;
     info!(allowed = ?settings.reconcile.allowed, "registries builds may push to");
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::with_stall_bound(Duration::from_secs(args.health_stall_seconds)));
     let shutdown = Shutdown::new();
     shutdown.on_signals();
     let listener = tokio::net::TcpListener::bind(args.http_addr)

@@ -9,9 +9,9 @@ use k8s_openapi::{
 
 use super::{
     Action, AssemblyOutcome, DEPENDENCIES_READY, Dependencies, Dependency, ExistingIndex, INDEX_REUSED, IndexRef,
-    Input, JobObservation, JobResult, JobSnapshot, JobState, MISSING_JOB_GRACE_SECONDS, Plan, READY, RECONCILING,
-    RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, STALLED, SUBMIT_SETTLE_SECONDS, SUCCEEDED, TagsOutcome,
-    is_live, live_job, reason, state_of,
+    Input, JobObservation, JobResult, JobSnapshot, JobState, LAST_LOG_LINES, MISSING_JOB_GRACE_SECONDS, Plan, READY,
+    RECONCILING, RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, STALLED, SUBMIT_SETTLE_SECONDS, SUCCEEDED,
+    TagsOutcome, is_live, live_job, reason, state_of,
 };
 use crate::api::{
     InputsStatus, MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, ResolvedBuildArg,
@@ -763,7 +763,7 @@ fn failure_message(failed: &PlatformStatus, log_lines: &[String]) -> String {
         message.push_str(&format!("; log stream {stream}"));
     }
     if !log_lines.is_empty() {
-        message.push_str("; last log lines:\n");
+        message.push_str(LAST_LOG_LINES);
         message.push_str(&log_lines.join("\n"));
     }
     message
