@@ -2,6 +2,7 @@
 //! publish the multi-platform image index, driven by a Kubernetes resource.
 
 pub mod api;
+pub mod attest;
 pub mod backoff;
 pub mod batch;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod oneshot;
 pub mod plan;
 pub mod provenance;
 pub mod registry;
+pub mod signing;
 pub mod strict;
 pub mod tenancy;
 mod util;

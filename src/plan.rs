@@ -61,6 +61,8 @@ impl JobState {
 pub struct JobSnapshot {
     pub job_id: String,
     pub job_name: String,
+    /// Where the job ran, as Batch describes it (boxed: most snapshots are compared, few read it).
+    pub placement: Option<Box<JobPlacement>>,
     pub state: JobState,
     pub status_reason: Option<String>,
     /// Number of attempts Batch made so far.
@@ -83,6 +85,7 @@ impl JobSnapshot {
         JobSnapshot {
             job_id: job_id.into(),
             job_name: job_name.into(),
+            placement: None,
             state,
             status_reason: None,
             attempts: 0,
@@ -94,6 +97,14 @@ impl JobSnapshot {
             stopped_at: None,
         }
     }
+}
+
+/// The job's ARN, queue ARN and job definition ARN (with its revision).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobPlacement {
+    pub job_arn: Option<String>,
+    pub job_queue: Option<String>,
+    pub job_definition: Option<String>,
 }
 
 /// What is known about one platform's job in this step.

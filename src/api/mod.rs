@@ -492,6 +492,16 @@ pub struct MultiArchBuildStatus {
     #[schemars(length(max = 17), inner(length(max = 128)))]
     pub tags: Vec<String>,
 
+    /// The SLSA provenance attached to the index (an in-toto statement in a DSSE envelope),
+    /// pushed and read back before `image` is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<ProvenanceStatus>,
+
+    /// The cosign signature of the index, when the controller has a signing key: pushed, read
+    /// back and verified with the key's public key before `image` is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureStatus>,
+
     /// Conditions. `Ready` is True only when `image` is final
     /// (`kubectl wait --for=condition=Ready mab/NAME`). `Succeeded` is Unknown while the build
     /// runs, then True or False for good, as in Tekton, Knative and Shipwright
@@ -506,6 +516,32 @@ pub struct MultiArchBuildStatus {
     /// The last failure or progress line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// The provenance attached to an index.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvenanceStatus {
+    /// Where it is: `<repository>:sha256-<hex>.att`, where cosign looks for attestations.
+    pub image: String,
+    /// The digest of the attestation manifest.
+    pub digest: String,
+    /// `https://slsa.dev/provenance/v1`.
+    pub predicate_type: String,
+    /// Whether its envelope is signed (with the key `signature.key` names).
+    pub signed: bool,
+}
+
+/// The signature of an index.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureStatus {
+    /// Where it is: `<repository>:sha256-<hex>.sig`, where cosign looks for signatures.
+    pub image: String,
+    /// The digest of the signature manifest.
+    pub digest: String,
+    /// The key that signed: `awskms:///…` or `file:///…`.
+    pub key: String,
 }
 
 /// What the build's jobs built.
@@ -584,6 +620,18 @@ pub struct PlatformStatus {
     #[schemars(length(max = 128))]
     pub job_id: Option<String>,
 
+    /// The Batch job's ARN (recorded in the build's provenance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_arn: Option<String>,
+
+    /// The ARN of the job queue the job ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_queue: Option<String>,
+
+    /// The ARN of the job definition the job ran, with its revision (`…:job-definition/NAME:REV`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_definition: Option<String>,
+
     /// When the controller last asked Batch to submit this platform's job (recorded before the
     /// request, so a restart knows a job may exist that Batch does not list yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -652,6 +700,9 @@ impl From<Platform> for PlatformStatus {
             platform,
             job_name: None,
             job_id: None,
+            job_arn: None,
+            job_queue: None,
+            job_definition: None,
             submitted_at: None,
             state: None,
             attempts: None,

@@ -362,6 +362,13 @@ pub fn snapshot_from_detail(detail: &JobDetail) -> Option<JobSnapshot> {
     Some(JobSnapshot {
         job_id,
         job_name: detail.job_name().unwrap_or_default().to_owned(),
+        placement: Some(crate::plan::JobPlacement {
+            job_arn: non_empty(detail.job_arn()),
+            job_queue: non_empty(detail.job_queue()),
+            job_definition: non_empty(detail.job_definition()),
+        })
+        .filter(|p| *p != crate::plan::JobPlacement::default())
+        .map(Box::new),
         state,
         status_reason,
         attempts,
@@ -372,6 +379,11 @@ pub fn snapshot_from_detail(detail: &JobDetail) -> Option<JobSnapshot> {
         started_at: detail.started_at().and_then(millis),
         stopped_at: detail.stopped_at().and_then(millis),
     })
+}
+
+/// An owned copy of a field Batch may leave out or empty.
+fn non_empty(field: Option<&str>) -> Option<String> {
+    field.filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// A Batch epoch-milliseconds time; 0 and negative values (moto's "not set") are absent.

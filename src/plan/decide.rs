@@ -710,6 +710,11 @@ fn source_mismatch(spec: &MultiArchBuildSpec, status: &MultiArchBuildStatus) -> 
 fn apply_snapshot(entry: &mut PlatformStatus, job: &JobSnapshot) {
     entry.job_id = Some(job.job_id.clone());
     entry.job_name = Some(job.job_name.clone());
+    if let Some(placement) = &job.placement {
+        entry.job_arn.clone_from(&placement.job_arn);
+        entry.job_queue.clone_from(&placement.job_queue);
+        entry.job_definition.clone_from(&placement.job_definition);
+    }
     entry.state = Some(job.state.as_str().into());
     entry.attempts = Some(job.attempts);
     entry.status_reason.clone_from(&job.status_reason);

@@ -17,6 +17,7 @@
 //! Parsing lives in [`parse`], free of I/O, and is fuzzed (`fuzz/`).
 
 mod address;
+mod artifacts;
 mod auth;
 mod client;
 mod credentials;
@@ -35,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::api::{IndexMediaType, Platform};
 use crate::provenance::Expected;
 
+pub use artifacts::{IndexChild, MAX_ARTIFACT_BLOB_BYTES, StoredManifest};
 pub use auth::{RegistryAuth, is_ecr_host};
 pub use credentials::{AuthFile, AuthHost, Credential, HostCredentials, HostPattern};
 pub use error::RegistryError;
@@ -128,6 +130,13 @@ impl std::fmt::Debug for RegistryClient {
 }
 
 /// A manifest as read: the exact bytes, what the registry called them, and their sha256.
+/// What a manifest PUT left.
+struct Stored {
+    /// The registry answered `OCI-Subject`: it indexed the manifest's `subject` for the referrers
+    /// API.
+    subject_indexed: bool,
+}
+
 struct Fetched {
     bytes: Vec<u8>,
     content_type: Option<String>,
@@ -621,7 +630,7 @@ impl RegistryClient {
         }))
     }
 
-    /// PUT the index bytes as `<tag>` and prove the registry stored them.
+    /// PUT the manifest bytes as `<tag>` and prove the registry stored them.
     async fn put_manifest(
         &self,
         repo: &Repo,
@@ -630,7 +639,7 @@ impl RegistryClient {
         media_type: &'static str,
         bytes: Vec<u8>,
         digest: &str,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Stored, RegistryError> {
         let resp = self
             .transport
             .send(&Request {
@@ -649,8 +658,11 @@ impl RegistryClient {
             })
             .await?;
         if resp.status.is_success() {
+            let stored = Stored {
+                subject_indexed: resp.header("oci-subject").is_some(),
+            };
             return match resp.header("docker-content-digest") {
-                Some(answered) if answered == digest => Ok(()),
+                Some(answered) if answered == digest => Ok(stored),
                 Some(answered) => Err(RegistryError::DigestMismatch {
                     image: image.to_string(),
                     what: "the Docker-Content-Digest the registry answered",
@@ -660,9 +672,8 @@ impl RegistryClient {
                 None => {
                     // Some registries answer without the header: read the tag back.
                     debug!(%image, "no Docker-Content-Digest in the PUT answer; reading the tag back");
-                    let stored = self.get_manifest(repo, tag, image).await?;
-                    match stored {
-                        Some(f) if f.digest == digest => Ok(()),
+                    match self.get_manifest(repo, tag, image).await? {
+                        Some(f) if f.digest == digest => Ok(stored),
                         Some(f) => Err(RegistryError::DigestMismatch {
                             image: image.to_string(),
                             what: "the digest of what the registry serves after the push",
@@ -689,8 +700,8 @@ impl RegistryClient {
             // An immutable tag may already hold exactly this index: that is success.
             return match self.get_manifest(repo, tag, image).await? {
                 Some(existing) if existing.digest == digest => {
-                    info!(%image, %digest, "immutable tag already holds this index");
-                    Ok(())
+                    info!(%image, %digest, "immutable tag already holds this manifest");
+                    Ok(Stored { subject_indexed: false })
                 }
                 existing => Err(RegistryError::ImmutableTag {
                     image: image.to_string(),

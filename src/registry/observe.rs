@@ -3,11 +3,13 @@
 
 use reqwest::{Method, StatusCode};
 
-/// What a distribution API request is about: `/v2/<name>/manifests/…` or `/v2/<name>/blobs/…`.
+/// What a distribution API request is about: `/v2/<name>/manifests/…`, `/v2/<name>/blobs/…` or
+/// a blob upload, `/v2/<name>/blobs/uploads/…`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RegistryObject {
     Manifest,
     Blob,
+    Upload,
 }
 
 impl RegistryObject {
@@ -16,6 +18,7 @@ impl RegistryObject {
         match self {
             RegistryObject::Manifest => "manifests",
             RegistryObject::Blob => "blobs",
+            RegistryObject::Upload => "blobs/uploads",
         }
     }
 
@@ -24,6 +27,7 @@ impl RegistryObject {
         match self {
             RegistryObject::Manifest => "manifest",
             RegistryObject::Blob => "blob",
+            RegistryObject::Upload => "upload",
         }
     }
 }
