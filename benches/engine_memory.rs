@@ -56,6 +56,7 @@ async fn main() -> ExitCode {
         // No registry is reached: the spec does not reuse, and no build gets to assembly here.
         registry: RegistryClient::new(RegistryOptions::default()),
         default_job_definition: JOB_DEFINITION.into(),
+        signer: None,
     };
     let poller = JobPoller::new(executor, PollerConfig::default());
     let spec = common::spec(QUEUE);

@@ -35,6 +35,10 @@ pub enum Command {
     /// platform; `-f` follows them until every job has ended. Reads the MultiArchBuild from the
     /// cluster of the current kubeconfig context.
     Logs(LogsArgs),
+    /// Check an image's signature and SLSA provenance with a public key: the signature of the
+    /// index, the provenance's subjects (the index and every platform image) and the commit it
+    /// names. Exits 1 with a one-line reason when anything does not verify.
+    Verify(VerifyArgs),
     /// Print the CustomResourceDefinition YAML (what `crds/` holds).
     Crd,
     /// Print the version.
@@ -98,6 +102,29 @@ pub struct ControllerArgs {
 
     #[command(flatten)]
     pub allow: AllowArgs,
+
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+/// How each index and its provenance are signed.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SigningArgs {
+    /// The key that signs each index and its SLSA provenance, in the formats cosign, Kyverno and
+    /// policy-controller verify: `awskms:///KEY` (the key id, key ARN, `alias/NAME` or alias ARN of
+    /// an ECC_NIST_P256 SIGN_VERIFY KMS key; `awskms://HOST/KEY` for another KMS endpoint) or
+    /// `file:///path/key.pem` (an unencrypted EC P-256 private key). Without a key the provenance
+    /// is attached unsigned. With one, status.image is written only once both are pushed and read
+    /// back verified.
+    #[arg(long, env = "MAB_SIGNING_KEY", value_name = "URI", value_parser = parse_key_uri)]
+    pub signing_key: Option<crate::signing::KeyUri>,
+}
+
+fn parse_key_uri(uri: &str) -> Result<crate::signing::KeyUri, String> {
+    uri.parse().map_err(|e| match e {
+        crate::signing::SigningError::BadUri { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 /// Which registries builds may push to.
@@ -186,6 +213,33 @@ pub struct BuildArgs {
 
     #[command(flatten)]
     pub allow: AllowArgs,
+
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The image: `repository@sha256:...` (what status.image names) or `repository:tag`.
+    #[arg(env = "MAB_VERIFY_IMAGE")]
+    pub image: String,
+
+    /// The public key that must have signed it: a PEM file (`cosign.pub`, or the PEM of `aws kms
+    /// get-public-key`), `file:///path`, or `awskms:///KEY` (read with kms:GetPublicKey).
+    #[arg(long, env = "MAB_VERIFY_KEY", value_name = "KEY")]
+    pub key: String,
+
+    /// Also refuse unless the provenance and every platform image name this commit (40 hex digits).
+    #[arg(long, env = "MAB_VERIFY_COMMIT", value_name = "SHA")]
+    pub commit: Option<String>,
+
+    /// AWS region of an ECR registry or a KMS key (default: AWS_REGION, AWS_DEFAULT_REGION or the
+    /// profile's); not needed for other registries and PEM keys.
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]

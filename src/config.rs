@@ -6,9 +6,10 @@ use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::{
     batch::{BatchExecutor, registry_auth},
-    cli::{AllowArgs, RegistryArgs},
+    cli::{AllowArgs, RegistryArgs, SigningArgs},
     engine::Engine,
     registry::{RegistryAuth, RegistryClient, RegistryOptions, RequestObserver},
+    signing::Signer,
     tenancy::AllowedRegistries,
 };
 
@@ -85,8 +86,24 @@ pub fn registry_with(
     })
 }
 
+/// The signer of `--signing-key`, if one is set: a file key is read now, so an unusable one stops
+/// the command at start; a KMS key is first used when something is signed.
+pub fn signer(args: &SigningArgs, aws: &SdkConfig) -> Result<Option<Arc<Signer>>, String> {
+    let Some(uri) = &args.signing_key else {
+        return Ok(None);
+    };
+    let signer = Signer::open(uri.clone(), aws).map_err(|e| e.to_string())?;
+    Ok(Some(Arc::new(signer)))
+}
+
 /// An engine for builds that push to `repository`.
-pub fn engine(aws: &SdkConfig, args: &RegistryArgs, default_job_definition: &str, repository: &str) -> Engine {
+pub fn engine(
+    aws: &SdkConfig,
+    args: &RegistryArgs,
+    signer: Option<Arc<Signer>>,
+    default_job_definition: &str,
+    repository: &str,
+) -> Engine {
     Engine {
         batch: BatchExecutor::new(
             aws_sdk_batch::Client::new(aws),
@@ -94,6 +111,7 @@ pub fn engine(aws: &SdkConfig, args: &RegistryArgs, default_job_definition: &str
         ),
         registry: registry(args, repository, aws),
         default_job_definition: default_job_definition.into(),
+        signer,
     }
 }
 

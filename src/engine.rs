@@ -4,20 +4,22 @@
 //! or observed afresh. It persists each new status through the caller's `persist` before it runs
 //! actions that can fail, so a job id is recorded as soon as SubmitJob returned it.
 
-use std::{collections::BTreeMap, future::Future};
+use std::{collections::BTreeMap, future::Future, sync::Arc};
 
 use k8s_openapi::jiff::Timestamp;
 use tracing::{info, warn};
 
 use crate::{
+    attest::{self, AttestError, statement},
     api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Platform},
     batch::{BatchError, BatchExecutor, BuildRef, MAX_LOG_TAIL_LINES, SubmittedJob, submit_request},
     plan::{
-        self, Action, AssemblyOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult, Observations,
+        self, Action, AssemblyOutcome, AttestationOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult, Observations,
         TagsOutcome,
     },
     provenance::{CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL, inputs_hash, pinned_commit},
     registry::{Existing, IndexRequest, PushedIndex, RegistryClient, RegistryError, ReuseExpectation},
+    signing::Signer,
 };
 
 /// Plan → apply rounds in one step; a build needs at most four (check, submit, fetch logs,
@@ -77,6 +79,9 @@ pub struct Engine {
     pub batch: BatchExecutor,
     pub registry: RegistryClient,
     pub default_job_definition: String,
+    /// Signs each index and its provenance (`--signing-key`); without one the provenance is
+    /// attached unsigned.
+    pub signer: Option<Arc<Signer>>,
 }
 
 impl Engine {
@@ -259,6 +264,9 @@ impl Engine {
                     };
                     observed.assembly = Some(outcome);
                 }
+                Action::Attest { digest } => {
+                    observed.attestation = Some(self.attest(build, spec, status, &digest).await?);
+                }
                 Action::PushTags { digest, tags } => {
                     let outcome = match self.registry.push_tags(&spec.output.repository, &digest, &tags).await {
                         Ok(()) => TagsOutcome::Pushed(tags),
@@ -327,6 +335,59 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         })
+    }
+}
+
+impl Engine {
+    /// Attaches the provenance of the index `digest` (signed with the signing key, if any). The
+    /// statement is made from the status and from the index's images as the registry has them.
+    /// A registry that does not answer is a transient error; anything else (KMS refused, a push
+    /// refused, a read-back that does not verify) is an outcome the planner retries.
+    async fn attest(
+        &self,
+        build: &Build<'_>,
+        spec: &MultiArchBuildSpec,
+        status: &MultiArchBuildStatus,
+        digest: &str,
+    ) -> Result<AttestationOutcome, EngineError> {
+        let repository = &spec.output.repository;
+        let attached = async {
+            let index = self
+                .registry
+                .manifest(repository, digest)
+                .await?
+                .ok_or_else(|| AttestError::ReadBack(format!("the index {repository}@{digest} is gone")))?;
+            let children = self.registry.index_children(repository, digest).await?;
+            let statement = statement::statement(&statement::BuildFacts {
+                reference: build.reference,
+                spec,
+                status,
+                index_digest: digest,
+                children: &children,
+            });
+            attest::attach(&self.registry, self.signer.as_deref(), repository, &index, &statement).await
+        };
+        match attached.await {
+            Ok(attached) => {
+                info!(index = %digest, signed = attached.signature.is_some(), "provenance attached");
+                Ok(AttestationOutcome::Attached {
+                    provenance: attached.provenance,
+                    signature: attached.signature,
+                })
+            }
+            Err(AttestError::Registry(e)) if e.is_transient() => Err(e.into()),
+            Err(e) => {
+                warn!(index = %digest, error = %e, "cannot attach the provenance");
+                let reason = match e {
+                    AttestError::Signing(_) => plan::reason::SIGNING_FAILED,
+                    _ => plan::reason::ATTESTATION_FAILED,
+                };
+                Ok(AttestationOutcome::Failed {
+                    reason: reason.into(),
+                    message: e.to_string(),
+                })
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use multiarch_operator::{
     cli::{Cli, Command, LogFormat},
     controller, crypto, logs,
     oneshot::{self, Outcome},
+    verify,
 };
 
 fn main() -> ExitCode {
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         // aws_config warns about every source of the credential chain it tried (the instance
         // metadata service on a laptop); the command says what failed itself, in one line.
-        Command::Build(_) | Command::Logs(_) => "warn,aws_config=error",
+        Command::Build(_) | Command::Logs(_) | Command::Verify(_) => "warn,aws_config=error",
         Command::Controller(_) => "info,aws_config=error,aws_smithy_runtime=warn,hyper_util=warn,tower=warn",
         _ => "warn,multiarch_operator=info",
     };
@@ -75,6 +76,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             runtime()?.block_on(controller::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify(args) => out(&runtime()?.block_on(verify::run(&args))?),
     }
 }
 

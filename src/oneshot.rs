@@ -81,6 +81,7 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
     let engine = config::engine(
         &aws,
         &args.registry,
+        config::signer(&args.signing, &aws)?,
         &args.default_job_definition,
         &object.spec.output.repository,
     );

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{BuildArg, GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus};
+use crate::api::{
+    BuildArg, GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, ProvenanceStatus,
+    SignatureStatus,
+};
 
 /// A Batch job status, as Batch spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -171,6 +174,18 @@ pub enum TagsOutcome {
     Rejected { reason: String, message: String },
 }
 
+/// What came of an `Attest` action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttestationOutcome {
+    /// The provenance (and, with a signing key, the signatures) are pushed and read back verified.
+    Attached {
+        provenance: ProvenanceStatus,
+        signature: Option<SignatureStatus>,
+    },
+    /// Not attached (KMS refused, a push failed, what was pushed did not verify): retried.
+    Failed { reason: String, message: String },
+}
+
 /// Everything observed in this step. Absent means "not looked at", never "empty".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observations {
@@ -182,6 +197,8 @@ pub struct Observations {
     pub assembly: Option<AssemblyOutcome>,
     /// The result of `PushTags`.
     pub tags: Option<TagsOutcome>,
+    /// The result of `Attest`.
+    pub attestation: Option<AttestationOutcome>,
     /// The last log lines of failed platforms, as fetched by `FetchLogs` (empty when unreadable).
     pub failure_logs: BTreeMap<Platform, Vec<String>>,
 }
@@ -220,6 +237,8 @@ pub enum Action {
         /// The index's `org.opencontainers.image.created`: when the last job stopped.
         created: Timestamp,
     },
+    /// Attach the provenance of the index `digest` (signed, with a signing key) and read it back.
+    Attest { digest: String },
     /// Push the index `digest` (already pushed as `<tag>` and verified, or reused) under each of
     /// `tags` too: the same bytes, each push verified against the digest.
     PushTags { digest: String, tags: Vec<String> },
@@ -363,6 +382,9 @@ pub const RESULT_LOG_GRACE_SECONDS: i64 = 120;
 /// How often the log is read again meanwhile.
 pub const RESULT_LOG_RETRY_SECONDS: i64 = 5;
 
+/// How long after a failed `Attest` (KMS refused, a push failed) it is tried again.
+pub const ATTEST_RETRY_SECONDS: i64 = 30;
+
 /// What a failed build's message puts between its one-line explanation and the failed job's last
 /// log lines.
 pub const LAST_LOG_LINES: &str = "; last log lines:\n";
@@ -397,6 +419,9 @@ pub mod reason {
     pub const PENDING: &str = "Pending";
     pub const BUILDING: &str = "Building";
     pub const ASSEMBLING: &str = "Assembling";
+    pub const ATTESTING: &str = "Attesting";
+    pub const SIGNING_FAILED: &str = "SigningFailed";
+    pub const ATTESTATION_FAILED: &str = "AttestationFailed";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const REUSED: &str = "Reused";
     pub const BUILD_FAILED: &str = "BuildFailed";

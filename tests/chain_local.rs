@@ -260,6 +260,7 @@ async fn a_chain_applied_in_reverse_order_builds_for_real_on_pinned_digests() {
                 own: None,
                 listed: vec![registry.clone()],
             },
+            signer: None,
         },
         lease: LeaseSettings {
             namespace: "mab-system".into(),

@@ -88,6 +88,7 @@ impl Env {
                 own: Some((moto::ACCOUNT.into(), "us-east-1".into())),
                 listed: vec![self.registry.host.clone(), "registry.invalid".into()],
             },
+            signer: None,
         }
     }
 

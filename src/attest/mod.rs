@@ -328,11 +328,7 @@ fn read_statement(envelope: &[u8], digest: &str, key: Option<&PublicKey>) -> Res
             statement::PREDICATE_TYPE
         ));
     }
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    let names_index = statement["subject"]
-        .as_array()
-        .is_some_and(|subjects| subjects.iter().any(|s| s["digest"]["sha256"] == hex));
-    if !names_index {
+    if !statement::names_subject(&statement, digest) {
         return Err(format!("the provenance does not name {digest} as a subject"));
     }
     Ok((statement, signed))

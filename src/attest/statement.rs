@@ -153,6 +153,23 @@ pub fn statement(facts: &BuildFacts<'_>) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The commit a statement says its source was built from.
+pub fn source_commit(statement: &Value) -> Option<&str> {
+    statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()?
+        .iter()
+        .find(|d| d["uri"].as_str().is_some_and(|uri| uri.starts_with("git+")))?["digest"]["gitCommit"]
+        .as_str()
+}
+
+/// Whether a statement names `digest` (`sha256:<hex>`) as one of its subjects.
+pub fn names_subject(statement: &Value, digest: &str) -> bool {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    statement["subject"]
+        .as_array()
+        .is_some_and(|subjects| subjects.iter().any(|s| s["digest"]["sha256"] == hex))
+}
+
 /// `{"sha256": "<hex>"}` of a `sha256:<hex>` digest.
 fn sha256_of(digest: &str) -> Value {
     json!({"sha256": digest.strip_prefix("sha256:").unwrap_or(digest)})

@@ -95,6 +95,8 @@ impl Settings {
                     own: None,
                     listed: args.allow.allowed_registries.clone(),
                 },
+                // Opened by `run`, which has the AWS configuration a KMS key needs.
+                signer: None,
             },
             lease: LeaseSettings {
                 namespace: args.lease_namespace.clone(),
@@ -185,6 +187,11 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
     let aws = config::aws().await?;
     check_credentials(&aws).await?;
     settings.reconcile.allowed = config::allowed_registries(&aws, &args.allow).await?;
+    settings.reconcile.signer = config::signer(&args.signing, &aws)?;
+    match &settings.reconcile.signer {
+        Some(signer) => info!(key = %signer.uri(), "signing each index and its provenance"),
+        None => info!("no --signing-key: provenance is attached unsigned"),
+    }
     info!(allowed = ?settings.reconcile.allowed, "registries builds may push to");
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::with_stall_bound(Duration::from_secs(args.health_stall_seconds)));

@@ -49,6 +49,7 @@ use crate::{
         reason,
     },
     registry::RegistryClient,
+    signing::Signer,
     tenancy::AllowedRegistries,
 };
 
@@ -78,6 +79,8 @@ pub struct ReconcileConfig {
     pub concurrency: u16,
     /// The registries builds may push to.
     pub allowed: AllowedRegistries,
+    /// Signs each index and its provenance (`--signing-key`).
+    pub signer: Option<Arc<Signer>>,
 }
 
 /// Everything a reconcile uses. One per leadership term.
@@ -404,6 +407,7 @@ async fn apply(build: &MultiArchBuild, ctx: &Context) -> Result<Action, Error> {
         batch: ctx.batch.clone(),
         registry: ctx.registry(&build.spec.output.repository),
         default_job_definition: ctx.config.default_job_definition.clone(),
+        signer: ctx.config.signer.clone(),
     };
     let api: Api<MultiArchBuild> = Api::namespaced(ctx.client.clone(), &reference.namespace);
     let stored: Arc<Mutex<Option<MultiArchBuildStatus>>> = Arc::default();

@@ -8,7 +8,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    Action, AssemblyOutcome, DEPENDENCIES_READY, Dependencies, Dependency, ExistingIndex, INDEX_REUSED, IndexRef,
+    ATTEST_RETRY_SECONDS, Action, AssemblyOutcome, AttestationOutcome, DEPENDENCIES_READY, Dependencies, Dependency, ExistingIndex, INDEX_REUSED, IndexRef,
     Input, JobObservation, JobResult, JobSnapshot, JobState, LAST_LOG_LINES, MISSING_JOB_GRACE_SECONDS, Plan, READY,
     RECONCILING, RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, STALLED, SUBMIT_SETTLE_SECONDS, SUCCEEDED,
     TagsOutcome, is_live, live_job, reason, state_of,
@@ -107,10 +107,10 @@ impl Decision<'_, '_> {
             return self.end(Phase::Failed, refusal.reason, message, "refused");
         }
 
-        // The index is pushed and verified (or reused): only its other tags are left to push. Too
-        // late to cancel, and nothing runs that a deadline would stop.
+        // The index is pushed and verified (or reused): only its provenance and its other tags are
+        // left to push. Too late to cancel, and nothing runs that a deadline would stop.
         if self.status.digest.is_some() {
-            return self.publish_tags();
+            return self.attest();
         }
 
         if spec.cancel {
@@ -439,7 +439,7 @@ impl Decision<'_, '_> {
         match &self.input.observed.assembly {
             Some(AssemblyOutcome::Pushed(index)) => {
                 record_index(&mut self.status, spec, index);
-                self.publish_tags();
+                self.attest();
             }
             Some(AssemblyOutcome::Rejected { reason, message }) => {
                 let message = format!("cannot publish the index: {message}");
@@ -468,6 +468,39 @@ impl Decision<'_, '_> {
                     message,
                     self.input.now,
                 );
+            }
+        }
+    }
+
+    /// The index is at `<tag>` (`status.digest`): attach its provenance, signed with a signing key,
+    /// before `status.image` names it, so nothing downstream pins an index that is not (yet)
+    /// signed. A failure keeps the build Assembling and is tried again.
+    fn attest(&mut self) {
+        if self.status.provenance.is_some() {
+            return self.publish_tags();
+        }
+        let now = self.now();
+        let digest = self.status.digest.clone().unwrap_or_default();
+        let index = format!("{}@{digest}", self.input.spec.output.repository);
+        match &self.input.observed.attestation {
+            Some(AttestationOutcome::Attached { provenance, signature }) => {
+                self.status.provenance = Some(provenance.clone());
+                self.status.signature = signature.clone();
+                self.status.image = Some(index);
+                self.publish_tags();
+            }
+            Some(AttestationOutcome::Failed { reason, message }) => {
+                let message = format!(
+                    "the index {index} is pushed, but its provenance is not attached: {message}; trying again in \
+                     {ATTEST_RETRY_SECONDS}s (status.image is written once it is)"
+                );
+                set_phase(&mut self.status, Phase::Assembling, reason, message, now);
+                self.wake(now + SignedDuration::from_secs(ATTEST_RETRY_SECONDS));
+            }
+            None => {
+                self.actions.push(Action::Attest { digest });
+                let message = format!("the index {index} is pushed; attaching its provenance");
+                set_phase(&mut self.status, Phase::Assembling, reason::ATTESTING, message, now);
             }
         }
     }
@@ -560,7 +593,7 @@ impl Decision<'_, '_> {
             }
             Some(ExistingIndex::Reusable(index)) => {
                 record_index(&mut self.status, spec, index);
-                self.publish_tags();
+                self.attest();
                 false
             }
             Some(ExistingIndex::Differs(why)) => {
@@ -781,7 +814,6 @@ fn record_index(status: &mut MultiArchBuildStatus, spec: &MultiArchBuildSpec, in
     }
     status.digest = Some(index.digest.clone());
     status.short_digest = Some(short_digest(&index.digest));
-    status.image = Some(format!("{}@{}", spec.output.repository, index.digest));
     // The index was pushed as (or found at) `<tag>`.
     status.tags = vec![spec.output.tag.clone()];
 }

@@ -287,6 +287,7 @@ fn reuse_existing_index_succeeds_without_building() {
         &MultiArchBuildStatus::default(),
         &Observations {
             existing_index: Some(ExistingIndex::Reusable(index)),
+            attestation: Some(attached(&format!("sha256:{}", "ab".repeat(32)))),
             ..Default::default()
         },
         t0(),
@@ -391,8 +392,31 @@ fn all_succeeded_reads_what_each_job_pushed_then_assembles_exactly_that() {
         assembly: Some(AssemblyOutcome::Pushed(index)),
         ..Default::default()
     };
-    let done = step(&spec, &assembling.status, &observed, at(62));
+    // The index is recorded at once; status.image waits for its provenance.
+    let attesting = step(&spec, &assembling.status, &observed, at(62));
+    assert_eq!(
+        attesting.actions,
+        vec![Action::Attest {
+            digest: "sha256:feed".into()
+        }]
+    );
+    assert_eq!(attesting.status.phase, Some(Phase::Assembling));
+    assert_eq!(ready(&attesting.status), ("False", reason::ATTESTING));
+    assert_eq!(attesting.status.digest.as_deref(), Some("sha256:feed"));
+    assert_eq!(attesting.status.image, None);
+
+    let observed = Observations {
+        attestation: Some(attached("sha256:feed")),
+        ..Default::default()
+    };
+    let done = step(&spec, &attesting.status, &observed, at(62));
     assert_eq!(done.status.phase, Some(Phase::Succeeded));
+    assert_eq!(
+        done.status.image.as_deref(),
+        Some("123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/vecoli@sha256:feed")
+    );
+    assert!(done.status.provenance.as_ref().is_some_and(|p| p.signed));
+    assert!(done.status.signature.is_some());
     assert_eq!(ready(&done.status), ("True", reason::SUCCEEDED));
     assert_eq!(done.status.digest.as_deref(), Some("sha256:feed"));
     assert_eq!(done.status.platforms[0].digest.as_deref(), Some("sha256:a1"));
@@ -400,7 +424,8 @@ fn all_succeeded_reads_what_each_job_pushed_then_assembles_exactly_that() {
     assert_eq!(done.wake_at, None);
 }
 
-/// The pushed index, as the registry answered for the sample's two platforms.
+/// The pushed index, as the registry answered for the sample's two platforms, and its provenance
+/// attached.
 fn pushed_index() -> Observations {
     Observations {
         assembly: Some(AssemblyOutcome::Pushed(IndexRef {
@@ -408,7 +433,26 @@ fn pushed_index() -> Observations {
             platforms: vec![(ARM, "sha256:a1".into()), (AMD, "sha256:b2".into())],
             commit: Some(COMMIT.into()),
         })),
+        attestation: Some(attached("sha256:feed")),
         ..Default::default()
+    }
+}
+
+/// The provenance of the index `digest`, attached and signed.
+fn attached(digest: &str) -> AttestationOutcome {
+    let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    AttestationOutcome::Attached {
+        provenance: ProvenanceStatus {
+            image: format!("reg.example/vecoli:{tag}.att"),
+            digest: "sha256:a77".into(),
+            predicate_type: "https://slsa.dev/provenance/v1".into(),
+            signed: true,
+        },
+        signature: Some(SignatureStatus {
+            image: format!("reg.example/vecoli:{tag}.sig"),
+            digest: "sha256:516".into(),
+            key: "awskms:///alias/builds".into(),
+        }),
     }
 }
 
@@ -424,6 +468,51 @@ fn assembling(spec: &MultiArchBuildSpec) -> MultiArchBuildStatus {
         plan.actions
     );
     plan.status
+}
+
+/// A key that cannot sign (KMS disabled, access denied) keeps the build Assembling with the
+/// reason, without status.image, and it is tried again until it works.
+#[test]
+fn a_failed_attestation_is_retried_and_status_image_waits_for_it() {
+    let spec = sample_spec();
+    let observed = Observations {
+        assembly: pushed_index().assembly,
+        ..Default::default()
+    };
+    let attesting = step(&spec, &assembling(&spec), &observed, at(62)).status;
+    let failed = Observations {
+        attestation: Some(AttestationOutcome::Failed {
+            reason: reason::SIGNING_FAILED.into(),
+            message: "KMS could not sign with awskms:///alias/builds: DisabledException".into(),
+        }),
+        ..Default::default()
+    };
+    let waiting = step(&spec, &attesting, &failed, at(63));
+    assert!(waiting.actions.is_empty());
+    assert_eq!(waiting.status.phase, Some(Phase::Assembling));
+    assert_eq!(ready(&waiting.status), ("False", reason::SIGNING_FAILED));
+    assert_eq!(condition(&waiting.status, RECONCILING), Some("True"));
+    assert_eq!(waiting.status.image, None);
+    assert_eq!(waiting.status.provenance, None);
+    assert_eq!(waiting.wake_at, Some(at(63 + ATTEST_RETRY_SECONDS)));
+    let message = waiting.status.message.as_deref().unwrap();
+    assert!(
+        message.contains("is pushed, but its provenance is not attached: KMS could not sign")
+            && message.contains("status.image is written once it is"),
+        "{message}"
+    );
+
+    // Woken again: attested again, however late (no deadline once the index is pushed).
+    let again = step(&spec, &waiting.status, &Observations::default(), at(100_000));
+    assert_eq!(
+        again.actions,
+        vec![Action::Attest {
+            digest: "sha256:feed".into()
+        }]
+    );
+    let done = step(&spec, &again.status, &pushed_index(), at(100_001));
+    assert_eq!(ready(&done.status), ("True", reason::SUCCEEDED));
+    assert!(done.status.image.is_some());
 }
 
 #[test]
@@ -552,6 +641,7 @@ fn a_reused_index_gets_the_additional_tags_too() {
     };
     let observed = Observations {
         existing_index: Some(ExistingIndex::Reusable(index)),
+        attestation: Some(attached("sha256:old")),
         ..Default::default()
     };
     let tagging = step(&spec, &MultiArchBuildStatus::default(), &observed, t0());
@@ -1266,6 +1356,10 @@ fn apply_sim(
             assert!(!tags.is_empty() && tags.iter().all(|t| spec.output.additional_tags.contains(t)));
             observed.tags = Some(TagsOutcome::Pushed(tags));
         }
+        Action::Attest { digest } => {
+            assert!(digest == "sha256:new" || digest == "sha256:old", "{digest}");
+            observed.attestation = Some(attached(&digest));
+        }
         Action::Assemble { children, commit, .. } => {
             assert_eq!(commit, COMMIT);
             assert_eq!(children.len(), spec.platforms.len());
@@ -1347,6 +1441,8 @@ proptest! {
                 prop_assert!(world.jobs.get(&platform).map_or(0, Vec::len) <= 1, "{platform} submitted twice");
                 prop_assert!(world.live_jobs(platform) <= 1);
             }
+            // status.image never names an index whose provenance is not attached.
+            prop_assert!(status.image.is_none() || status.provenance.is_some());
             let phase = status.phase.unwrap_or(Phase::Pending);
             // Never Succeeded without an index digest; a built index lists exactly what the jobs pushed.
             if phase == Phase::Succeeded {
