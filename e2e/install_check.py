@@ -12,7 +12,7 @@ check that found nothing to compare cannot pass), or exits 1 and prints every pr
   install_check.py options VALUES ALL_VALUES ALL_RENDER OFF_RENDER RELEASE_NS
   install_check.py env-in-cli RENDER CLI_RS [EXTRA_ENV_VALUES]
   install_check.py versions CARGO_TOML CHART_YAML KUSTOMIZE_RENDER
-  install_check.py iam TEMPLATE ACTIONS_FILE
+  install_check.py iam TEMPLATE ACTIONS_FILE   (and the signing key's KMS statement, per parameter set)
   install_check.py cfn-shape TEMPLATE VALUES
   install_check.py notes NOTES_OUTPUT
 
@@ -550,6 +550,134 @@ def as_list(x):
     return x if isinstance(x, list) else [x]
 
 
+# The signing key's permissions: only with --signing-key awskms://..., on that key only.
+SIGNING_ACTIONS = ["kms:Sign", "kms:GetPublicKey"]
+NO_VALUE = object()
+
+
+def cfn_condition(tpl, name, params, seen=()):
+    """Evaluate the template's condition NAME with these parameter values (defaults otherwise)."""
+    if name in seen:
+        bad(f"condition {name} refers to itself")
+        return False
+    value = cfn_eval(tpl, tpl.get("Conditions", {})[name], params, seen + (name,))
+    if not isinstance(value, bool):
+        bad(f"condition {name} does not evaluate to true or false here: {value}")
+    return value is True
+
+
+def cfn_eval(tpl, node, params, seen=()):
+    """Resolve Ref of a parameter, Fn::If and AWS::NoValue, and the condition functions, the way
+    CloudFormation would for these parameter values; other intrinsics are left as they are."""
+    if isinstance(node, list):
+        out = [cfn_eval(tpl, x, params, seen) for x in node]
+        return [x for x in out if x is not NO_VALUE]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1:
+        (fn, arg), = node.items()
+        if fn == "Ref" and arg == "AWS::NoValue":
+            return NO_VALUE
+        if fn == "Ref" and arg in tpl.get("Parameters", {}):
+            return params.get(arg, tpl["Parameters"][arg].get("Default"))
+        if fn in ("Condition", "Fn::Condition"):
+            return cfn_condition(tpl, arg, params, seen)
+        if fn == "Fn::If":
+            cond, yes, no = arg
+            return cfn_eval(tpl, yes if cfn_condition(tpl, cond, params, seen) else no, params, seen)
+        if fn == "Fn::Equals":
+            a, b = (cfn_eval(tpl, x, params, seen) for x in arg)
+            return str(a) == str(b)
+        if fn == "Fn::Not":
+            return not cfn_eval(tpl, arg[0], params, seen)
+        if fn == "Fn::Or":
+            return any(cfn_eval(tpl, x, params, seen) for x in arg)
+        if fn == "Fn::And":
+            return all(cfn_eval(tpl, x, params, seen) for x in arg)
+        if fn == "Fn::Sub" and isinstance(arg, str):
+            # Only the parameters given a value here; AWS::* and attributes stay.
+            text = re.sub(r"\$\{([A-Za-z0-9]+)\}", lambda m: str(params.get(m.group(1), m.group(0))), arg)
+            return text if "${" not in text else {"Fn::Sub": text}
+    out = {k: cfn_eval(tpl, v, params, seen) for k, v in node.items()}
+    return {k: v for k, v in out.items() if v is not NO_VALUE}
+
+
+def controller_statements(tpl, params):
+    """The ControllerRole's inline policy statements as deployed with these parameter values."""
+    role = cfn_eval(tpl, tpl.get("Resources", {}).get("ControllerRole", {}), params)
+    return [st for pol in role.get("Properties", {}).get("Policies", []) for st in pol["PolicyDocument"]["Statement"]]
+
+
+def check_signing_iam(tpl):
+    """kms:Sign and kms:GetPublicKey on the signing key only: nothing without one; exactly that
+    statement with SigningKeyArn, with CreateSigningKey, and on both with both. Returns the number
+    of parameter sets looked at."""
+    params = tpl.get("Parameters", {})
+    for name in ("SigningKeyArn", "CreateSigningKey"):
+        if name not in params:
+            bad(f"the template has no parameter {name}")
+            return 0
+    if params["SigningKeyArn"].get("Default") != "" or params["CreateSigningKey"].get("Default") != "false":
+        bad("SigningKeyArn should default to empty and CreateSigningKey to false (no signing key, no KMS permission)")
+    pattern = params["SigningKeyArn"].get("AllowedPattern", "")
+    good_arns = ["", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                 "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"]
+    bad_arns = ["*", "arn:aws:kms:us-east-1:123456789012:key/*", "arn:aws:kms:us-east-1:123456789012:alias/multiarch-operator-signing",
+                "alias/multiarch-operator-signing", "1234abcd-12ab-34cd-56ef-1234567890ab", "awskms:///arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"]
+    for arn in good_arns:
+        if not re.fullmatch(pattern, arn):
+            bad(f"SigningKeyArn's AllowedPattern refuses {arn!r}")
+    for arn in bad_arns:
+        if re.fullmatch(pattern, arn):
+            bad(f"SigningKeyArn's AllowedPattern accepts {arn!r} (only a key ARN may be granted)")
+    arn = good_arns[2]
+    created = {"Fn::GetAtt": "SigningKey.Arn"}
+    cases = [
+        ({}, None),
+        ({"SigningKeyArn": arn}, [arn]),
+        ({"CreateSigningKey": "true"}, [created]),
+        ({"SigningKeyArn": arn, "CreateSigningKey": "true"}, [arn, created]),
+    ]
+    for values, resources in cases:
+        label = ", ".join(f"{k}={v}" for k, v in values.items()) or "no signing parameter"
+        statements = controller_statements(tpl, values)
+        kms = [st for st in statements if any(str(a).lower().startswith("kms:") for a in as_list(st.get("Action", [])))]
+        if resources is None:
+            if kms:
+                bad(f"{label}: the controller role has KMS statements {kms}")
+            continue
+        want = {"Sid": "SignImages", "Effect": "Allow", "Action": SIGNING_ACTIONS, "Resource": resources}
+        if kms != [want]:
+            bad(f"{label}: the controller role's KMS statements are {kms}, expected exactly [{want}]")
+    res = tpl.get("Resources", {})
+    key = res.get("SigningKey", {})
+    props = key.get("Properties", {})
+    if key.get("Type") != "AWS::KMS::Key" or key.get("Condition") != "MakeSigningKey":
+        bad("SigningKey should be an AWS::KMS::Key created only when CreateSigningKey is true")
+    if (props.get("KeySpec"), props.get("KeyUsage")) != ("ECC_NIST_P256", "SIGN_VERIFY"):
+        bad(f"SigningKey should be ECC_NIST_P256 / SIGN_VERIFY, is {props.get('KeySpec')} / {props.get('KeyUsage')}")
+    admin = [st for st in props.get("KeyPolicy", {}).get("Statement", [])
+             if st.get("Principal") == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+             and st.get("Action") == "kms:*" and st.get("Effect") == "Allow"]
+    if len(admin) != 1 or len(props.get("KeyPolicy", {}).get("Statement", [])) != 1:
+        bad("SigningKey's key policy should have one statement: the account root (partition-aware) administers it")
+    alias = res.get("SigningKeyAlias", {})
+    if alias.get("Condition") != "MakeSigningKey" or alias.get("Properties") != {
+            "AliasName": "alias/multiarch-operator-signing", "TargetKeyId": {"Ref": "SigningKey"}}:
+        bad("SigningKeyAlias should name the created key alias/multiarch-operator-signing")
+    outputs = tpl.get("Outputs", {})
+    if outputs.get("SigningKeyArn", {}).get("Value") != created:
+        bad("the SigningKeyArn output should give the created key's ARN")
+    uri = outputs.get("SigningKeyUri", {})
+    for values, want in (({}, None), ({"SigningKeyArn": arn}, f"awskms:///{arn}"),
+                         ({"CreateSigningKey": "true"}, {"Fn::Sub": "awskms:///${SigningKey.Arn}"})):
+        shown = "Condition" in uri and cfn_condition(tpl, uri["Condition"], values)
+        got = cfn_eval(tpl, uri.get("Value"), values) if shown else None
+        if got != want:
+            bad(f"with {values or 'no signing parameter'}, the SigningKeyUri output is {got}, expected {want}")
+    return len(cases)
+
+
 def cmd_iam(template, actions_file):
     tpl = load_cfn(template)
     with open(actions_file) as f:
@@ -566,10 +694,18 @@ def cmd_iam(template, actions_file):
     if not role:
         bad(f"{template} has no ControllerRole")
         finish("")
+    # The signing actions are granted by their own conditional statement (check_signing_iam),
+    # whether or not the actions file lists them; every other statement is unconditional.
+    always = wanted - set(SIGNING_ACTIONS)
     granted = []
     statements = 0
     for pol in role["Properties"].get("Policies", []):
         for st in pol["PolicyDocument"]["Statement"]:
+            if isinstance(st, dict) and "Fn::If" in st:
+                cond, yes, no = st["Fn::If"]
+                if not (cond == "SignsImages" and isinstance(yes, dict) and yes.get("Action") == SIGNING_ACTIONS and no == {"Ref": "AWS::NoValue"}):
+                    bad(f"ControllerRole statement is conditional but not the signing key's: {st}")
+                continue
             if not isinstance(st, dict) or "Effect" not in st:
                 bad(f"ControllerRole statement is conditional or malformed: {st}")
                 continue
@@ -585,16 +721,18 @@ def cmd_iam(template, actions_file):
         if "*" in a:
             bad(f"ControllerRole grants a wildcard action {a}")
     got = set(granted)
-    for a in sorted(wanted - got):
+    for a in sorted(always - got):
         bad(f"the controller calls {a} but ControllerRole does not grant it")
-    for a in sorted(got - wanted):
-        bad(f"ControllerRole grants {a}, which the controller does not call ({actions_file})")
+    for a in sorted(got - always):
+        bad(f"ControllerRole grants {a} unconditionally, which the controller does not call ({actions_file})")
     trust = role["Properties"].get("AssumeRolePolicyDocument")
     trust_text = json.dumps(trust)
     for needle in ("sts:AssumeRoleWithWebIdentity", ":sub", ":aud", "system:serviceaccount:${ControllerNamespace}:${ControllerServiceAccount}"):
         if needle not in trust_text:
             bad(f"ControllerRole trust policy lacks {needle!r}")
-    finish(f"ControllerRole grants exactly the {len(wanted)} actions of {actions_file.split('/')[-1]} ({statements} statements)")
+    cases = check_signing_iam(tpl)
+    finish(f"ControllerRole grants exactly the {len(always)} actions of {actions_file.split('/')[-1]} ({statements} statements), "
+           f"and {' and '.join(SIGNING_ACTIONS)} on the signing key only when there is one ({cases} parameter sets)")
 
 
 def check_cache_setup(res):

@@ -195,7 +195,7 @@ cfn_lint_clean() {
     echo "ok: ${#files[@]} template(s) lint clean for us-east-1 and us-gov-west-1"
 }
 check "cfn-lint config/aws/*.yaml: no error, no warning" cfn_lint_clean
-check "the controller IAM policy grants exactly config/aws/controller-actions.txt" \
+check "the controller IAM policy grants exactly config/aws/controller-actions.txt; kms:Sign/GetPublicKey only on the signing key, only with one" \
     "${CHECK[@]}" iam config/aws/multiarch-batch.yaml config/aws/controller-actions.txt
 check "AWS template: EC2 per-arch compute, queues, DooD job definition, partition-aware, chart defaults" \
     "${CHECK[@]}" cfn-shape config/aws/multiarch-batch.yaml "$CHART/values.yaml"
