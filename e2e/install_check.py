@@ -11,6 +11,7 @@ check that found nothing to compare cannot pass), or exits 1 and prints every pr
   install_check.py hardened RENDER
   install_check.py options VALUES ALL_VALUES ALL_RENDER OFF_RENDER RELEASE_NS
   install_check.py env-in-cli RENDER CLI_RS [EXTRA_ENV_VALUES]
+  install_check.py signing DEFAULT_RENDER KMS_RENDER FILE_RENDER KMS_KEY FILE_KEY SECRET_NAME
   install_check.py versions CARGO_TOML CHART_YAML KUSTOMIZE_RENDER
   install_check.py iam TEMPLATE ACTIONS_FILE   (and the signing key's KMS statement, per parameter set)
   install_check.py cfn-shape TEMPLATE VALUES
@@ -435,6 +436,8 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         and "MAB_REGISTRY_AUTH_FILE" not in env_of(container(off_dep)),
         "registryAuth.authHosts": lambda: env.get("MAB_REGISTRY_AUTH_HOSTS", {}).get("value") == ",".join(g("registryAuth.authHosts")),
         "registryAuth.allowLoopback": lambda: env.get("MAB_REGISTRY_ALLOW_LOOPBACK", {}).get("value") == "true" and "MAB_REGISTRY_ALLOW_LOOPBACK" not in env_of(container(off_dep)),
+        "signing.key": lambda: env.get("MAB_SIGNING_KEY", {}).get("value") == g("signing.key") and "MAB_SIGNING_KEY" not in env_of(container(off_dep)),
+        "signing.secretName": lambda: signing_mount(pod, c) == g("signing.secretName") and signing_mount(off_dep["spec"]["template"]["spec"], container(off_dep)) is None,
         "extraEnv": lambda: all(env.get(e["name"]) == e for e in g("extraEnv")),
         "podAnnotations": lambda: dep["spec"]["template"]["metadata"].get("annotations") == g("podAnnotations"),
         "podLabels": lambda: all(dep["spec"]["template"]["metadata"]["labels"].get(k) == x for k, x in g("podLabels").items()),
@@ -482,6 +485,48 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
     if [o["metadata"]["namespace"] for o in leases] != [release_ns]:
         bad(f"the leader-election Role should be in {release_ns} only, found {[o['metadata'].get('namespace') for o in leases]}")
     finish(f"{len(paths)} documented options each set in {all_values_path.split('/')[-1]} and visible in the render")
+
+
+SIGNING_DIR = "/etc/multiarch-operator/signing"
+
+
+def signing_mount(pod, c):
+    """The Secret mounted read-only at SIGNING_DIR with its cosign.key, or None when nothing is
+    mounted there; flags a half-done mount."""
+    mounts = [m for m in c.get("volumeMounts", []) if m.get("mountPath") == SIGNING_DIR]
+    vols = {v.get("name"): v for v in pod.get("volumes", [])}
+    if not mounts:
+        if any(v.get("name") == "signing-key" for v in pod.get("volumes", [])):
+            bad("the volume signing-key is defined but not mounted")
+        return None
+    if len(mounts) != 1 or mounts[0].get("readOnly") is not True:
+        bad(f"{SIGNING_DIR} should be mounted once, read-only: {mounts}")
+    secret = vols.get(mounts[0].get("name"), {}).get("secret", {})
+    if secret.get("items") != [{"key": "cosign.key", "path": "cosign.key"}]:
+        bad(f"the signing Secret should project exactly its cosign.key: {secret}")
+    return secret.get("secretName")
+
+
+def cmd_signing(default_render, kms_render, file_render, kms_key, file_key, secret_name):
+    """signing.* in three renders: unset (no MAB_SIGNING_KEY, nothing mounted), a KMS key (the
+    variable, nothing mounted), a PEM key in a Secret (the variable, the Secret mounted read-only
+    at SIGNING_DIR and the key file inside it)."""
+    cases = [(default_render, None, None), (kms_render, kms_key, None), (file_render, file_key, secret_name)]
+    for path, key, secret in cases:
+        dep = one(load_all(path), "Deployment")
+        pod = dep.get("spec", {}).get("template", {}).get("spec", {})
+        c = container(dep)
+        got_key = env_of(c).get("MAB_SIGNING_KEY", {}).get("value")
+        if got_key != key:
+            bad(f"{path}: MAB_SIGNING_KEY is {got_key!r}, expected {key!r}")
+        if c.get("args") != ["controller"]:
+            bad(f"{path}: args {c.get('args')} (the key goes in MAB_SIGNING_KEY, the flag's variable)")
+        got_secret = signing_mount(pod, c)
+        if got_secret != secret:
+            bad(f"{path}: the Secret mounted at {SIGNING_DIR} is {got_secret!r}, expected {secret!r}")
+        if secret and not key.startswith(f"file://{SIGNING_DIR}/"):
+            bad(f"{path}: signing.key {key!r} does not name a file of the mounted Secret")
+    finish(f"signing unset: no variable, no mount; {kms_key}: the variable only; {file_key}: the variable and Secret {secret_name} mounted read-only")
 
 
 def cmd_env_in_cli(render, cli_rs, extra_values=None):
@@ -864,6 +909,7 @@ COMMANDS = {
     "hardened": cmd_hardened,
     "options": cmd_options,
     "env-in-cli": cmd_env_in_cli,
+    "signing": cmd_signing,
     "versions": cmd_versions,
     "iam": cmd_iam,
     "cfn-shape": cmd_cfn_shape,

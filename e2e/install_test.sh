@@ -119,6 +119,16 @@ check "Deployment hardened with every option set" "${CHECK[@]}" hardened "$tmp/c
 check "every MAB_* variable the chart sets is a flag of src/cli.rs" \
     "${CHECK[@]}" env-in-cli "$tmp/chart-all.yaml" src/cli.rs "$ALL_VALUES"
 
+signing_renders() {
+    local kms=awskms:///alias/multiarch-operator-signing file=file:///etc/multiarch-operator/signing/cosign.key
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$NS" --set signing.key="$kms" >"$tmp/chart-signing-kms.yaml" &&
+        "$HELM" template "$RELEASE" "$CHART" --namespace "$NS" --set signing.key="$file" \
+            --set signing.secretName=controller-signing-key >"$tmp/chart-signing-file.yaml" &&
+        "${CHECK[@]}" signing "$tmp/chart-default.yaml" "$tmp/chart-signing-kms.yaml" "$tmp/chart-signing-file.yaml" \
+            "$kms" "$file" controller-signing-key
+}
+check "signing: unset -> no MAB_SIGNING_KEY, no mount; awskms -> the variable; file + Secret -> the variable and a read-only mount" signing_renders
+
 notes() {
     "$HELM" install "$RELEASE" "$CHART" --namespace "$NS" --dry-run=client >"$tmp/notes.txt" 2>&1 &&
         "${CHECK[@]}" notes "$tmp/notes.txt" && [ -f config/samples/vecoli.yaml ]
