@@ -55,6 +55,12 @@
 #   org.opencontainers.image.source=<MAB_GIT_URL>
 #   dev.multiarch.build-uid=<MAB_BUILD_UID>
 #   dev.multiarch.inputs=<MAB_INPUT_HASH>
+#   dev.multiarch.builder-image=<the image this job runs in: its first RepoDigest
+#                               (repo@sha256:<64 hex>) when it was pulled from a registry,
+#                               else its image id (sha256:<64 hex)>; for the provenance.
+#                               Found through this container's id (/proc/self/mountinfo, else
+#                               $HOSTNAME) and `docker container inspect`; when it cannot be
+#                               found the label is left out, with one line saying so.
 # The resolved commit must be a full 40-hex SHA; when MAB_GIT_REVISION is itself a full
 # 40-hex SHA, the resolved commit must be that SHA (compared in lowercase).
 #
@@ -495,6 +501,55 @@ if ! docker version --format '{{.Server.Version}}' >"$work/docker-version.log" 2
 fi
 server_version=$(tail -n 1 "$work/docker-version.log")
 
+# --- the builder image this job runs in (the dev.multiarch.builder-image label)
+# find_builder_image: sets builder_image to the first RepoDigest (repo@sha256:...) of this
+# container's image, else to its image id (sha256:...); or leaves it empty and says why in
+# builder_image_why. Never fails the build. This container's id: the files Docker bind-mounts
+# into it (/etc/hostname, /etc/resolv.conf, /etc/hosts) come from
+# <data-root>/containers/<64 hex id>/, which /proc/self/mountinfo shows; else $HOSTNAME (Docker
+# sets it to the id's first 12 characters unless the container got a hostname of its own).
+is_sha256() { # WORD: sha256:<64 lowercase hex>
+    case ${1#sha256:} in "$1" | *[!0-9a-f]*) return 1 ;; esac
+    [ "${#1}" -eq 71 ]
+}
+find_builder_image() {
+    builder_image=''
+    _self=$(sed -n \
+        -e 's|^.*/containers/\([0-9a-f]\{64\}\)/hostname .*$|\1|p' \
+        -e 's|^.*/containers/\([0-9a-f]\{64\}\)/resolv\.conf .*$|\1|p' \
+        -e 's|^.*/containers/\([0-9a-f]\{64\}\)/hosts .*$|\1|p' /proc/self/mountinfo 2>/dev/null)
+    _self=${_self%%"$nl"*}
+    _from='/proc/self/mountinfo'
+    if [ -z "$_self" ]; then
+        # shellcheck disable=SC3028 # the environment variable Docker sets, not bash's
+        _self=${HOSTNAME:-}
+        _from="\$HOSTNAME"
+    fi
+    if [ -z "$_self" ]; then
+        builder_image_why="no container id in /proc/self/mountinfo and no \$HOSTNAME"
+        return 0
+    fi
+    _id=$(docker container inspect --format '{{.Image}}' "$_self" 2>/dev/null) || _id=''
+    if ! is_sha256 "$_id"; then
+        builder_image_why="docker container inspect $_self (from $_from) gave no image id"
+        return 0
+    fi
+    _digests=$(docker image inspect --format '{{join .RepoDigests " "}}' "$_id" 2>/dev/null) || _digests=''
+    builder_image=$_id
+    for _d in $_digests; do
+        if is_sha256 "${_d##*@}" && [ "${_d%@*}" != "$_d" ]; then
+            builder_image=$_d
+            break
+        fi
+    done
+}
+find_builder_image
+if [ -n "$builder_image" ]; then
+    log "builder image $builder_image (label dev.multiarch.builder-image)"
+else
+    log "builder image not found ($builder_image_why): the image gets no dev.multiarch.builder-image label"
+fi
+
 # --- host architecture
 host_machine=$(uname -m)
 case $host_machine in
@@ -867,6 +922,9 @@ docker_build() {
         --label "org.opencontainers.image.source=$MAB_GIT_URL" \
         --label "dev.multiarch.build-uid=$MAB_BUILD_UID" \
         --label "dev.multiarch.inputs=$MAB_INPUT_HASH"
+    if [ -n "$builder_image" ]; then
+        set -- "$@" --label "dev.multiarch.builder-image=$builder_image"
+    fi
     if [ -n "$MAB_TARGET" ]; then
         set -- "$@" --target "$MAB_TARGET"
     fi

@@ -110,7 +110,17 @@ build)
     printf '%s\n' "\$@" >"\$log/build-\$((n + 1)).argv"
     case "\$*" in *--cache-from*) [ "\${FAKE_FAIL:-}" = cached-build ] && { echo "ERROR: cache import broke"; exit 1; } ;; esac
     echo "fake build ok" ;;
-image) [ "\$2" = inspect ] && echo linux/amd64 ;;
+container)
+    # the builder's own container (FAKE_SELF: digest | local | unset: no such container)
+    [ "\$2" = inspect ] && [ -n "\${FAKE_SELF:-}" ] || exit 1
+    echo sha256:1111111111111111111111111111111111111111111111111111111111111111 ;;
+image)
+    case "\$*" in
+    *RepoDigests*)
+        [ "\${FAKE_SELF:-}" = digest ] &&
+            echo "not-a-digest ecr.example.com/builder@sha256:2222222222222222222222222222222222222222222222222222222222222222 mirror.example.com/builder@sha256:3333333333333333333333333333333333333333333333333333333333333333" ;;
+    *) [ "\$2" = inspect ] && echo linux/amd64 ;;
+    esac ;;
 push)
     if is_cache_ref "\$2" && [ "\${FAKE_FAIL:-}" = cache-push ]; then
         echo "denied: requested access to the resource is denied"
@@ -238,6 +248,19 @@ fake_build inline_retry docker20 min FAKE_FAIL=cached-build
 check "inline: the retry still writes the inline cache (BUILDKIT_INLINE_CACHE=1, no --cache-from)" \
     bash -c "grep -qx BUILDKIT_INLINE_CACHE=1 '$T/inline_retry.fake/build-2.argv' && ! grep -q -- --cache-from '$T/inline_retry.fake/build-2.argv'"
 
+# --- the builder image label (dev.multiarch.builder-image): the first RepoDigest of the
+#     image this job's container runs, else its image id; none (and one line) when not found
+fake_build self_digest docker20 off FAKE_SELF=digest HOSTNAME=0123456789ab
+check "builder image pulled by digest: labelled with its first RepoDigest" \
+    argv_has self_digest 1 --label dev.multiarch.builder-image=ecr.example.com/builder@sha256:2222222222222222222222222222222222222222222222222222222222222222
+fake_build self_local docker20 off FAKE_SELF=local HOSTNAME=0123456789ab
+check "builder image built locally (no RepoDigest): labelled with its image id" \
+    argv_has self_local 1 --label dev.multiarch.builder-image=sha256:1111111111111111111111111111111111111111111111111111111111111111
+fake_build self_none docker20 off HOSTNAME=0123456789ab
+check "builder image not found: succeeds" succeeded self_none
+check "builder image not found: no label, and one line saying so" \
+    bash -c "! grep -q builder-image '$T/self_none.fake/build-1.argv' && [ \"\$(grep -c 'builder image not found' '$T/self_none.out')\" = 1 ]"
+
 # ================================================================== part 2: the real engine
 if [ "$ENGINE" = no ]; then
     echo "# MAB_CACHE_TEST_ENGINE=skip: not running the real-engine part"
@@ -268,6 +291,13 @@ else
     run_layer() {
         manifest "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][1]["digest"])'
     }
+    # image_label REF KEY: the label KEY of REF's image config in the local registry
+    image_label() {
+        local repo=${1%:*} config
+        config=$(manifest "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["digest"])') &&
+            curl -sf "http://$MAB_REGISTRY/v2/${repo#*/}/blobs/$config" |
+            python3 -c 'import json,sys; print((json.load(sys.stdin)["config"].get("Labels") or {}).get(sys.argv[1], ""))' "$2"
+    }
     # fresh_host: remove this test's images and all build cache (a new Batch instance)
     fresh_host() {
         docker image ls --format '{{.Repository}}:{{.Tag}}' | grep -F "$MAB_REGISTRY/mab-cache-test/" |
@@ -296,6 +326,16 @@ else
     real_build first v1 min
     check "engine, first: logs the inline path (Docker 20.10)" logged first "[mab] cache: inline cache $CACHE_IMG (final stage only)"
     check "engine, first: wrote the cache image" logged first "[mab] wrote the layer cache $CACHE_IMG"
+    # the builder ran in a container of the local builder image (built here: no RepoDigest);
+    # with --network host its $HOSTNAME is the host's, so this is the /proc/self/mountinfo path
+    BUILDER_ID=$(docker image inspect --format '{{.Id}}' "$MAB_BUILDER_IMAGE")
+    FIRST_LABEL=$(image_label "$REPO:v1-amd64" dev.multiarch.builder-image)
+    if [[ $BUILDER_ID == sha256:* ]] && [ "$FIRST_LABEL" = "$BUILDER_ID" ]; then
+        ok "engine, first: the image's label dev.multiarch.builder-image is the builder container's image id ($BUILDER_ID)"
+    else
+        not_ok "engine, first: the image's label dev.multiarch.builder-image is the builder container's image id" \
+            "label: ${FIRST_LABEL:-(none)}, builder image $MAB_BUILDER_IMAGE: ${BUILDER_ID:-(none)}" "$(grep -F 'builder image' "$T/first.out")"
+    fi
     V1_LAYER=$(run_layer "$REPO:v1-amd64")
     CACHE_CONFIG=$(manifest "$CACHE_IMG" | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["digest"])')
     check "engine, first: the cache image carries BuildKit's inline cache (moby.buildkit.cache.v0)" \

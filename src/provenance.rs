@@ -21,6 +21,10 @@ pub const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 pub const BUILD_UID_LABEL: &str = "dev.multiarch.build-uid";
 /// The hash of the build's inputs ([`inputs_hash`]).
 pub const INPUTS_LABEL: &str = "dev.multiarch.inputs";
+/// The builder image the platform's job ran in: its first RepoDigest (`repo@sha256:…`) when it
+/// was pulled from a registry, else its image id (`sha256:…`); absent when builder/build.sh could
+/// not find its own container (it says so in the job log).
+pub const BUILDER_IMAGE_LABEL: &str = "dev.multiarch.builder-image";
 
 /// What every child of an index must say about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
