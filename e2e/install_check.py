@@ -16,6 +16,7 @@ check that found nothing to compare cannot pass), or exits 1 and prints every pr
   install_check.py iam TEMPLATE ACTIONS_FILE   (and the signing key's KMS statement, per parameter set)
   install_check.py cfn-shape TEMPLATE VALUES
   install_check.py notes NOTES_OUTPUT
+  install_check.py signing-policies KYVERNO_POLICY POLICY_CONTROLLER_POLICY SRC_DIR
 
 Needs PyYAML (scripts/install-tools.sh puts it in the tools' virtualenv).
 """
@@ -890,6 +891,125 @@ def cmd_cfn_shape(template, values_path):
     finish(f"template shape: {len(res)} resources, 2 EC2 compute environments (m8g,c8g / m7i,c7i), 2 queues, DooD job definition, partition-aware")
 
 
+SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "https://multiarch.dev/MultiArchBuild/v1"
+BUILDER_ID_PREFIX = "https://multiarch.dev/multiarch-operator"
+PEM_PUBLIC_KEY = re.compile(r"-----BEGIN PUBLIC KEY-----\n.+\n-----END PUBLIC KEY-----\n?", re.S)
+
+
+def check_key(where, key):
+    """A cosign public-key authority: a PEM public key (or a KMS URI), tlog and SCT not required."""
+    pem = key.get("publicKeys") or key.get("data")
+    if not (pem and PEM_PUBLIC_KEY.fullmatch(pem)) and not str(key.get("kms", "")).startswith("awskms://"):
+        bad(f"{where}: no PEM public key nor awskms:// key: {key}")
+
+
+def cmd_signing_policies(kyverno_path, policy_controller_path, src_dir):
+    """The admission policies of charts/multiarch-operator/docs that admit only images signed by
+    the controller with its SLSA provenance: the fields that decide, in both, so that neither
+    drifts from the other nor from the provenance the controller writes."""
+    ky = load(kyverno_path)
+    if (ky.get("apiVersion"), ky.get("kind")) != ("kyverno.io/v1", "ClusterPolicy"):
+        bad(f"{kyverno_path}: not a kyverno.io/v1 ClusterPolicy")
+    rules = [r for r in ky.get("spec", {}).get("rules", []) if r.get("verifyImages")]
+    if len(rules) != 1 or len(rules[0]["verifyImages"]) != 1:
+        bad(f"{kyverno_path}: expected one rule with one verifyImages entry")
+        finish("")
+    rule = rules[0]
+    if {k for a in rule.get("match", {}).get("any", []) for k in a.get("resources", {}).get("kinds", [])} != {"Pod"}:
+        bad(f"{kyverno_path}: the rule should match Pods")
+    vi = rule["verifyImages"][0]
+    refs = vi.get("imageReferences") or []
+    if not refs or any(not r.endswith("/*") for r in refs):
+        bad(f"{kyverno_path}: imageReferences should be repository patterns ending in /*: {refs}")
+    for field in ("mutateDigest", "verifyDigest", "required"):
+        if vi.get(field) is not True:
+            bad(f"{kyverno_path}: verifyImages {field} should be true")
+    if vi.get("failureAction") != "Enforce" or ky["spec"].get("webhookConfiguration", {}).get("failurePolicy") != "Fail":
+        bad(f"{kyverno_path}: should enforce (failureAction Enforce) and fail closed (failurePolicy Fail)")
+    attestor_sets = [("signature", vi.get("attestors", []))]
+    atts = vi.get("attestations", [])
+    if len(atts) != 1 or atts[0].get("type") != SLSA_PROVENANCE_V1:
+        bad(f"{kyverno_path}: expected one attestation of type {SLSA_PROVENANCE_V1}, found {[a.get('type') for a in atts]}")
+    else:
+        attestor_sets.append(("attestation", atts[0].get("attestors", [])))
+        conds = [c for block in atts[0].get("conditions", []) for c in block.get("all", [])]
+        if any(block.get("any") for block in atts[0].get("conditions", [])):
+            bad(f"{kyverno_path}: the attestation's conditions should all be required (all, not any)")
+        want = [
+            {"key": "{{ buildDefinition.buildType }}", "operator": "Equals", "value": BUILD_TYPE},
+            {"key": f"{{{{ starts_with(runDetails.builder.id, '{BUILDER_ID_PREFIX}') }}}}", "operator": "Equals", "value": True},
+        ]
+        if conds != want:
+            bad(f"{kyverno_path}: the attestation's conditions are {conds}, expected {want}")
+    keys = []
+    for what, sets in attestor_sets:
+        entries = [e for s in sets for e in s.get("entries", [])]
+        if len(entries) != 1 or "keys" not in entries[0]:
+            bad(f"{kyverno_path}: the {what} should be verified by one key attestor, found {entries}")
+            continue
+        k = entries[0]["keys"]
+        keys.append(k.get("publicKeys") or k.get("kms"))
+        check_key(f"{kyverno_path} {what}", k)
+        if not (k.get("rekor", {}).get("ignoreTlog") is True and k.get("ctlog", {}).get("ignoreSCT") is True):
+            bad(f"{kyverno_path}: the {what}'s key should not require Rekor (rekor.ignoreTlog, ctlog.ignoreSCT): the controller does not upload")
+
+    pc = load(policy_controller_path)
+    if (pc.get("apiVersion"), pc.get("kind")) != ("policy.sigstore.dev/v1beta1", "ClusterImagePolicy"):
+        bad(f"{policy_controller_path}: not a policy.sigstore.dev/v1beta1 ClusterImagePolicy")
+    spec = pc.get("spec", {})
+    globs = [i.get("glob", "") for i in spec.get("images", [])]
+    if [g[:-3] for g in globs] != [r[:-2] for r in refs] or any(not g.endswith("/**") for g in globs):
+        bad(f"{policy_controller_path}: images {globs} should be the Kyverno policy's repositories {refs} (as <repo>/**)")
+    if spec.get("mode", "enforce") != "enforce":
+        bad(f"{policy_controller_path}: mode should be enforce")
+    auths = spec.get("authorities", [])
+    if len(auths) != 1 or "key" not in auths[0]:
+        bad(f"{policy_controller_path}: expected one key authority")
+        finish("")
+    auth = auths[0]
+    key = auth["key"]
+    check_key(policy_controller_path, key)
+    if sum(1 for f in ("data", "kms", "secretRef") if key.get(f)) != 1:
+        bad(f"{policy_controller_path}: the key should have exactly one of data, kms, secretRef")
+    keys.append(key.get("data") or key.get("kms"))
+    if len({(k or "").strip() for k in keys}) != 1:
+        bad(f"the two policies do not name the same key: {keys}")
+    if auth.get("ctlog") != {}:
+        bad(f"{policy_controller_path}: ctlog should be {{}} (no Rekor verification: the controller does not upload)")
+    patts = auth.get("attestations", [])
+    if len(patts) != 1 or patts[0].get("predicateType") != SLSA_PROVENANCE_V1:
+        bad(f"{policy_controller_path}: expected one attestation of predicateType {SLSA_PROVENANCE_V1}")
+    else:
+        pol = patts[0].get("policy", {})
+        cue = pol.get("data", "")
+        if pol.get("type") != "cue":
+            bad(f"{policy_controller_path}: the attestation policy should be cue")
+        for needle in (f'predicateType: "{SLSA_PROVENANCE_V1}"', f'buildType: "{BUILD_TYPE}"',
+                       'runDetails: builder: id: =~"^' + BUILDER_ID_PREFIX.replace(".", "\\\\.") + '"'):
+            if needle not in cue:
+                bad(f"{policy_controller_path}: the cue policy lacks {needle!r}:\n{cue}")
+
+    # Once the controller names its build type and builder id, they must be what the policies ask.
+    seen = 0
+    for root, _, files in os.walk(src_dir):
+        for name in files:
+            if not name.endswith(".rs"):
+                continue
+            path = os.path.join(root, name)
+            with open(path) as f:
+                text = f.read()
+            for m in re.finditer(r'"(https://multiarch\.dev/MultiArchBuild/[^"]*)"', text):
+                seen += 1
+                if m.group(1) != BUILD_TYPE:
+                    bad(f"{path}: build type {m.group(1)!r}, the policies ask for {BUILD_TYPE!r}")
+            for m in re.finditer(r'"(https://multiarch\.dev/multiarch-operator[^"]*)"', text):
+                seen += 1
+    src_note = f"{seen} mention(s) in {src_dir} agree" if seen else f"{src_dir} names no build type yet"
+    finish(f"Kyverno and policy-controller policies: same repositories and key, signature and {SLSA_PROVENANCE_V1} "
+           f"attestation, buildType {BUILD_TYPE}, builder id {BUILDER_ID_PREFIX}*; {src_note}")
+
+
 def cmd_notes(notes_output):
     with open(notes_output) as f:
         text = f.read()
@@ -914,6 +1034,7 @@ COMMANDS = {
     "iam": cmd_iam,
     "cfn-shape": cmd_cfn_shape,
     "notes": cmd_notes,
+    "signing-policies": cmd_signing_policies,
 }
 
 if __name__ == "__main__":

@@ -135,6 +135,10 @@ notes() {
 }
 check "NOTES.txt: apply config/samples/vecoli.yaml, kubectl get mab -w, kubectl wait --for=condition=Ready; how to lock down" notes
 
+# ---------------------------------------------------------------- chart docs: admission policies for signed images
+check "docs: the Kyverno and policy-controller policies admit only images signed by the controller with its SLSA provenance v1" \
+    "${CHECK[@]}" signing-policies "$CHART/docs/kyverno-verify-images.yaml" "$CHART/docs/policy-controller-image-policy.yaml" src
+
 # ---------------------------------------------------------------- the CRDs: one set of bytes each
 crd_copies_identical() {
     local crd c name rc=0 bytes=0
