@@ -11,11 +11,13 @@ check that found nothing to compare cannot pass), or exits 1 and prints every pr
   install_check.py hardened RENDER
   install_check.py options VALUES ALL_VALUES ALL_RENDER OFF_RENDER RELEASE_NS
   install_check.py env-in-cli RENDER CLI_RS [EXTRA_ENV_VALUES]
+  install_check.py signing DEFAULT_RENDER KMS_RENDER FILE_RENDER KMS_KEY FILE_KEY SECRET_NAME
   install_check.py versions CARGO_TOML CHART_YAML KUSTOMIZE_RENDER
-  install_check.py iam TEMPLATE ACTIONS_FILE
+  install_check.py iam TEMPLATE ACTIONS_FILE   (and the signing key's KMS statement, per parameter set)
   install_check.py cfn-shape TEMPLATE VALUES
   install_check.py notes NOTES_OUTPUT
   install_check.py prometheus-rule ON_RENDER OFF_RENDER RELEASE_NS
+  install_check.py signing-policies KYVERNO_POLICY POLICY_CONTROLLER_POLICY SRC_DIR
 
 Needs PyYAML (scripts/install-tools.sh puts it in the tools' virtualenv).
 """
@@ -438,6 +440,8 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
         and "MAB_REGISTRY_AUTH_FILE" not in env_of(container(off_dep)),
         "registryAuth.authHosts": lambda: env.get("MAB_REGISTRY_AUTH_HOSTS", {}).get("value") == ",".join(g("registryAuth.authHosts")),
         "registryAuth.allowLoopback": lambda: env.get("MAB_REGISTRY_ALLOW_LOOPBACK", {}).get("value") == "true" and "MAB_REGISTRY_ALLOW_LOOPBACK" not in env_of(container(off_dep)),
+        "signing.key": lambda: env.get("MAB_SIGNING_KEY", {}).get("value") == g("signing.key") and "MAB_SIGNING_KEY" not in env_of(container(off_dep)),
+        "signing.secretName": lambda: signing_mount(pod, c) == g("signing.secretName") and signing_mount(off_dep["spec"]["template"]["spec"], container(off_dep)) is None,
         "extraEnv": lambda: all(env.get(e["name"]) == e for e in g("extraEnv")),
         "podAnnotations": lambda: dep["spec"]["template"]["metadata"].get("annotations") == g("podAnnotations"),
         "podLabels": lambda: all(dep["spec"]["template"]["metadata"]["labels"].get(k) == x for k, x in g("podLabels").items()),
@@ -487,6 +491,48 @@ def cmd_options(values_path, all_values_path, all_render, off_render, release_ns
     if [o["metadata"]["namespace"] for o in leases] != [release_ns]:
         bad(f"the leader-election Role should be in {release_ns} only, found {[o['metadata'].get('namespace') for o in leases]}")
     finish(f"{len(paths)} documented options each set in {all_values_path.split('/')[-1]} and visible in the render")
+
+
+SIGNING_DIR = "/etc/multiarch-operator/signing"
+
+
+def signing_mount(pod, c):
+    """The Secret mounted read-only at SIGNING_DIR with its cosign.key, or None when nothing is
+    mounted there; flags a half-done mount."""
+    mounts = [m for m in c.get("volumeMounts", []) if m.get("mountPath") == SIGNING_DIR]
+    vols = {v.get("name"): v for v in pod.get("volumes", [])}
+    if not mounts:
+        if any(v.get("name") == "signing-key" for v in pod.get("volumes", [])):
+            bad("the volume signing-key is defined but not mounted")
+        return None
+    if len(mounts) != 1 or mounts[0].get("readOnly") is not True:
+        bad(f"{SIGNING_DIR} should be mounted once, read-only: {mounts}")
+    secret = vols.get(mounts[0].get("name"), {}).get("secret", {})
+    if secret.get("items") != [{"key": "cosign.key", "path": "cosign.key"}]:
+        bad(f"the signing Secret should project exactly its cosign.key: {secret}")
+    return secret.get("secretName")
+
+
+def cmd_signing(default_render, kms_render, file_render, kms_key, file_key, secret_name):
+    """signing.* in three renders: unset (no MAB_SIGNING_KEY, nothing mounted), a KMS key (the
+    variable, nothing mounted), a PEM key in a Secret (the variable, the Secret mounted read-only
+    at SIGNING_DIR and the key file inside it)."""
+    cases = [(default_render, None, None), (kms_render, kms_key, None), (file_render, file_key, secret_name)]
+    for path, key, secret in cases:
+        dep = one(load_all(path), "Deployment")
+        pod = dep.get("spec", {}).get("template", {}).get("spec", {})
+        c = container(dep)
+        got_key = env_of(c).get("MAB_SIGNING_KEY", {}).get("value")
+        if got_key != key:
+            bad(f"{path}: MAB_SIGNING_KEY is {got_key!r}, expected {key!r}")
+        if c.get("args") != ["controller"]:
+            bad(f"{path}: args {c.get('args')} (the key goes in MAB_SIGNING_KEY, the flag's variable)")
+        got_secret = signing_mount(pod, c)
+        if got_secret != secret:
+            bad(f"{path}: the Secret mounted at {SIGNING_DIR} is {got_secret!r}, expected {secret!r}")
+        if secret and not key.startswith(f"file://{SIGNING_DIR}/"):
+            bad(f"{path}: signing.key {key!r} does not name a file of the mounted Secret")
+    finish(f"signing unset: no variable, no mount; {kms_key}: the variable only; {file_key}: the variable and Secret {secret_name} mounted read-only")
 
 
 def cmd_env_in_cli(render, cli_rs, extra_values=None):
@@ -555,6 +601,134 @@ def as_list(x):
     return x if isinstance(x, list) else [x]
 
 
+# The signing key's permissions: only with --signing-key awskms://..., on that key only.
+SIGNING_ACTIONS = ["kms:Sign", "kms:GetPublicKey"]
+NO_VALUE = object()
+
+
+def cfn_condition(tpl, name, params, seen=()):
+    """Evaluate the template's condition NAME with these parameter values (defaults otherwise)."""
+    if name in seen:
+        bad(f"condition {name} refers to itself")
+        return False
+    value = cfn_eval(tpl, tpl.get("Conditions", {})[name], params, seen + (name,))
+    if not isinstance(value, bool):
+        bad(f"condition {name} does not evaluate to true or false here: {value}")
+    return value is True
+
+
+def cfn_eval(tpl, node, params, seen=()):
+    """Resolve Ref of a parameter, Fn::If and AWS::NoValue, and the condition functions, the way
+    CloudFormation would for these parameter values; other intrinsics are left as they are."""
+    if isinstance(node, list):
+        out = [cfn_eval(tpl, x, params, seen) for x in node]
+        return [x for x in out if x is not NO_VALUE]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1:
+        (fn, arg), = node.items()
+        if fn == "Ref" and arg == "AWS::NoValue":
+            return NO_VALUE
+        if fn == "Ref" and arg in tpl.get("Parameters", {}):
+            return params.get(arg, tpl["Parameters"][arg].get("Default"))
+        if fn in ("Condition", "Fn::Condition"):
+            return cfn_condition(tpl, arg, params, seen)
+        if fn == "Fn::If":
+            cond, yes, no = arg
+            return cfn_eval(tpl, yes if cfn_condition(tpl, cond, params, seen) else no, params, seen)
+        if fn == "Fn::Equals":
+            a, b = (cfn_eval(tpl, x, params, seen) for x in arg)
+            return str(a) == str(b)
+        if fn == "Fn::Not":
+            return not cfn_eval(tpl, arg[0], params, seen)
+        if fn == "Fn::Or":
+            return any(cfn_eval(tpl, x, params, seen) for x in arg)
+        if fn == "Fn::And":
+            return all(cfn_eval(tpl, x, params, seen) for x in arg)
+        if fn == "Fn::Sub" and isinstance(arg, str):
+            # Only the parameters given a value here; AWS::* and attributes stay.
+            text = re.sub(r"\$\{([A-Za-z0-9]+)\}", lambda m: str(params.get(m.group(1), m.group(0))), arg)
+            return text if "${" not in text else {"Fn::Sub": text}
+    out = {k: cfn_eval(tpl, v, params, seen) for k, v in node.items()}
+    return {k: v for k, v in out.items() if v is not NO_VALUE}
+
+
+def controller_statements(tpl, params):
+    """The ControllerRole's inline policy statements as deployed with these parameter values."""
+    role = cfn_eval(tpl, tpl.get("Resources", {}).get("ControllerRole", {}), params)
+    return [st for pol in role.get("Properties", {}).get("Policies", []) for st in pol["PolicyDocument"]["Statement"]]
+
+
+def check_signing_iam(tpl):
+    """kms:Sign and kms:GetPublicKey on the signing key only: nothing without one; exactly that
+    statement with SigningKeyArn, with CreateSigningKey, and on both with both. Returns the number
+    of parameter sets looked at."""
+    params = tpl.get("Parameters", {})
+    for name in ("SigningKeyArn", "CreateSigningKey"):
+        if name not in params:
+            bad(f"the template has no parameter {name}")
+            return 0
+    if params["SigningKeyArn"].get("Default") != "" or params["CreateSigningKey"].get("Default") != "false":
+        bad("SigningKeyArn should default to empty and CreateSigningKey to false (no signing key, no KMS permission)")
+    pattern = params["SigningKeyArn"].get("AllowedPattern", "")
+    good_arns = ["", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                 "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"]
+    bad_arns = ["*", "arn:aws:kms:us-east-1:123456789012:key/*", "arn:aws:kms:us-east-1:123456789012:alias/multiarch-operator-signing",
+                "alias/multiarch-operator-signing", "1234abcd-12ab-34cd-56ef-1234567890ab", "awskms:///arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"]
+    for arn in good_arns:
+        if not re.fullmatch(pattern, arn):
+            bad(f"SigningKeyArn's AllowedPattern refuses {arn!r}")
+    for arn in bad_arns:
+        if re.fullmatch(pattern, arn):
+            bad(f"SigningKeyArn's AllowedPattern accepts {arn!r} (only a key ARN may be granted)")
+    arn = good_arns[2]
+    created = {"Fn::GetAtt": "SigningKey.Arn"}
+    cases = [
+        ({}, None),
+        ({"SigningKeyArn": arn}, [arn]),
+        ({"CreateSigningKey": "true"}, [created]),
+        ({"SigningKeyArn": arn, "CreateSigningKey": "true"}, [arn, created]),
+    ]
+    for values, resources in cases:
+        label = ", ".join(f"{k}={v}" for k, v in values.items()) or "no signing parameter"
+        statements = controller_statements(tpl, values)
+        kms = [st for st in statements if any(str(a).lower().startswith("kms:") for a in as_list(st.get("Action", [])))]
+        if resources is None:
+            if kms:
+                bad(f"{label}: the controller role has KMS statements {kms}")
+            continue
+        want = {"Sid": "SignImages", "Effect": "Allow", "Action": SIGNING_ACTIONS, "Resource": resources}
+        if kms != [want]:
+            bad(f"{label}: the controller role's KMS statements are {kms}, expected exactly [{want}]")
+    res = tpl.get("Resources", {})
+    key = res.get("SigningKey", {})
+    props = key.get("Properties", {})
+    if key.get("Type") != "AWS::KMS::Key" or key.get("Condition") != "MakeSigningKey":
+        bad("SigningKey should be an AWS::KMS::Key created only when CreateSigningKey is true")
+    if (props.get("KeySpec"), props.get("KeyUsage")) != ("ECC_NIST_P256", "SIGN_VERIFY"):
+        bad(f"SigningKey should be ECC_NIST_P256 / SIGN_VERIFY, is {props.get('KeySpec')} / {props.get('KeyUsage')}")
+    admin = [st for st in props.get("KeyPolicy", {}).get("Statement", [])
+             if st.get("Principal") == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+             and st.get("Action") == "kms:*" and st.get("Effect") == "Allow"]
+    if len(admin) != 1 or len(props.get("KeyPolicy", {}).get("Statement", [])) != 1:
+        bad("SigningKey's key policy should have one statement: the account root (partition-aware) administers it")
+    alias = res.get("SigningKeyAlias", {})
+    if alias.get("Condition") != "MakeSigningKey" or alias.get("Properties") != {
+            "AliasName": "alias/multiarch-operator-signing", "TargetKeyId": {"Ref": "SigningKey"}}:
+        bad("SigningKeyAlias should name the created key alias/multiarch-operator-signing")
+    outputs = tpl.get("Outputs", {})
+    if outputs.get("SigningKeyArn", {}).get("Value") != created:
+        bad("the SigningKeyArn output should give the created key's ARN")
+    uri = outputs.get("SigningKeyUri", {})
+    for values, want in (({}, None), ({"SigningKeyArn": arn}, f"awskms:///{arn}"),
+                         ({"CreateSigningKey": "true"}, {"Fn::Sub": "awskms:///${SigningKey.Arn}"})):
+        shown = "Condition" in uri and cfn_condition(tpl, uri["Condition"], values)
+        got = cfn_eval(tpl, uri.get("Value"), values) if shown else None
+        if got != want:
+            bad(f"with {values or 'no signing parameter'}, the SigningKeyUri output is {got}, expected {want}")
+    return len(cases)
+
+
 def cmd_iam(template, actions_file):
     tpl = load_cfn(template)
     with open(actions_file) as f:
@@ -571,10 +745,18 @@ def cmd_iam(template, actions_file):
     if not role:
         bad(f"{template} has no ControllerRole")
         finish("")
+    # The signing actions are granted by their own conditional statement (check_signing_iam),
+    # whether or not the actions file lists them; every other statement is unconditional.
+    always = wanted - set(SIGNING_ACTIONS)
     granted = []
     statements = 0
     for pol in role["Properties"].get("Policies", []):
         for st in pol["PolicyDocument"]["Statement"]:
+            if isinstance(st, dict) and "Fn::If" in st:
+                cond, yes, no = st["Fn::If"]
+                if not (cond == "SignsImages" and isinstance(yes, dict) and yes.get("Action") == SIGNING_ACTIONS and no == {"Ref": "AWS::NoValue"}):
+                    bad(f"ControllerRole statement is conditional but not the signing key's: {st}")
+                continue
             if not isinstance(st, dict) or "Effect" not in st:
                 bad(f"ControllerRole statement is conditional or malformed: {st}")
                 continue
@@ -590,16 +772,18 @@ def cmd_iam(template, actions_file):
         if "*" in a:
             bad(f"ControllerRole grants a wildcard action {a}")
     got = set(granted)
-    for a in sorted(wanted - got):
+    for a in sorted(always - got):
         bad(f"the controller calls {a} but ControllerRole does not grant it")
-    for a in sorted(got - wanted):
-        bad(f"ControllerRole grants {a}, which the controller does not call ({actions_file})")
+    for a in sorted(got - always):
+        bad(f"ControllerRole grants {a} unconditionally, which the controller does not call ({actions_file})")
     trust = role["Properties"].get("AssumeRolePolicyDocument")
     trust_text = json.dumps(trust)
     for needle in ("sts:AssumeRoleWithWebIdentity", ":sub", ":aud", "system:serviceaccount:${ControllerNamespace}:${ControllerServiceAccount}"):
         if needle not in trust_text:
             bad(f"ControllerRole trust policy lacks {needle!r}")
-    finish(f"ControllerRole grants exactly the {len(wanted)} actions of {actions_file.split('/')[-1]} ({statements} statements)")
+    cases = check_signing_iam(tpl)
+    finish(f"ControllerRole grants exactly the {len(always)} actions of {actions_file.split('/')[-1]} ({statements} statements), "
+           f"and {' and '.join(SIGNING_ACTIONS)} on the signing key only when there is one ({cases} parameter sets)")
 
 
 def check_cache_setup(res):
@@ -748,6 +932,125 @@ def cmd_prometheus_rule(on_render, off_render, release_ns):
     finish(f"PrometheusRule {rule.get('metadata', {}).get('name')} with {', '.join(sorted(found, key=str))} when enabled, none when not")
 
 
+SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "https://multiarch.dev/MultiArchBuild/v1"
+BUILDER_ID_PREFIX = "https://multiarch.dev/multiarch-operator"
+PEM_PUBLIC_KEY = re.compile(r"-----BEGIN PUBLIC KEY-----\n.+\n-----END PUBLIC KEY-----\n?", re.S)
+
+
+def check_key(where, key):
+    """A cosign public-key authority: a PEM public key (or a KMS URI), tlog and SCT not required."""
+    pem = key.get("publicKeys") or key.get("data")
+    if not (pem and PEM_PUBLIC_KEY.fullmatch(pem)) and not str(key.get("kms", "")).startswith("awskms://"):
+        bad(f"{where}: no PEM public key nor awskms:// key: {key}")
+
+
+def cmd_signing_policies(kyverno_path, policy_controller_path, src_dir):
+    """The admission policies of charts/multiarch-operator/docs that admit only images signed by
+    the controller with its SLSA provenance: the fields that decide, in both, so that neither
+    drifts from the other nor from the provenance the controller writes."""
+    ky = load(kyverno_path)
+    if (ky.get("apiVersion"), ky.get("kind")) != ("kyverno.io/v1", "ClusterPolicy"):
+        bad(f"{kyverno_path}: not a kyverno.io/v1 ClusterPolicy")
+    rules = [r for r in ky.get("spec", {}).get("rules", []) if r.get("verifyImages")]
+    if len(rules) != 1 or len(rules[0]["verifyImages"]) != 1:
+        bad(f"{kyverno_path}: expected one rule with one verifyImages entry")
+        finish("")
+    rule = rules[0]
+    if {k for a in rule.get("match", {}).get("any", []) for k in a.get("resources", {}).get("kinds", [])} != {"Pod"}:
+        bad(f"{kyverno_path}: the rule should match Pods")
+    vi = rule["verifyImages"][0]
+    refs = vi.get("imageReferences") or []
+    if not refs or any(not r.endswith("/*") for r in refs):
+        bad(f"{kyverno_path}: imageReferences should be repository patterns ending in /*: {refs}")
+    for field in ("mutateDigest", "verifyDigest", "required"):
+        if vi.get(field) is not True:
+            bad(f"{kyverno_path}: verifyImages {field} should be true")
+    if vi.get("failureAction") != "Enforce" or ky["spec"].get("webhookConfiguration", {}).get("failurePolicy") != "Fail":
+        bad(f"{kyverno_path}: should enforce (failureAction Enforce) and fail closed (failurePolicy Fail)")
+    attestor_sets = [("signature", vi.get("attestors", []))]
+    atts = vi.get("attestations", [])
+    if len(atts) != 1 or atts[0].get("type") != SLSA_PROVENANCE_V1:
+        bad(f"{kyverno_path}: expected one attestation of type {SLSA_PROVENANCE_V1}, found {[a.get('type') for a in atts]}")
+    else:
+        attestor_sets.append(("attestation", atts[0].get("attestors", [])))
+        conds = [c for block in atts[0].get("conditions", []) for c in block.get("all", [])]
+        if any(block.get("any") for block in atts[0].get("conditions", [])):
+            bad(f"{kyverno_path}: the attestation's conditions should all be required (all, not any)")
+        want = [
+            {"key": "{{ buildDefinition.buildType }}", "operator": "Equals", "value": BUILD_TYPE},
+            {"key": f"{{{{ starts_with(runDetails.builder.id, '{BUILDER_ID_PREFIX}') }}}}", "operator": "Equals", "value": True},
+        ]
+        if conds != want:
+            bad(f"{kyverno_path}: the attestation's conditions are {conds}, expected {want}")
+    keys = []
+    for what, sets in attestor_sets:
+        entries = [e for s in sets for e in s.get("entries", [])]
+        if len(entries) != 1 or "keys" not in entries[0]:
+            bad(f"{kyverno_path}: the {what} should be verified by one key attestor, found {entries}")
+            continue
+        k = entries[0]["keys"]
+        keys.append(k.get("publicKeys") or k.get("kms"))
+        check_key(f"{kyverno_path} {what}", k)
+        if not (k.get("rekor", {}).get("ignoreTlog") is True and k.get("ctlog", {}).get("ignoreSCT") is True):
+            bad(f"{kyverno_path}: the {what}'s key should not require Rekor (rekor.ignoreTlog, ctlog.ignoreSCT): the controller does not upload")
+
+    pc = load(policy_controller_path)
+    if (pc.get("apiVersion"), pc.get("kind")) != ("policy.sigstore.dev/v1beta1", "ClusterImagePolicy"):
+        bad(f"{policy_controller_path}: not a policy.sigstore.dev/v1beta1 ClusterImagePolicy")
+    spec = pc.get("spec", {})
+    globs = [i.get("glob", "") for i in spec.get("images", [])]
+    if [g[:-3] for g in globs] != [r[:-2] for r in refs] or any(not g.endswith("/**") for g in globs):
+        bad(f"{policy_controller_path}: images {globs} should be the Kyverno policy's repositories {refs} (as <repo>/**)")
+    if spec.get("mode", "enforce") != "enforce":
+        bad(f"{policy_controller_path}: mode should be enforce")
+    auths = spec.get("authorities", [])
+    if len(auths) != 1 or "key" not in auths[0]:
+        bad(f"{policy_controller_path}: expected one key authority")
+        finish("")
+    auth = auths[0]
+    key = auth["key"]
+    check_key(policy_controller_path, key)
+    if sum(1 for f in ("data", "kms", "secretRef") if key.get(f)) != 1:
+        bad(f"{policy_controller_path}: the key should have exactly one of data, kms, secretRef")
+    keys.append(key.get("data") or key.get("kms"))
+    if len({(k or "").strip() for k in keys}) != 1:
+        bad(f"the two policies do not name the same key: {keys}")
+    if auth.get("ctlog") != {}:
+        bad(f"{policy_controller_path}: ctlog should be {{}} (no Rekor verification: the controller does not upload)")
+    patts = auth.get("attestations", [])
+    if len(patts) != 1 or patts[0].get("predicateType") != SLSA_PROVENANCE_V1:
+        bad(f"{policy_controller_path}: expected one attestation of predicateType {SLSA_PROVENANCE_V1}")
+    else:
+        pol = patts[0].get("policy", {})
+        cue = pol.get("data", "")
+        if pol.get("type") != "cue":
+            bad(f"{policy_controller_path}: the attestation policy should be cue")
+        for needle in (f'predicateType: "{SLSA_PROVENANCE_V1}"', f'buildType: "{BUILD_TYPE}"',
+                       'runDetails: builder: id: =~"^' + BUILDER_ID_PREFIX.replace(".", "\\\\.") + '"'):
+            if needle not in cue:
+                bad(f"{policy_controller_path}: the cue policy lacks {needle!r}:\n{cue}")
+
+    # Once the controller names its build type and builder id, they must be what the policies ask.
+    seen = 0
+    for root, _, files in os.walk(src_dir):
+        for name in files:
+            if not name.endswith(".rs"):
+                continue
+            path = os.path.join(root, name)
+            with open(path) as f:
+                text = f.read()
+            for m in re.finditer(r'"(https://multiarch\.dev/MultiArchBuild/[^"]*)"', text):
+                seen += 1
+                if m.group(1) != BUILD_TYPE:
+                    bad(f"{path}: build type {m.group(1)!r}, the policies ask for {BUILD_TYPE!r}")
+            for m in re.finditer(r'"(https://multiarch\.dev/multiarch-operator[^"]*)"', text):
+                seen += 1
+    src_note = f"{seen} mention(s) in {src_dir} agree" if seen else f"{src_dir} names no build type yet"
+    finish(f"Kyverno and policy-controller policies: same repositories and key, signature and {SLSA_PROVENANCE_V1} "
+           f"attestation, buildType {BUILD_TYPE}, builder id {BUILDER_ID_PREFIX}*; {src_note}")
+
+
 def cmd_notes(notes_output):
     with open(notes_output) as f:
         text = f.read()
@@ -767,11 +1070,13 @@ COMMANDS = {
     "hardened": cmd_hardened,
     "options": cmd_options,
     "env-in-cli": cmd_env_in_cli,
+    "signing": cmd_signing,
     "versions": cmd_versions,
     "iam": cmd_iam,
     "cfn-shape": cmd_cfn_shape,
     "notes": cmd_notes,
     "prometheus-rule": cmd_prometheus_rule,
+    "signing-policies": cmd_signing_policies,
 }
 
 if __name__ == "__main__":

@@ -125,11 +125,25 @@ check "Deployment hardened with every option set" "${CHECK[@]}" hardened "$tmp/c
 check "every MAB_* variable the chart sets is a flag of src/cli.rs" \
     "${CHECK[@]}" env-in-cli "$tmp/chart-all.yaml" src/cli.rs "$ALL_VALUES"
 
+signing_renders() {
+    local kms=awskms:///alias/multiarch-operator-signing file=file:///etc/multiarch-operator/signing/cosign.key
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$NS" --set signing.key="$kms" >"$tmp/chart-signing-kms.yaml" &&
+        "$HELM" template "$RELEASE" "$CHART" --namespace "$NS" --set signing.key="$file" \
+            --set signing.secretName=controller-signing-key >"$tmp/chart-signing-file.yaml" &&
+        "${CHECK[@]}" signing "$tmp/chart-default.yaml" "$tmp/chart-signing-kms.yaml" "$tmp/chart-signing-file.yaml" \
+            "$kms" "$file" controller-signing-key
+}
+check "signing: unset -> no MAB_SIGNING_KEY, no mount; awskms -> the variable; file + Secret -> the variable and a read-only mount" signing_renders
+
 notes() {
     "$HELM" install "$RELEASE" "$CHART" --namespace "$NS" --dry-run=client >"$tmp/notes.txt" 2>&1 &&
         "${CHECK[@]}" notes "$tmp/notes.txt" && [ -f config/samples/vecoli.yaml ]
 }
 check "NOTES.txt: apply config/samples/vecoli.yaml, kubectl get mab -w, kubectl wait --for=condition=Ready; how to lock down" notes
+
+# ---------------------------------------------------------------- chart docs: admission policies for signed images
+check "docs: the Kyverno and policy-controller policies admit only images signed by the controller with its SLSA provenance v1" \
+    "${CHECK[@]}" signing-policies "$CHART/docs/kyverno-verify-images.yaml" "$CHART/docs/policy-controller-image-policy.yaml" src
 
 # ---------------------------------------------------------------- the CRDs: one set of bytes each
 crd_copies_identical() {
@@ -201,7 +215,7 @@ cfn_lint_clean() {
     echo "ok: ${#files[@]} template(s) lint clean for us-east-1 and us-gov-west-1"
 }
 check "cfn-lint config/aws/*.yaml: no error, no warning" cfn_lint_clean
-check "the controller IAM policy grants exactly config/aws/controller-actions.txt" \
+check "the controller IAM policy grants exactly config/aws/controller-actions.txt; kms:Sign/GetPublicKey only on the signing key, only with one" \
     "${CHECK[@]}" iam config/aws/multiarch-batch.yaml config/aws/controller-actions.txt
 check "AWS template: EC2 per-arch compute, queues, DooD job definition, partition-aware, chart defaults" \
     "${CHECK[@]}" cfn-shape config/aws/multiarch-batch.yaml "$CHART/values.yaml"
