@@ -10,12 +10,12 @@ use k8s_openapi::jiff::Timestamp;
 use tracing::{info, warn};
 
 use crate::{
-    attest::{self, AttestError, statement},
     api::{GitSources, MultiArchBuildSpec, MultiArchBuildStatus, Platform},
+    attest::{self, AttestError, statement},
     batch::{BatchError, BatchExecutor, BuildRef, MAX_LOG_TAIL_LINES, SubmittedJob, submit_request},
     plan::{
-        self, Action, AssemblyOutcome, AttestationOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult, Observations,
-        TagsOutcome,
+        self, Action, AssemblyOutcome, AttestationOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult,
+        Observations, TagsOutcome,
     },
     provenance::{CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL, inputs_hash, pinned_commit},
     registry::{Existing, IndexRequest, PushedIndex, RegistryClient, RegistryError, ReuseExpectation},

@@ -18,5 +18,5 @@ pub mod registry;
 pub mod signing;
 pub mod strict;
 pub mod tenancy;
-pub mod verify;
 mod util;
+pub mod verify;

@@ -65,7 +65,8 @@ impl FromStr for KeyUri {
             let (endpoint, key_id) = rest
                 .split_once('/')
                 .ok_or_else(|| bad("expected awskms:///<key id, key ARN or alias/NAME>"))?;
-            if key_id.is_empty() || key_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            let empty_alias = key_id.strip_prefix("alias/").is_some_and(str::is_empty);
+            if key_id.is_empty() || empty_alias || key_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(bad("expected awskms:///<key id, key ARN or alias/NAME>"));
             }
             let endpoint = (!endpoint.is_empty()).then(|| format!("https://{endpoint}"));
@@ -279,13 +280,12 @@ impl Signer {
     fn kms_error<E, R>(&self, operation: &'static str, error: &aws_sdk_kms::error::SdkError<E, R>) -> SigningError
     where
         E: std::error::Error + 'static,
-        R: fmt::Debug,
+        R: fmt::Debug + 'static,
     {
-        let detail = aws_sdk_kms::error::DisplayErrorContext(error).to_string();
         SigningError::Kms {
             operation,
             key: self.uri.to_string(),
-            reason: crate::util::one_line(&detail),
+            reason: crate::util::error_chain(error),
         }
     }
 }
@@ -385,7 +385,14 @@ vyrZLx4EF/GQmQDlvVcXu/qDF1utW/kpt0Ueg0/RUXjVcLIgENTUwUw/
             }
         );
         assert_eq!(parse("file:///k.pem").expect("file"), KeyUri::File("/k.pem".into()));
-        for bad in ["awskms://", "awskms:///", "file://k.pem", "k.pem", "gcpkms://x"] {
+        for bad in [
+            "awskms://",
+            "awskms:///",
+            "awskms:///alias/",
+            "file://k.pem",
+            "k.pem",
+            "gcpkms://x",
+        ] {
             let e = parse(bad).expect_err(bad).to_string();
             assert!(e.starts_with(&format!("--signing-key {bad:?}: expected ")), "{e}");
         }

@@ -55,7 +55,15 @@ pub async fn run(args: &VerifyArgs) -> Result<String, String> {
         .await
         .map_err(|e| unreadable(&e))?;
     let commit = judge(&statement, &children, args.commit.as_deref()).map_err(refused)?;
-    Ok(report(&pinned, &args.key, &signature, &provenance.image, &statement, &commit, &children))
+    Ok(report(
+        &pinned,
+        &args.key,
+        &signature,
+        &provenance.image,
+        &statement,
+        &commit,
+        &children,
+    ))
 }
 
 /// `repository@sha256:…` or `repository:tag` (a `:` after the last `/` starts the tag).
@@ -87,7 +95,8 @@ fn key_uri(key: &str) -> KeyUri {
 async fn public_key(uri: KeyUri, aws: &SdkConfig) -> Result<PublicKey, String> {
     match uri {
         KeyUri::File(path) => {
-            let pem = std::fs::read_to_string(&path).map_err(|e| format!("--key {}: cannot read it: {e}", path.display()))?;
+            let pem =
+                std::fs::read_to_string(&path).map_err(|e| format!("--key {}: cannot read it: {e}", path.display()))?;
             PublicKey::from_pem(&pem).map_err(|e| format!("--key {}: {e}", path.display()))
         }
         kms => {
@@ -106,7 +115,9 @@ fn judge(statement: &Value, children: &[IndexChild], expected: Option<&str>) -> 
     if let Some(expected) = expected
         && commit != expected
     {
-        return Err(format!("the provenance names commit {commit}, not {expected} (--commit)"));
+        return Err(format!(
+            "the provenance names commit {commit}, not {expected} (--commit)"
+        ));
     }
     for child in children {
         if !statement::names_subject(statement, &child.digest) {
@@ -146,7 +157,9 @@ fn report(
         format!("  provenance  {provenance_image} (SLSA provenance v1, signed)"),
         format!(
             "  builder     {}",
-            statement["predicate"]["runDetails"]["builder"]["id"].as_str().unwrap_or("(not named)")
+            statement["predicate"]["runDetails"]["builder"]["id"]
+                .as_str()
+                .unwrap_or("(not named)")
         ),
         format!(
             "  source      {} at {commit} (revision {})",
@@ -205,7 +218,11 @@ mod tests {
     fn images_are_named_by_digest_or_tag() {
         assert_eq!(split_image("reg:5000/a/b@sha256:ab"), Ok(("reg:5000/a/b", "sha256:ab")));
         assert_eq!(split_image("reg:5000/a/b:v1"), Ok(("reg:5000/a/b", "v1")));
-        assert!(split_image("reg:5000/a/b").unwrap_err().contains("expected repository@sha256"));
+        assert!(
+            split_image("reg:5000/a/b")
+                .unwrap_err()
+                .contains("expected repository@sha256")
+        );
         assert!(split_image("a/b:").is_err());
     }
 

@@ -38,6 +38,7 @@ use multiarch_operator::controller::{
     Context, FINALIZER, LeaseSettings, ReconcileConfig, Settings, Shutdown, http::Health, metrics::Metrics, reconcile,
     run_with,
 };
+use multiarch_operator::signing::{KeyUri, PublicKey, Signer};
 use multiarch_operator::tenancy::AllowedRegistries;
 use serde_json::{Value, json};
 use support::{ImageSpec, Pusher, Registry, sha256};
@@ -1137,6 +1138,176 @@ async fn an_ecr_repository_is_reached_with_one_cached_token(env: Arc<Env>) {
     assert_eq!(aws_calls(&metrics, "GetAuthorizationToken"), 1, "one token, reused");
 }
 
+/// With a KMS signing key a build names its image only once the index's signature and provenance
+/// are pushed and read back verified. While KMS refuses (here: the key's alias does not exist, as
+/// after a deletion or for a key the role may not use) the build stays Assembling with
+/// `SigningFailed` and `status.image` is never written; once the key works it completes.
+async fn a_signed_build_names_its_image_only_once_signature_and_provenance_verify(env: Arc<Env>) {
+    let fake = env.fake();
+    let alias = "alias/mab-controller-signing";
+    let uri: KeyUri = format!("awskms:///{alias}").parse().unwrap();
+    let signer = Signer::open(uri, &env.aws).unwrap();
+    let config = ReconcileConfig {
+        signer: Some(Arc::new(signer)),
+        ..env.config()
+    };
+    let ctx = context_on(&fake, &env.aws, env.metrics(), config);
+    let repository = env.registry.repo("signed/app");
+    let key = create_build(&fake, good_build("signing", "signed", &repository));
+    reconcile_now(&fake, &ctx, &key).await;
+    reconcile_now(&fake, &ctx, &key).await;
+    env.builder.play().await;
+    ctx.poller().sweep().await;
+    for _ in 0..2 {
+        reconcile_now(&fake, &ctx, &key).await;
+        let waiting = status(&fake, &key);
+        assert_eq!(waiting["phase"], "Assembling", "{waiting}");
+        assert_eq!(ready(&waiting)["reason"], "SigningFailed", "{waiting}");
+        let message = waiting["message"].as_str().unwrap();
+        assert!(
+            message.contains("its provenance is not attached: KMS could not") && message.contains(alias),
+            "{message}"
+        );
+        assert!(waiting["digest"].is_string(), "the index is pushed: {waiting}");
+        assert!(
+            waiting["image"].is_null(),
+            "status.image written before signing: {waiting}"
+        );
+        assert!(waiting["signature"].is_null() && waiting["provenance"].is_null());
+    }
+
+    let kms = aws_sdk_kms::Client::new(&env.aws);
+    let created = kms
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .unwrap();
+    let key_id = created.key_metadata().unwrap().key_id().to_string();
+    kms.create_alias()
+        .alias_name(alias)
+        .target_key_id(&key_id)
+        .send()
+        .await
+        .unwrap();
+    reconcile_now(&fake, &ctx, &key).await;
+    let done = status(&fake, &key);
+    assert!(succeeded(&fake, &key), "{done}");
+    let digest = done["digest"].as_str().unwrap();
+    assert_eq!(done["image"], format!("{repository}@{digest}"));
+    let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    assert_eq!(done["signature"]["image"], format!("{repository}:{tag}.sig"));
+    assert_eq!(done["signature"]["key"], format!("awskms:///{alias}"));
+    assert_eq!(done["provenance"]["image"], format!("{repository}:{tag}.att"));
+    assert_eq!(done["provenance"]["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(done["provenance"]["signed"], true);
+
+    // What the status names verifies with the key's public key, as KMS gives it.
+    let public = kms.get_public_key().key_id(&key_id).send().await.unwrap();
+    let public = PublicKey::from_der(public.public_key().unwrap().as_ref()).unwrap();
+    let registry = multiarch_operator::config::registry(&env.config().registry, &repository, &env.aws);
+    let found = multiarch_operator::attest::check(&registry, &repository, digest, Some(&public))
+        .await
+        .unwrap();
+    let signature = found.signature.unwrap();
+    assert_eq!(done["signature"]["digest"], signature.digest.as_str());
+    let (provenance, statement) = found.provenance.unwrap();
+    assert_eq!(done["provenance"]["digest"], provenance.digest.as_str());
+    assert_eq!(
+        statement["subject"].as_array().unwrap().len(),
+        3,
+        "the index and both platforms"
+    );
+    let jobs = statement["predicate"]["runDetails"]["byproducts"].as_array().unwrap();
+    for platform in done["platforms"].as_array().unwrap() {
+        let job = jobs
+            .iter()
+            .find(|j| j["annotations"]["platform"] == platform["platform"])
+            .unwrap();
+        assert_eq!(job["uri"], platform["jobArn"], "{job}");
+        assert!(job["uri"].as_str().unwrap().starts_with("arn:aws:batch:"), "{job}");
+        assert_eq!(job["annotations"]["jobQueue"], platform["jobQueue"]);
+    }
+}
+
+/// Without KMS, a PEM key file (`--signing-key file:///…`, the chart's `signing.secretName`) signs
+/// the same way; openssl checks the index signature with the public key.
+async fn a_pem_key_signs_where_there_is_no_kms(env: Arc<Env>) {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("cosign.key");
+    let public = dir.path().join("cosign.pub");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &path(&private),
+    ]);
+    openssl(&["pkey", "-in", &path(&private), "-pubout", "-out", &path(&public)]);
+
+    let fake = env.fake();
+    let uri: KeyUri = format!("file://{}", path(&private)).parse().unwrap();
+    let config = ReconcileConfig {
+        signer: Some(Arc::new(Signer::open(uri, &env.aws).unwrap())),
+        ..env.config()
+    };
+    let ctx = context_on(&fake, &env.aws, env.metrics(), config);
+    let repository = env.registry.repo("signed/pem");
+    let key = create_build(&fake, good_build("signing", "pem", &repository));
+    build_to_success(&env, &fake, &ctx, &key).await;
+    let done = status(&fake, &key);
+    assert_eq!(done["provenance"]["signed"], true, "{done}");
+    let digest = done["digest"].as_str().unwrap();
+
+    // The signature manifest's one layer is the payload; its annotation the base64 signature.
+    let (code, _, manifest) = env
+        .pusher
+        .get_manifest("signed/pem", done["signature"]["digest"].as_str().unwrap())
+        .await;
+    assert_eq!(code, 200);
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = &manifest["layers"][0];
+    let payload = env
+        .pusher
+        .get_blob("signed/pem", layer["digest"].as_str().unwrap())
+        .await;
+    let payload_json: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(payload_json["critical"]["image"]["docker-manifest-digest"], digest);
+    use base64::Engine as _;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(
+            layer["annotations"]["dev.cosignproject.cosign/signature"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    std::fs::write(dir.path().join("payload"), &payload).unwrap();
+    std::fs::write(dir.path().join("payload.sig"), &signature).unwrap();
+    let verified = openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        &path(&public),
+        "-signature",
+        &path(&dir.path().join("payload.sig")),
+        &path(&dir.path().join("payload")),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&verified).trim(), "Verified OK");
+}
+
 /// A controller killed after SubmitJob and before the job id reached the status: the next one
 /// adopts the jobs by their deterministic names, so each platform still has exactly one job.
 async fn a_restart_between_submit_and_the_status_write_submits_nothing_twice(env: Arc<Env>) {
@@ -2043,6 +2214,12 @@ fn iam_actions(metrics: &Metrics) -> BTreeSet<String> {
             ("GET", "blob") => "ecr:GetDownloadUrlForLayer".to_string(),
             ("HEAD", "blob") => "ecr:BatchCheckLayerAvailability".to_string(),
             ("PUT", "manifest") => "ecr:PutImage".to_string(),
+            ("POST", "upload") => "ecr:InitiateLayerUpload".to_string(),
+            // One monolithic PUT uploads the part and completes the upload.
+            ("PUT", "upload") => {
+                actions.insert("ecr:UploadLayerPart".to_string());
+                "ecr:CompleteLayerUpload".to_string()
+            }
             (method, object) => format!("(no known ECR action for {method} {object})"),
         };
         actions.insert(action);
@@ -2087,6 +2264,8 @@ fn main() -> ExitCode {
         a_second_replica_without_the_lease_does_nothing,
         a_leader_that_cannot_renew_its_lease_stops_within_the_lease_duration,
         a_restart_between_submit_and_the_status_write_submits_nothing_twice,
+        a_signed_build_names_its_image_only_once_signature_and_provenance_verify,
+        a_pem_key_signs_where_there_is_no_kms,
         a_failed_job_fails_the_build_with_its_log_tail,
         an_ecr_repository_is_reached_with_one_cached_token,
         the_controller_waits_for_the_crd_then_builds_and_releases,

@@ -738,3 +738,155 @@ fn a_platform_with_its_own_target_pushes_that_stage() {
         ]
     );
 }
+
+/// A KMS client for the stack's moto (which signs with ECDSA_SHA_256 on ECC_NIST_P256 keys).
+fn kms_client(env: &HashMap<String, String>) -> aws_sdk_kms::Client {
+    let credentials = Credentials::new(
+        &env["AWS_ACCESS_KEY_ID"],
+        &env["AWS_SECRET_ACCESS_KEY"],
+        None,
+        None,
+        "local-stack",
+    );
+    let config = aws_sdk_kms::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(&env["AWS_ENDPOINT_URL"])
+        .region(Region::new(env["AWS_REGION"].clone()))
+        .credentials_provider(credentials)
+        .build();
+    aws_sdk_kms::Client::from_conf(config)
+}
+
+/// A new ECC_NIST_P256 SIGN_VERIFY key and its new alias (`alias/<prefix>-<unique>`).
+fn signing_key(env: &HashMap<String, String>, prefix: &str) -> (String, String) {
+    let kms = kms_client(env);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let created = rt
+        .block_on(
+            kms.create_key()
+                .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
+                .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+                .send(),
+        )
+        .unwrap();
+    let key_id = created.key_metadata().unwrap().key_id().to_string();
+    let alias = format!("alias/{}", unique(prefix));
+    rt.block_on(kms.create_alias().alias_name(&alias).target_key_id(&key_id).send())
+        .unwrap();
+    (key_id, alias)
+}
+
+/// `multiarch-operator verify ARGS` against the stack's registry.
+fn verify(env: &HashMap<String, String>, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_multiarch-operator"))
+        .arg("verify")
+        .args(args)
+        .envs(env)
+        .env("MAB_REGISTRY_PLAIN_HTTP", &env["MAB_REGISTRY"])
+        .env("MAB_REGISTRY_ALLOW_LOOPBACK", "true")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A refusal of `verify`: exit 1, stdout empty, one line on stderr that says `why`.
+fn assert_refused(verified: (bool, String, String), why: &str) {
+    let (ok, stdout, stderr) = verified;
+    assert!(!ok && stdout.is_empty(), "not refused:\n{stdout}{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+    assert!(
+        stderr.starts_with("multiarch-operator: refused ") && stderr.contains(why),
+        "{stderr}"
+    );
+}
+
+/// With `--signing-key awskms:///…` (moto's KMS), the index's signature and its SLSA provenance
+/// are pushed where cosign looks (readable with skopeo), and verify with the key's public key in
+/// Python's `cryptography` over the index digest, with subjects the index and both platform images;
+/// one byte changed and they do not. `verify` accepts it, and refuses another key, another commit
+/// and an unsigned index, each in one line.
+#[test]
+fn a_signed_index_verifies_with_the_kms_public_key_outside_this_code() {
+    let Some(env) = stack() else { return };
+    let (key_id, alias) = signing_key(&env, "mab-e2e-signing");
+    let key = format!("awskms:///{alias}");
+    let build = write_build(&env, "signed", &env["MAB_SAMPLE_REVISION"], "");
+    let (out, stdout, stderr) = run(&env, &build.file, &["--wait", "--signing-key", &key]);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    assert!(stderr.contains("attaching its provenance"), "{stderr}");
+    let pinned = stdout.trim();
+    let (repository, digest) = pinned.split_once('@').unwrap();
+
+    let checked = Command::new(&env["MAB_STACK_PYTHON"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/verify_signed.py"))
+        .args([pinned, &key_id])
+        .envs(&env)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "verify_signed.py: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let found: serde_json::Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert_eq!(found["index"], digest);
+    assert_eq!(found["subjects"].as_array().unwrap().len(), 3, "{found}");
+    assert_eq!(found["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(found["commit"], env["MAB_SAMPLE_REVISION"].as_str());
+    assert!(
+        found["builder"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://multiarch.dev/multiarch-operator@v")
+    );
+    let jobs = found["jobs"].as_array().unwrap();
+    assert!(
+        jobs.len() == 2 && jobs.iter().all(|j| j.as_str().unwrap().starts_with("arn:aws:batch:")),
+        "{found}"
+    );
+
+    // The tag fallback, at the names cosign uses, each a manifest whose subject is the index.
+    let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    for (suffix, layer) in [
+        ("sig", "application/vnd.dev.cosign.simplesigning.v1+json"),
+        ("att", "application/vnd.dsse.envelope.v1+json"),
+    ] {
+        let raw = skopeo_raw(&format!("{repository}:{tag}.{suffix}")).expect("skopeo inspect --raw");
+        let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], layer, "{manifest}");
+        assert_eq!(manifest["subject"]["digest"], digest, "{manifest}");
+    }
+
+    let (ok, report, stderr) = verify(&env, &[pinned, "--key", &key, "--commit", &env["MAB_SAMPLE_REVISION"]]);
+    assert!(ok, "{stderr}");
+    assert!(report.starts_with(&format!("verified {pinned}\n")), "{report}");
+    assert!(report.contains(&format!("{tag}.sig (key {key})")), "{report}");
+    assert!(report.contains(&env["MAB_SAMPLE_REVISION"]), "{report}");
+
+    let (_, other_alias) = signing_key(&env, "mab-e2e-other");
+    assert_refused(
+        verify(&env, &[pinned, "--key", &format!("awskms:///{other_alias}")]),
+        "signed by another key",
+    );
+    let other_commit = "f".repeat(40);
+    assert_refused(
+        verify(&env, &[pinned, "--key", &key, "--commit", &other_commit]),
+        &format!("names commit {}, not {other_commit}", env["MAB_SAMPLE_REVISION"]),
+    );
+
+    // The same source built without a key: its provenance is attached, unsigned, and refused.
+    let unsigned = write_build(&env, "unsigned", &env["MAB_SAMPLE_REVISION"], "");
+    let (out, stdout, stderr) = run(&env, &unsigned.file, &["--wait"]);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    let unsigned_pinned = stdout.trim();
+    let unsigned_tag = format!("sha256-{}", unsigned_pinned.split_once("@sha256:").unwrap().1);
+    let raw = skopeo_raw(&format!("{}:{unsigned_tag}.att", unsigned.repository)).expect("unsigned provenance");
+    assert!(!raw.is_empty());
+    assert_refused(verify(&env, &[unsigned_pinned, "--key", &key]), "not signed");
+}

@@ -244,7 +244,7 @@ async fn check_signature(
     });
     if !verified {
         return Ok(Err(format!(
-            "{} has no signature of {digest} that this key verifies (signed by another key?)",
+            "{}: no signature of this index by this key (signed by another key?)",
             Kind::Signature.tag(digest)
         )));
     }

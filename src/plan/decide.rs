@@ -8,10 +8,10 @@ use k8s_openapi::{
 };
 
 use super::{
-    ATTEST_RETRY_SECONDS, Action, AssemblyOutcome, AttestationOutcome, DEPENDENCIES_READY, Dependencies, Dependency, ExistingIndex, INDEX_REUSED, IndexRef,
-    Input, JobObservation, JobResult, JobSnapshot, JobState, LAST_LOG_LINES, MISSING_JOB_GRACE_SECONDS, Plan, READY,
-    RECONCILING, RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, STALLED, SUBMIT_SETTLE_SECONDS, SUCCEEDED,
-    TagsOutcome, is_live, live_job, reason, state_of,
+    ATTEST_RETRY_SECONDS, Action, AssemblyOutcome, AttestationOutcome, DEPENDENCIES_READY, Dependencies, Dependency,
+    ExistingIndex, INDEX_REUSED, IndexRef, Input, JobObservation, JobResult, JobSnapshot, JobState, LAST_LOG_LINES,
+    MISSING_JOB_GRACE_SECONDS, Plan, READY, RECONCILING, RESULT_LOG_GRACE_SECONDS, RESULT_LOG_RETRY_SECONDS, STALLED,
+    SUBMIT_SETTLE_SECONDS, SUCCEEDED, TagsOutcome, is_live, live_job, reason, state_of,
 };
 use crate::api::{
     InputsStatus, MultiArchBuildSpec, MultiArchBuildStatus, Phase, Platform, PlatformStatus, ResolvedBuildArg,

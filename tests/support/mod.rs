@@ -394,6 +394,17 @@ impl Pusher {
             .to_string();
         (status, ct, resp.bytes().await.expect("body").to_vec())
     }
+
+    pub async fn get_blob(&self, repo: &str, digest: &str) -> Vec<u8> {
+        let resp = self
+            .http
+            .get(format!("{}/v2/{repo}/blobs/{digest}", self.base))
+            .send()
+            .await
+            .expect("get blob");
+        assert!(resp.status().is_success(), "GET blob {digest}: {}", resp.status());
+        resp.bytes().await.expect("body").to_vec()
+    }
 }
 
 /// A ustar archive with one regular file.
