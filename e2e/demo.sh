@@ -38,7 +38,10 @@ spec:
   jobDefinition: $MAB_JOB_DEFINITION
 YAML
 echo "demo: building $MAB_REGISTRY/demo/hello:$tag from $file"
-image=$("$bin" build -f "$file" --wait --allow-local-git --registry-plain-http "$MAB_REGISTRY" --registry-allow-loopback --poll-interval-seconds 1)
+echo "demo: signing the index and its SLSA provenance with $MAB_LOCAL_SIGNING_KEY (moto's KMS)"
+registry_flags=(--registry-plain-http "$MAB_REGISTRY" --registry-allow-loopback)
+image=$("$bin" build -f "$file" --wait --allow-local-git "${registry_flags[@]}" --poll-interval-seconds 1 \
+    --signing-key "$MAB_LOCAL_SIGNING_KEY")
 digest=${image#*@}
 echo
 echo "demo: index digest $digest"
@@ -60,6 +63,12 @@ PY
     [[ $config_arch == "linux/$arch" ]] || { echo "demo: FAILED: $child is $config_arch, listed as linux/$arch" >&2; exit 1; }
     echo "demo: $child: config says $config_arch (matches its index entry)"
 done
+echo
+signature_tag="sha256-${digest#sha256:}.sig"
+echo "demo: the signature, where cosign looks: skopeo inspect --raw docker://$MAB_REGISTRY/demo/hello:$signature_tag"
+skopeo inspect --tls-verify=false --raw "docker://$MAB_REGISTRY/demo/hello:$signature_tag" | python3 -m json.tool
+echo "demo: $bin verify $image --key $MAB_LOCAL_SIGNING_KEY --commit $MAB_SAMPLE_REVISION"
+"$bin" verify "$image" --key "$MAB_LOCAL_SIGNING_KEY" --commit "$MAB_SAMPLE_REVISION" "${registry_flags[@]}"
 echo
 echo "demo: OK: pin $image"
 echo "demo: the stack keeps running for the next demo or test; stop it with: e2e/local-stack down (--purge deletes its state in $MAB_STACK_DIR)"

@@ -26,6 +26,8 @@ QUEUES = {"build-amd64": "mab-local-amd64", "build-arm64": "mab-local-arm64"}
 JOB_DEFINITION = "multiarch-builder"
 SLEEPER_JOB_DEFINITION = "mab-local-sleeper"
 LOG_GROUP = "/aws/batch/job"
+# The KMS key `make demo` signs with (moto signs ECDSA_SHA_256 with ECC_NIST_P256 keys).
+SIGNING_ALIAS = "alias/mab-local-signing"
 ROLE = "mab-local-batch-service-role"
 DOCKER_SOCK = "/var/run/docker.sock"
 
@@ -163,6 +165,16 @@ def setup(args):
         logs.create_log_group(logGroupName=LOG_GROUP)
         say(f"created log group {LOG_GROUP}")
 
+    kms = client("kms")
+    if not signing_key_present(kms):
+        key_id = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName=SIGNING_ALIAS, TargetKeyId=key_id)
+        say(f"created KMS signing key {SIGNING_ALIAS} (ECC_NIST_P256, SIGN_VERIFY)")
+
+
+def signing_key_present(kms):
+    return any(a["AliasName"] == SIGNING_ALIAS for a in kms.list_aliases()["Aliases"])
+
 
 def check(args):
     batch = client("batch")
@@ -189,12 +201,14 @@ def check(args):
                 )
         if not logs.describe_log_groups(logGroupNamePrefix=LOG_GROUP)["logGroups"]:
             problems.append(f"log group {LOG_GROUP} missing")
+        if not signing_key_present(client("kms")):
+            problems.append(f"KMS key {SIGNING_ALIAS} missing")
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
         problems.append(f"cannot query moto: {e}")
     if problems:
         print("; ".join(problems))
         sys.exit(1)
-    print(f"queues {', '.join(QUEUES)}, job definition {JOB_DEFINITION}, log group {LOG_GROUP}")
+    print(f"queues {', '.join(QUEUES)}, job definition {JOB_DEFINITION}, log group {LOG_GROUP}, signing key {SIGNING_ALIAS}")
 
 
 def job_logs(job):
