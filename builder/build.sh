@@ -508,10 +508,6 @@ server_version=$(tail -n 1 "$work/docker-version.log")
 # into it (/etc/hostname, /etc/resolv.conf, /etc/hosts) come from
 # <data-root>/containers/<64 hex id>/, which /proc/self/mountinfo shows; else $HOSTNAME (Docker
 # sets it to the id's first 12 characters unless the container got a hostname of its own).
-is_sha256() { # WORD: sha256:<64 lowercase hex>
-    case ${1#sha256:} in "$1" | *[!0-9a-f]*) return 1 ;; esac
-    [ "${#1}" -eq 71 ]
-}
 find_builder_image() {
     builder_image=''
     _self=$(sed -n \
@@ -530,14 +526,14 @@ find_builder_image() {
         return 0
     fi
     _id=$(docker container inspect --format '{{.Image}}' "$_self" 2>/dev/null) || _id=''
-    if ! is_sha256 "$_id"; then
+    if ! matches '^sha256:[0-9a-f]{64}$' "$_id"; then
         builder_image_why="docker container inspect $_self (from $_from) gave no image id"
         return 0
     fi
     _digests=$(docker image inspect --format '{{join .RepoDigests " "}}' "$_id" 2>/dev/null) || _digests=''
     builder_image=$_id
     for _d in $_digests; do
-        if is_sha256 "${_d##*@}" && [ "${_d%@*}" != "$_d" ]; then
+        if matches '^[^@]+@sha256:[0-9a-f]{64}$' "$_d"; then
             builder_image=$_d
             break
         fi

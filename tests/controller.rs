@@ -41,7 +41,7 @@ use multiarch_operator::controller::{
 use multiarch_operator::signing::{KeyUri, PublicKey, Signer};
 use multiarch_operator::tenancy::AllowedRegistries;
 use serde_json::{Value, json};
-use support::{ImageSpec, Pusher, Registry, sha256};
+use support::{Fault, Front, ImageSpec, Pusher, Registry, sha256};
 
 /// What every scenario shares: one moto, one registry, and the fakes and metrics (for the RBAC
 /// and IAM checks).
@@ -1177,14 +1177,7 @@ async fn a_signed_build_names_its_image_only_once_signature_and_provenance_verif
     }
 
     let kms = aws_sdk_kms::Client::new(&env.aws);
-    let created = kms
-        .create_key()
-        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
-        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
-        .send()
-        .await
-        .unwrap();
-    let key_id = created.key_metadata().unwrap().key_id().to_string();
+    let key_id = signing_key(&env.aws).await;
     kms.create_alias()
         .alias_name(alias)
         .target_key_id(&key_id)
@@ -1229,6 +1222,72 @@ async fn a_signed_build_names_its_image_only_once_signature_and_provenance_verif
         assert!(job["uri"].as_str().unwrap().starts_with("arn:aws:batch:"), "{job}");
         assert_eq!(job["annotations"]["jobQueue"], platform["jobQueue"]);
     }
+}
+
+/// A new ECC_NIST_P256 SIGN_VERIFY key in moto's KMS (which signs with ECDSA_SHA_256); its id.
+async fn signing_key(aws: &SdkConfig) -> String {
+    let created = aws_sdk_kms::Client::new(aws)
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .unwrap();
+    created.key_metadata().unwrap().key_id().to_string()
+}
+
+/// KMS refusing the controller's role (IAM or the key policy without kms:GetPublicKey/kms:Sign)
+/// holds the image back the same way, with AWS's reason, until access is granted.
+async fn a_kms_key_the_role_may_not_use_holds_the_image_until_it_may(env: Arc<Env>) {
+    let key_id = signing_key(&env.aws).await;
+    let moto = env
+        .aws
+        .endpoint_url()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let front = Front::start(&moto, Fault::AwsAccessDenied { first: 1 }).await;
+    let denied = env
+        .aws
+        .to_builder()
+        .endpoint_url(format!("http://{}", front.host))
+        .build();
+    let uri: KeyUri = format!("awskms:///{key_id}").parse().unwrap();
+    let config = ReconcileConfig {
+        signer: Some(Arc::new(Signer::open(uri, &denied).unwrap())),
+        ..env.config()
+    };
+    let fake = env.fake();
+    let ctx = context_on(&fake, &env.aws, env.metrics(), config);
+    let key = create_build(
+        &fake,
+        good_build("signing", "denied", &env.registry.repo("signed/denied")),
+    );
+    reconcile_now(&fake, &ctx, &key).await;
+    reconcile_now(&fake, &ctx, &key).await;
+    env.builder.play().await;
+    ctx.poller().sweep().await;
+    reconcile_now(&fake, &ctx, &key).await;
+    let waiting = status(&fake, &key);
+    assert_eq!(ready(&waiting)["reason"], "SigningFailed", "{waiting}");
+    let message = ready(&waiting)["message"].as_str().unwrap();
+    assert!(
+        message.contains("KMS could not read the public key") && message.contains("AccessDeniedException"),
+        "{message}"
+    );
+    assert!(waiting["image"].is_null(), "{waiting}");
+    assert_eq!(front.log().len(), 1, "one refused call: {:?}", front.log());
+
+    // Access granted: the next attempt signs.
+    reconcile_now(&fake, &ctx, &key).await;
+    let done = status(&fake, &key);
+    assert!(succeeded(&fake, &key), "{done}");
+    assert_eq!(done["signature"]["key"], format!("awskms:///{key_id}"));
+    assert!(
+        front.log().iter().skip(1).all(|l| l.ends_with("-> 200")),
+        "{:?}",
+        front.log()
+    );
 }
 
 /// Without KMS, a PEM key file (`--signing-key file:///…`, the chart's `signing.secretName`) signs
@@ -2266,6 +2325,7 @@ fn main() -> ExitCode {
         a_restart_between_submit_and_the_status_write_submits_nothing_twice,
         a_signed_build_names_its_image_only_once_signature_and_provenance_verify,
         a_pem_key_signs_where_there_is_no_kms,
+        a_kms_key_the_role_may_not_use_holds_the_image_until_it_may,
         a_failed_job_fails_the_build_with_its_log_tail,
         an_ecr_repository_is_reached_with_one_cached_token,
         the_controller_waits_for_the_crd_then_builds_and_releases,

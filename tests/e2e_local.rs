@@ -18,7 +18,7 @@ use std::{
 };
 
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_batch::config::Credentials;
+use aws_sdk_batch::config::{Credentials, SharedCredentialsProvider};
 use local_stack::{image_files, stack};
 use support::{sha256, skopeo_raw};
 
@@ -105,9 +105,9 @@ fn skopeo_config(reference: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// A Batch client for the stack's moto, from the stack's environment (the process environment is
-/// left alone: tests run on several threads).
-fn batch_client(env: &HashMap<String, String>) -> aws_sdk_batch::Client {
+/// AWS configuration for the stack's moto, from the stack's environment (the process environment
+/// is left alone: tests run on several threads).
+fn stack_aws(env: &HashMap<String, String>) -> aws_config::SdkConfig {
     let credentials = Credentials::new(
         &env["AWS_ACCESS_KEY_ID"],
         &env["AWS_SECRET_ACCESS_KEY"],
@@ -115,13 +115,16 @@ fn batch_client(env: &HashMap<String, String>) -> aws_sdk_batch::Client {
         None,
         "local-stack",
     );
-    let config = aws_sdk_batch::Config::builder()
+    aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(&env["AWS_ENDPOINT_URL"])
         .region(Region::new(env["AWS_REGION"].clone()))
-        .credentials_provider(credentials)
-        .build();
-    aws_sdk_batch::Client::from_conf(config)
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .build()
+}
+
+fn batch_client(env: &HashMap<String, String>) -> aws_sdk_batch::Client {
+    aws_sdk_batch::Client::new(&stack_aws(env))
 }
 
 /// Every Batch job of this build (matched by the name prefix the executor gives its jobs).
@@ -739,27 +742,10 @@ fn a_platform_with_its_own_target_pushes_that_stage() {
     );
 }
 
-/// A KMS client for the stack's moto (which signs with ECDSA_SHA_256 on ECC_NIST_P256 keys).
-fn kms_client(env: &HashMap<String, String>) -> aws_sdk_kms::Client {
-    let credentials = Credentials::new(
-        &env["AWS_ACCESS_KEY_ID"],
-        &env["AWS_SECRET_ACCESS_KEY"],
-        None,
-        None,
-        "local-stack",
-    );
-    let config = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(&env["AWS_ENDPOINT_URL"])
-        .region(Region::new(env["AWS_REGION"].clone()))
-        .credentials_provider(credentials)
-        .build();
-    aws_sdk_kms::Client::from_conf(config)
-}
-
 /// A new ECC_NIST_P256 SIGN_VERIFY key and its new alias (`alias/<prefix>-<unique>`).
 fn signing_key(env: &HashMap<String, String>, prefix: &str) -> (String, String) {
-    let kms = kms_client(env);
+    // moto signs with ECDSA_SHA_256 on ECC_NIST_P256 keys.
+    let kms = aws_sdk_kms::Client::new(&stack_aws(env));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let created = rt
         .block_on(

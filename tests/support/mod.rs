@@ -512,6 +512,9 @@ pub enum Fault {
     HtmlManifests,
     /// Serve image manifests as if they were Docker schema 1.
     Schema1Manifests,
+    /// In front of an AWS JSON API (KMS): answer the first `n` requests as AWS does when IAM or
+    /// the key policy does not allow the call.
+    AwsAccessDenied { first: usize },
 }
 
 struct FrontState {
@@ -622,6 +625,17 @@ async fn front(state: &FrontState, req: axum::extract::Request) -> axum::respons
         Fault::Unavailable { first } if n < *first => {
             return simple(503, &[json()], error_body("UNAVAILABLE", "service unavailable"));
         }
+        Fault::AwsAccessDenied { first } if n < *first => {
+            let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/multiarch-operator/controller is not authorized to perform: kms:GetPublicKey on this resource because no identity-based policy allows the kms:GetPublicKey action"}"#;
+            return simple(
+                400,
+                &[
+                    ("content-type", "application/x-amz-json-1.1".to_string()),
+                    ("x-amzn-errortype", "AccessDeniedException".to_string()),
+                ],
+                body,
+            );
+        }
         Fault::NoRepository => {
             return simple(
                 404,
@@ -713,9 +727,17 @@ async fn front(state: &FrontState, req: axum::extract::Request) -> axum::respons
     let mut fwd = state
         .http
         .request(method.clone(), format!("{}{path}{query}", state.upstream));
-    for name in ["accept", "content-type"] {
-        if let Some(v) = req.headers().get(name) {
-            fwd = fwd.header(name, v.as_bytes());
+    // An AWS API routes on X-Amz-Target and the credential scope of Authorization; the registry
+    // never gets the client's Authorization (the front does the auth faults itself).
+    let aws = matches!(state.fault, Fault::AwsAccessDenied { .. });
+    let names: &[&str] = if aws {
+        &["accept", "content-type", "x-amz-target", "x-amz-date", "authorization"]
+    } else {
+        &["accept", "content-type"]
+    };
+    for name in names {
+        if let Some(v) = req.headers().get(*name) {
+            fwd = fwd.header(*name, v.as_bytes());
         }
     }
     let body = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
