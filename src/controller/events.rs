@@ -113,6 +113,13 @@ pub fn transitions(
             ));
         }
     }
+    // The index is pushed but cannot be signed or attested: worth a Warning once, when it starts.
+    if let Some(why) = ready_reason(after).filter(|w| [reason::SIGNING_FAILED, reason::ATTESTATION_FAILED].contains(w))
+        && ready_reason(before) != Some(why)
+    {
+        let message = after.message.clone().unwrap_or_default();
+        events.push(BuildEvent::new(EventType::Warning, why, "Attest", message));
+    }
     if after.phase != before.phase
         && let Some(phase) = after.phase.filter(|p| p.is_terminal())
     {
@@ -229,6 +236,22 @@ mod tests {
             "linux/amd64 failed: Essential container in task exited; exit code 2; job j2"
         );
         assert!(transitions(&spec, &done, &done).is_empty());
+    }
+
+    #[test]
+    fn a_failing_signature_warns_once_when_it_starts() {
+        let spec = spec();
+        let attesting = ended(Phase::Assembling, reason::ATTESTING, "attaching");
+        let failing = ended(Phase::Assembling, reason::SIGNING_FAILED, "KMS could not sign");
+        let events = transitions(&spec, &attesting, &failing);
+        assert_eq!(reasons_of(&events), [("SigningFailed", EventType::Warning)]);
+        assert_eq!(events[0].note, "KMS could not sign");
+        assert!(transitions(&spec, &failing, &failing).is_empty(), "once");
+        let read_back = ended(Phase::Assembling, reason::ATTESTATION_FAILED, "does not verify");
+        assert_eq!(
+            reasons_of(&transitions(&spec, &failing, &read_back)),
+            [("AttestationFailed", EventType::Warning)]
+        );
     }
 
     #[test]
