@@ -569,6 +569,14 @@ impl Decision<'_, '_> {
                 self.status.platforms.len(),
             )
         };
+        match (&self.status.provenance, &self.status.signature) {
+            (Some(provenance), Some(signature)) => message.push_str(&format!(
+                "; signed by {} ({}), provenance {}",
+                signature.key, signature.image, provenance.image
+            )),
+            (Some(provenance), None) => message.push_str(&format!("; provenance (unsigned) {}", provenance.image)),
+            _ => {}
+        }
         if !spec.output.additional_tags.is_empty() {
             message.push_str(&format!("; tagged {}", self.status.tags.join(", ")));
         }

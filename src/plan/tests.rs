@@ -417,6 +417,14 @@ fn all_succeeded_reads_what_each_job_pushed_then_assembles_exactly_that() {
     );
     assert!(done.status.provenance.as_ref().is_some_and(|p| p.signed));
     assert!(done.status.signature.is_some());
+    let message = done.status.message.as_deref().unwrap();
+    assert!(
+        message.ends_with(
+            "; signed by awskms:///alias/builds (reg.example/vecoli:sha256-feed.sig), provenance \
+             reg.example/vecoli:sha256-feed.att"
+        ),
+        "{message}"
+    );
     assert_eq!(ready(&done.status), ("True", reason::SUCCEEDED));
     assert_eq!(done.status.digest.as_deref(), Some("sha256:feed"));
     assert_eq!(done.status.platforms[0].digest.as_deref(), Some("sha256:a1"));
