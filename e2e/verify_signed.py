@@ -5,8 +5,9 @@
 
 The public key comes from KMS (boto3 GetPublicKey, AWS_ENDPOINT_URL for moto); the signature
 and the attestation are read from the registry over its HTTP API at the tags cosign uses
-(sha256-HEX.sig / .att); every signature is checked with Python's `cryptography` (ECDSA P-256,
-SHA-256). Then one byte of each signed payload is changed, and the check must fail.
+(sha256-HEX.sig / .att). The index signature is checked with Python's `cryptography` (ECDSA P-256,
+SHA-256), the DSSE envelope with `securesystemslib` (its own DSSE pre-authentication encoding).
+Then one byte of each signed payload is changed, and the check must fail.
 
 Prints one JSON line (what was verified) and exits 0, or prints why not and exits 1.
 Only for registries served over plain HTTP without auth (the local stack's).
@@ -20,7 +21,10 @@ import boto3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_der_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+from securesystemslib.dsse import Envelope
+from securesystemslib.exceptions import VerificationError
+from securesystemslib.signer import SSlibKey
 
 ACCEPT = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -67,10 +71,19 @@ def attached_layer(host, name, tag, media_type):
     return layer, blob
 
 
-def pae(payload_type, payload):
-    """DSSE v1 pre-authentication encoding, as the DSSE specification defines it."""
-    kind = payload_type.encode()
-    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+def envelope_verifies(key_pem, envelope):
+    """Whether securesystemslib verifies a signature of the envelope with the key. It matches
+    signatures to keys by keyid; cosign (and the controller) leave the keyid empty."""
+    keyids = {s.get("keyid", "") for s in envelope["signatures"]}
+    keys = [
+        SSlibKey(keyid, "ecdsa", "ecdsa-sha2-nistp256", {"public": key_pem})
+        for keyid in keyids
+    ]
+    try:
+        Envelope.from_dict(json.loads(json.dumps(envelope))).verify(keys, 1)
+        return True
+    except VerificationError:
+        return False
 
 
 def main():
@@ -98,12 +111,12 @@ def main():
     # The provenance: a DSSE envelope of an in-toto statement.
     _, envelope_bytes = attached_layer(host, name, f"{tag}.att", "application/vnd.dsse.envelope.v1+json")
     envelope = json.loads(envelope_bytes)
-    statement_bytes = base64.b64decode(envelope["payload"])
-    message = pae(envelope["payloadType"], statement_bytes)
-    signatures = [base64.b64decode(s["sig"]) for s in envelope["signatures"]]
-    if not any(verifies(key, s, message) for s in signatures):
+    key_pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    if not envelope["signatures"] or not envelope_verifies(key_pem, envelope):
         fail(f"{tag}.att: no envelope signature verifies with the KMS public key")
-    if any(verifies(key, s, pae(envelope["payloadType"], tampered(statement_bytes))) for s in signatures):
+    statement_bytes = base64.b64decode(envelope["payload"])
+    changed = dict(envelope, payload=base64.b64encode(tampered(statement_bytes)).decode())
+    if envelope_verifies(key_pem, changed):
         fail(f"{tag}.att: a statement with one byte changed still verifies")
 
     statement = json.loads(statement_bytes)
