@@ -87,12 +87,12 @@ pub fn registry_with(
 }
 
 /// The signer of `--signing-key`, if one is set: a file key is read now, so an unusable one stops
-/// the command at start; a KMS key is first used when something is signed.
-pub fn signer(args: &SigningArgs, aws: &SdkConfig) -> Result<Option<Arc<Signer>>, String> {
+/// the command at start; a KMS key is first used when something is signed, by a client of `kms`.
+pub fn signer(args: &SigningArgs, kms: aws_sdk_kms::config::Builder) -> Result<Option<Arc<Signer>>, String> {
     let Some(uri) = &args.signing_key else {
         return Ok(None);
     };
-    let signer = Signer::open(uri.clone(), aws).map_err(|e| e.to_string())?;
+    let signer = Signer::open(uri.clone(), kms).map_err(|e| e.to_string())?;
     Ok(Some(Arc::new(signer)))
 }
 

@@ -81,7 +81,7 @@ pub async fn run(args: &BuildArgs) -> Result<Outcome, String> {
     let engine = config::engine(
         &aws,
         &args.registry,
-        config::signer(&args.signing, &aws)?,
+        config::signer(&args.signing, aws_sdk_kms::config::Builder::from(&aws))?,
         &args.default_job_definition,
         &object.spec.output.repository,
     );

@@ -177,8 +177,9 @@ impl fmt::Debug for Signer {
 
 impl Signer {
     /// The signer for `uri`: a file key is read now (an unusable one is an error at start); a
-    /// KMS key is only named, and first used when something is signed.
-    pub fn open(uri: KeyUri, aws: &aws_config::SdkConfig) -> Result<Signer, SigningError> {
+    /// KMS key is only named, and first used when something is signed, by a client made from
+    /// `kms` (the caller's AWS configuration, and its call counter).
+    pub fn open(uri: KeyUri, kms: aws_sdk_kms::config::Builder) -> Result<Signer, SigningError> {
         let key = match &uri {
             KeyUri::File(path) => {
                 let bad = |reason: String| SigningError::BadKey {
@@ -196,7 +197,7 @@ impl Signer {
                 SignerKey::Local { pair, public }
             }
             KeyUri::Kms { endpoint, key_id } => {
-                let mut config = aws_sdk_kms::config::Builder::from(aws);
+                let mut config = kms;
                 if let Some(endpoint) = endpoint {
                     config = config.endpoint_url(endpoint);
                 }
@@ -348,8 +349,7 @@ vyrZLx4EF/GQmQDlvVcXu/qDF1utW/kpt0Ueg0/RUXjVcLIgENTUwUw/
             key: "tmp".into(),
             reason: e.to_string(),
         })?;
-        let aws = aws_config::SdkConfig::builder().build();
-        Signer::open(KeyUri::File(path), &aws)
+        Signer::open(KeyUri::File(path), aws_sdk_kms::config::Builder::new())
     }
 
     #[tokio::test]

@@ -100,7 +100,7 @@ async fn public_key(uri: KeyUri, aws: &SdkConfig) -> Result<PublicKey, String> {
             PublicKey::from_pem(&pem).map_err(|e| format!("--key {}: {e}", path.display()))
         }
         kms => {
-            let signer = Signer::open(kms, aws).map_err(|e| e.to_string())?;
+            let signer = Signer::open(kms, aws_sdk_kms::config::Builder::from(aws)).map_err(|e| e.to_string())?;
             signer.public_key().await.map_err(|e| e.to_string())
         }
     }

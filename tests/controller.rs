@@ -1146,12 +1146,14 @@ async fn a_signed_build_names_its_image_only_once_signature_and_provenance_verif
     let fake = env.fake();
     let alias = "alias/mab-controller-signing";
     let uri: KeyUri = format!("awskms:///{alias}").parse().unwrap();
-    let signer = Signer::open(uri, &env.aws).unwrap();
+    // KMS calls are counted like every AWS call (the IAM check below sees them).
+    let metrics = env.metrics();
+    let kms = aws_sdk_kms::config::Builder::from(&env.aws).interceptor(metrics.aws_interceptor());
     let config = ReconcileConfig {
-        signer: Some(Arc::new(signer)),
+        signer: Some(Arc::new(Signer::open(uri, kms).unwrap())),
         ..env.config()
     };
-    let ctx = context_on(&fake, &env.aws, env.metrics(), config);
+    let ctx = context_on(&fake, &env.aws, Arc::clone(&metrics), config);
     let repository = env.registry.repo("signed/app");
     let key = create_build(&fake, good_build("signing", "signed", &repository));
     reconcile_now(&fake, &ctx, &key).await;
@@ -1178,6 +1180,8 @@ async fn a_signed_build_names_its_image_only_once_signature_and_provenance_verif
 
     let kms = aws_sdk_kms::Client::new(&env.aws);
     let key_id = signing_key(&env.aws).await;
+    let refused = aws_calls(&metrics, "GetPublicKey");
+    assert!(refused >= 2, "each attempt asked KMS: {refused}");
     kms.create_alias()
         .alias_name(alias)
         .target_key_id(&key_id)
@@ -1195,6 +1199,7 @@ async fn a_signed_build_names_its_image_only_once_signature_and_provenance_verif
     assert_eq!(done["provenance"]["image"], format!("{repository}:{tag}.att"));
     assert_eq!(done["provenance"]["predicateType"], "https://slsa.dev/provenance/v1");
     assert_eq!(done["provenance"]["signed"], true);
+    assert_eq!(aws_calls(&metrics, "Sign"), 2, "the index and the provenance");
 
     // What the status names verifies with the key's public key, as KMS gives it.
     let public = kms.get_public_key().key_id(&key_id).send().await.unwrap();
@@ -1254,7 +1259,9 @@ async fn a_kms_key_the_role_may_not_use_holds_the_image_until_it_may(env: Arc<En
         .build();
     let uri: KeyUri = format!("awskms:///{key_id}").parse().unwrap();
     let config = ReconcileConfig {
-        signer: Some(Arc::new(Signer::open(uri, &denied).unwrap())),
+        signer: Some(Arc::new(
+            Signer::open(uri, aws_sdk_kms::config::Builder::from(&denied)).unwrap(),
+        )),
         ..env.config()
     };
     let fake = env.fake();
@@ -1320,7 +1327,9 @@ async fn a_pem_key_signs_where_there_is_no_kms(env: Arc<Env>) {
     let fake = env.fake();
     let uri: KeyUri = format!("file://{}", path(&private)).parse().unwrap();
     let config = ReconcileConfig {
-        signer: Some(Arc::new(Signer::open(uri, &env.aws).unwrap())),
+        signer: Some(Arc::new(
+            Signer::open(uri, aws_sdk_kms::config::Builder::from(&env.aws)).unwrap(),
+        )),
         ..env.config()
     };
     let ctx = context_on(&fake, &env.aws, env.metrics(), config);
@@ -2263,6 +2272,7 @@ fn iam_actions(metrics: &Metrics) -> BTreeSet<String> {
             "Batch" => "batch",
             "CloudWatch Logs" => "logs",
             "ECR" => "ecr",
+            "KMS" => "kms",
             other => other,
         };
         actions.insert(format!("{prefix}:{}", labels["operation"]));
@@ -2300,9 +2310,21 @@ fn implied_actions(called: &BTreeSet<String>) -> BTreeSet<String> {
     implied
 }
 
+/// What `--signing-key awskms:///…` needs on the key, besides controller-actions.txt: the template
+/// grants exactly these, on that key only, behind its SigningKeyArn / CreateSigningKey parameters
+/// (`install_check.py iam` holds the template to them).
+const SIGNING_KEY_ACTIONS: [&str; 2] = ["kms:GetPublicKey", "kms:Sign"];
+
 fn check_aws_actions(called: &BTreeSet<String>) -> Result<String, String> {
     let expected = expected_aws_actions();
-    let needed: BTreeSet<String> = called.union(&implied_actions(called)).cloned().collect();
+    let (signing, called): (BTreeSet<String>, BTreeSet<String>) =
+        called.iter().cloned().partition(|a| a.starts_with("kms:"));
+    if signing != SIGNING_KEY_ACTIONS.map(String::from).into() {
+        return Err(format!(
+            "KMS actions needed: {signing:?}; the signing key's grant is {SIGNING_KEY_ACTIONS:?}"
+        ));
+    }
+    let needed: BTreeSet<String> = called.union(&implied_actions(&called)).cloned().collect();
     let outside: Vec<_> = needed.difference(&expected).collect();
     let unused: Vec<_> = expected.difference(&needed).collect();
     if !outside.is_empty() || !unused.is_empty() {
@@ -2310,7 +2332,10 @@ fn check_aws_actions(called: &BTreeSet<String>) -> Result<String, String> {
             "actions needed but not in config/aws/controller-actions.txt: {outside:?}; listed but never needed: {unused:?}"
         ));
     }
-    Ok(format!("{} actions needed, all listed, every one needed", needed.len()))
+    Ok(format!(
+        "{} actions needed, all listed, every one needed; and {SIGNING_KEY_ACTIONS:?} on the signing key",
+        needed.len()
+    ))
 }
 
 fn main() -> ExitCode {

@@ -10,7 +10,7 @@
 //! | `multiarch_builds_finished_total` | counter | `phase` (`Succeeded`, `Failed`, `Cancelled`), `reason` (the `Succeeded` condition's reason, e.g. `BuildFailed`) | builds that ended, counted once by the leader that saw them end |
 //! | `multiarch_build_duration_seconds` | histogram | `phase` | from a build's creation to its end |
 //! | `multiarch_build_queue_seconds` | histogram | | per platform job: from its submission to its start (`status.platforms[].queuedSeconds`) |
-//! | `multiarch_aws_calls_total` | counter | `service` (`Batch`, `CloudWatch Logs`, `ECR`), `operation`, `outcome` (`success`, `throttled`, `error`) | AWS API calls, SDK retries included |
+//! | `multiarch_aws_calls_total` | counter | `service` (`Batch`, `CloudWatch Logs`, `ECR`, `KMS`), `operation`, `outcome` (`success`, `throttled`, `error`) | AWS API calls, SDK retries included |
 //! | `multiarch_registry_requests_total` | counter | `method`, `object` (`manifest`, `blob`), `status` (HTTP status, `none` without an answer) | registry API requests, retries included |
 //! | `multiarch_poller_lag_seconds` | gauge | | time since the job poller's last sweep ended |
 //! | `multiarch_poller_live_jobs` | gauge | | Batch jobs the poller describes each sweep |

@@ -187,13 +187,14 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
     let aws = config::aws().await?;
     check_credentials(&aws).await?;
     settings.reconcile.allowed = config::allowed_registries(&aws, &args.allow).await?;
-    settings.reconcile.signer = config::signer(&args.signing, &aws)?;
+    info!(allowed = ?settings.reconcile.allowed, "registries builds may push to");
+    let metrics = Arc::new(Metrics::new());
+    let kms = aws_sdk_kms::config::Builder::from(&aws).interceptor(metrics.aws_interceptor());
+    settings.reconcile.signer = config::signer(&args.signing, kms)?;
     match &settings.reconcile.signer {
         Some(signer) => info!(key = %signer.uri(), "signing each index and its provenance"),
         None => info!("no --signing-key: provenance is attached unsigned"),
     }
-    info!(allowed = ?settings.reconcile.allowed, "registries builds may push to");
-    let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::with_stall_bound(Duration::from_secs(args.health_stall_seconds)));
     let shutdown = Shutdown::new();
     shutdown.on_signals();
