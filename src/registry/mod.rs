@@ -129,7 +129,6 @@ impl std::fmt::Debug for RegistryClient {
     }
 }
 
-/// A manifest as read: the exact bytes, what the registry called them, and their sha256.
 /// What a manifest PUT left.
 struct Stored {
     /// The registry answered `OCI-Subject`: it indexed the manifest's `subject` for the referrers
@@ -137,6 +136,7 @@ struct Stored {
     subject_indexed: bool,
 }
 
+/// A manifest as read: the exact bytes, what the registry called them, and their sha256.
 struct Fetched {
     bytes: Vec<u8>,
     content_type: Option<String>,
