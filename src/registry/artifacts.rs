@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode, Url};
 
 use super::{
-    MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, RegistryClient, RegistryError, RegistryObject,
+    BlobRead, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, RegistryClient, RegistryError, RegistryObject,
     client::{Repo, Request},
     index::pick_platform_entry,
     parse::{Manifest, is_sha256_digest, parse_manifest},
@@ -132,36 +132,9 @@ impl RegistryClient {
                 reason: format!("{digest:?} is not a sha256 digest"),
             });
         }
-        let resp = self
-            .transport
-            .send(&Request {
-                method: Method::GET,
-                repo: &repo,
-                object: RegistryObject::Blob,
-                reference: digest,
-                image: &image,
-                operation: "reading a blob of",
-                push: false,
-                accept: None,
-                content_type: None,
-                body: None,
-                limit,
-                what: "blob",
-            })
-            .await?;
-        if !resp.status.is_success() {
-            return Err(self.status_error(&repo, &image, "reading a blob of", &resp));
-        }
-        let found = sha256_digest(&resp.body);
-        if found != digest {
-            return Err(RegistryError::DigestMismatch {
-                image,
-                what: "the sha256 of the blob",
-                found,
-                expected: digest.to_string(),
-            });
-        }
-        Ok(resp.body)
+        self.get_blob(&repo, &image, digest, limit, BlobRead::ATTACHED)
+            .await?
+            .map_err(|resp| self.status_error(&repo, &image, BlobRead::ATTACHED.operation, &resp))
     }
 
     /// Each platform image of the index `digest` with its config's labels, every manifest and

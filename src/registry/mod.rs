@@ -136,6 +136,29 @@ struct Stored {
     subject_indexed: bool,
 }
 
+/// How a blob read is named in requests and errors.
+#[derive(Clone, Copy)]
+struct BlobRead {
+    operation: &'static str,
+    what: &'static str,
+    mismatch: &'static str,
+}
+
+impl BlobRead {
+    /// An image's config, checked against its platform.
+    const CONFIG: BlobRead = BlobRead {
+        operation: "reading the config of",
+        what: "config blob",
+        mismatch: "the sha256 of the config blob",
+    };
+    /// A signature's or an attestation's blob ([`RegistryClient::blob`]).
+    const ATTACHED: BlobRead = BlobRead {
+        operation: "reading a blob of",
+        what: "blob",
+        mismatch: "the sha256 of the blob",
+    };
+}
+
 /// A manifest as read: the exact bytes, what the registry called them, and their sha256.
 struct Fetched {
     bytes: Vec<u8>,
@@ -518,42 +541,20 @@ impl RegistryClient {
                 limit: MAX_CONFIG_BYTES,
             });
         }
-        let resp = self
-            .transport
-            .send(&Request {
-                method: Method::GET,
-                repo,
-                object: RegistryObject::Blob,
-                reference: &config.digest,
-                image,
-                operation: "reading the config of",
-                push: false,
-                accept: None,
-                content_type: None,
-                body: None,
-                limit: MAX_CONFIG_BYTES,
-                what: "config blob",
-            })
-            .await?;
-        if !resp.status.is_success() {
-            if resp.status == StatusCode::NOT_FOUND && !resp.has_code("NAME_UNKNOWN") {
+        let body = match self
+            .get_blob(repo, image, &config.digest, MAX_CONFIG_BYTES, BlobRead::CONFIG)
+            .await?
+        {
+            Ok(body) => body,
+            Err(resp) if resp.status == StatusCode::NOT_FOUND && !resp.has_code("NAME_UNKNOWN") => {
                 return Err(RegistryError::InvalidManifest {
                     image: image.to_string(),
                     reason: format!("its config blob {} is missing from the registry", config.digest),
                 });
             }
-            return Err(self.status_error(repo, image, "reading the config of", &resp));
-        }
-        let found = sha256_digest(&resp.body);
-        if found != config.digest {
-            return Err(RegistryError::DigestMismatch {
-                image: image.to_string(),
-                what: "the sha256 of the config blob",
-                found,
-                expected: config.digest.clone(),
-            });
-        }
-        let parsed = parse_config(&resp.body).map_err(|e| RegistryError::InvalidManifest {
+            Err(resp) => return Err(self.status_error(repo, image, BlobRead::CONFIG.operation, &resp)),
+        };
+        let parsed = parse_config(&body).map_err(|e| RegistryError::InvalidManifest {
             image: image.to_string(),
             reason: e.0,
         })?;
@@ -714,6 +715,48 @@ impl RegistryClient {
     }
 
     /// The error for a non-success answer that is not handled more specifically.
+    /// GET the blob `digest` of `repo`, at most `limit` bytes: its body, its sha256 checked, or
+    /// the registry's answer when it is not a success, for the caller to read.
+    async fn get_blob(
+        &self,
+        repo: &Repo,
+        image: &str,
+        digest: &str,
+        limit: usize,
+        read: BlobRead,
+    ) -> Result<Result<Vec<u8>, Response>, RegistryError> {
+        let resp = self
+            .transport
+            .send(&Request {
+                method: Method::GET,
+                repo,
+                object: RegistryObject::Blob,
+                reference: digest,
+                image,
+                operation: read.operation,
+                push: false,
+                accept: None,
+                content_type: None,
+                body: None,
+                limit,
+                what: read.what,
+            })
+            .await?;
+        if !resp.status.is_success() {
+            return Ok(Err(resp));
+        }
+        let found = sha256_digest(&resp.body);
+        if found != digest {
+            return Err(RegistryError::DigestMismatch {
+                image: image.to_string(),
+                what: read.mismatch,
+                found,
+                expected: digest.to_string(),
+            });
+        }
+        Ok(Ok(resp.body))
+    }
+
     fn status_error(&self, repo: &Repo, image: &str, operation: &'static str, resp: &Response) -> RegistryError {
         let status = resp.status.as_u16();
         if resp.has_code("NAME_UNKNOWN") {
