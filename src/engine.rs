@@ -17,7 +17,9 @@ use crate::{
         self, Action, AssemblyOutcome, AttestationOutcome, ExistingIndex, IndexRef, Input, JobObservation, JobResult,
         Observations, TagsOutcome,
     },
-    provenance::{CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL, inputs_hash, pinned_commit},
+    provenance::{
+        CREATED_ANNOTATION, Expected, REVISION_LABEL, SOURCE_LABEL, inputs_hash, is_commit_id, pinned_commit,
+    },
     registry::{Existing, IndexRequest, PushedIndex, RegistryClient, RegistryError, ReuseExpectation},
     signing::Signer,
 };
@@ -336,9 +338,7 @@ impl Engine {
             Err(e) => return Err(e.into()),
         })
     }
-}
 
-impl Engine {
     /// Attaches the provenance of the index `digest` (signed with the signing key, if any). The
     /// statement is made from the status and from the index's images as the registry has them.
     /// A registry that does not answer is a transient error; anything else (KMS refused, a push
@@ -357,7 +357,7 @@ impl Engine {
                 .manifest(repository, digest)
                 .await?
                 .ok_or_else(|| AttestError::ReadBack(format!("the index {repository}@{digest} is gone")))?;
-            let children = self.registry.index_children(repository, digest).await?;
+            let children = self.registry.index_children(repository, &index).await?;
             let statement = statement::statement(&statement::BuildFacts {
                 reference: build.reference,
                 spec,
@@ -404,9 +404,7 @@ pub fn read_result(last_lines: &[String]) -> JobResult {
             last_lines.len()
         ));
     };
-    let commit = commit_line
-        .strip_prefix("commit: ")
-        .filter(|c| c.len() == 40 && c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    let commit = commit_line.strip_prefix("commit: ").filter(|c| is_commit_id(c));
     let digest = digest_line
         .strip_prefix("digest: ")
         .filter(|d| crate::registry::parse::is_sha256_digest(d));

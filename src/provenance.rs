@@ -59,6 +59,12 @@ impl Expected {
     }
 }
 
+/// Whether `commit` is a commit id as git prints it (and the builder reports it): 40 lowercase
+/// hex digits.
+pub fn is_commit_id(commit: &str) -> bool {
+    commit.len() == 40 && commit.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Whether `revision` is a full commit SHA (40 hex digits): only then is what it names known
 /// before building.
 pub fn is_full_commit(revision: &str) -> bool {

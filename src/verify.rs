@@ -12,7 +12,7 @@ use crate::{
     batch::registry_auth,
     cli::VerifyArgs,
     config,
-    provenance::REVISION_LABEL,
+    provenance::{REVISION_LABEL, is_commit_id},
     registry::IndexChild,
     signing::{KeyUri, PublicKey, Signer},
 };
@@ -21,7 +21,7 @@ use crate::{
 pub async fn run(args: &VerifyArgs) -> Result<String, String> {
     let (repository, reference) = split_image(&args.image)?;
     if let Some(commit) = &args.commit
-        && !is_commit(commit)
+        && !is_commit_id(commit)
     {
         return Err(format!(
             "--commit {commit:?}: expected a full commit id (40 lowercase hex digits)"
@@ -51,7 +51,7 @@ pub async fn run(args: &VerifyArgs) -> Result<String, String> {
     let signature = found.signature.map_err(refused)?;
     let (provenance, statement) = found.provenance.map_err(refused)?;
     let children = registry
-        .index_children(repository, &index.digest)
+        .index_children(repository, &index)
         .await
         .map_err(|e| unreadable(&e))?;
     let commit = judge(&statement, &children, args.commit.as_deref()).map_err(refused)?;
@@ -80,10 +80,6 @@ fn split_image(image: &str) -> Result<(&str, &str), String> {
     }
 }
 
-fn is_commit(commit: &str) -> bool {
-    commit.len() == 40 && commit.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// `awskms://…` and `file://…` as for `--signing-key`; anything else is a path.
 fn key_uri(key: &str) -> KeyUri {
     key.parse()
@@ -110,7 +106,7 @@ async fn public_key(uri: KeyUri, aws: &SdkConfig) -> Result<PublicKey, String> {
 /// the commit every child's revision label names (and `expected`, when given); that commit.
 fn judge(statement: &Value, children: &[IndexChild], expected: Option<&str>) -> Result<String, String> {
     let commit = statement::source_commit(statement)
-        .filter(|c| is_commit(c))
+        .filter(|c| is_commit_id(c))
         .ok_or("the provenance names no source commit")?;
     if let Some(expected) = expected
         && commit != expected

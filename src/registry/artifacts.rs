@@ -137,21 +137,21 @@ impl RegistryClient {
             .map_err(|resp| self.status_error(&repo, &image, BlobRead::ATTACHED.operation, &resp))
     }
 
-    /// Each platform image of the index `digest` with its config's labels, every manifest and
-    /// config checked against its digest and platform.
-    pub async fn index_children(&self, repository: &str, digest: &str) -> Result<Vec<IndexChild>, RegistryError> {
+    /// Each platform image of `index` (a manifest of `repository`, as [`Self::manifest`] read it)
+    /// with its config's labels, every manifest and config checked against its digest and platform.
+    pub async fn index_children(
+        &self,
+        repository: &str,
+        index: &StoredManifest,
+    ) -> Result<Vec<IndexChild>, RegistryError> {
         let repo = self.repo(repository, "latest")?;
-        let image = repo.image_at(digest);
+        let image = repo.image_at(&index.digest);
         let invalid = |reason: String| RegistryError::InvalidManifest {
             image: image.clone(),
             reason,
         };
-        let fetched = self
-            .get_manifest(&repo, digest, &image)
-            .await?
-            .ok_or_else(|| invalid("the registry does not have it".into()))?;
         let Manifest::Index(index) =
-            parse_manifest(&fetched.bytes, fetched.content_type.as_deref()).map_err(|e| invalid(e.0))?
+            parse_manifest(&index.bytes, index.media_type.as_deref()).map_err(|e| invalid(e.0))?
         else {
             return Err(invalid("it is a single image, not an index".into()));
         };
