@@ -59,14 +59,23 @@ fn write_build(env: &HashMap<String, String>, name: &str, revision: &str, extra_
     }
 }
 
-fn command(env: &HashMap<String, String>, file: &Path, args: &[&str]) -> Command {
+/// `multiarch-operator SUBCOMMAND` with the stack's environment, its registry reached over plain
+/// http on loopback.
+fn operator(env: &HashMap<String, String>, subcommand: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_multiarch-operator"));
-    cmd.arg("build").arg("-f").arg(file).args(args);
-    cmd.envs(env)
-        .env("MAB_ALLOW_LOCAL_GIT", "true")
+    cmd.arg(subcommand)
+        .envs(env)
         .env("MAB_REGISTRY_PLAIN_HTTP", &env["MAB_REGISTRY"])
-        .env("MAB_REGISTRY_ALLOW_LOOPBACK", "true");
-    cmd.env("MAB_POLL_INTERVAL_SECONDS", "1").env_remove("RUST_LOG");
+        .env("MAB_REGISTRY_ALLOW_LOOPBACK", "true")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn command(env: &HashMap<String, String>, file: &Path, args: &[&str]) -> Command {
+    let mut cmd = operator(env, "build");
+    cmd.arg("-f").arg(file).args(args);
+    cmd.env("MAB_ALLOW_LOCAL_GIT", "true")
+        .env("MAB_POLL_INTERVAL_SECONDS", "1");
     cmd
 }
 
@@ -764,13 +773,8 @@ fn signing_key(env: &HashMap<String, String>, prefix: &str) -> (String, String) 
 
 /// `multiarch-operator verify ARGS` against the stack's registry.
 fn verify(env: &HashMap<String, String>, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_multiarch-operator"))
-        .arg("verify")
+    let out = operator(env, "verify")
         .args(args)
-        .envs(env)
-        .env("MAB_REGISTRY_PLAIN_HTTP", &env["MAB_REGISTRY"])
-        .env("MAB_REGISTRY_ALLOW_LOOPBACK", "true")
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
         .unwrap();
